@@ -1,0 +1,41 @@
+"""A progress bar on stderr for long steps (rich), silent when disabled."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+class ProgressBar:
+    """``advance(n)`` moves the bar and shows the rate in ``unit``/s; a no-op when disabled."""
+
+    def __init__(self, progress: Progress | None, unit: str) -> None:
+        self._progress = progress
+        self._unit = unit
+        self._task = None
+
+    def advance(self, n: int = 1) -> None:
+        if self._progress is None:
+            return
+        self._progress.advance(self._task, n)
+        speed = self._progress.tasks[0].speed
+        self._progress.update(self._task, rate=f"{speed:.1f} {self._unit}/s" if speed else "")
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int | None, unit: str = "samples",
+                 enabled: bool = True) -> Iterator[ProgressBar]:
+    if not enabled:
+        yield ProgressBar(None, unit)
+        return
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=Console(stderr=True),
+    )
+    bar = ProgressBar(progress, unit)
+    with progress:
+        bar._task = progress.add_task(description, total=total, rate="")
+        yield bar

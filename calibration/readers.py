@@ -1,0 +1,233 @@
+"""Calibration data readers and their validation against the model's inputs.
+
+Accepted data (see :func:`iter_batches`):
+
+* a NumPy array (single-input models) or a mapping ``input name -> array`` (first axis = samples);
+* a path to ``.npy`` (single input) or ``.npz`` (keys = input names);
+* an :class:`ImageFolderReader` (a folder of images + a :class:`PreprocessSpec`);
+* any object with ``get_next()`` returning a feed dict or ``None`` (ONNX Runtime's
+  ``CalibrationDataReader`` protocol);
+* any iterable of feed dicts (each a batch with a leading batch axis).
+
+Every batch is checked against the model before it is run: input names, rank, static
+dims, dtype kind, and finiteness. Errors name the input and the sample index.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
+
+from calibration.onnx_model import InputSpec
+from trtq.errors import DataError
+
+Feed = dict[str, np.ndarray]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def load_arrays(path: str | os.PathLike) -> np.ndarray | dict[str, np.ndarray]:
+    """Load ``.npy`` (one array) or ``.npz`` (arrays by input name). Never unpickles."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"data file {path} cannot be read ({exc}); expected a NumPy .npy/.npz file") from exc
+    raise DataError(f"data file {path} has suffix '{path.suffix}'; expected .npy or .npz")
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How an image file becomes a model input.
+
+    The image is converted to RGB (or BGR), resized to ``size`` (height, width) — directly,
+    or keeping the aspect ratio and centre-cropping when ``crop`` is true — then
+    ``x = (pixel * scale - mean) / std`` per channel, laid out as NCHW or NHWC.
+    EfficientNet-Lite0's ``x/127.5 - 1`` is ``scale=1/127.5, mean=(1, 1, 1), std=(1, 1, 1)``.
+    """
+
+    size: tuple[int, int] = (224, 224)
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    layout: str = "NCHW"
+    channel_order: str = "RGB"
+    crop: bool = True
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("NCHW", "NHWC"):
+            raise DataError(f"layout must be NCHW or NHWC, got {self.layout!r}")
+        if self.channel_order not in ("RGB", "BGR"):
+            raise DataError(f"channel_order must be RGB or BGR, got {self.channel_order!r}")
+        if any(s == 0 for s in self.std):
+            raise DataError("std must not contain zeros")
+
+    def apply(self, rgb: np.ndarray) -> np.ndarray:
+        """uint8 HxWx3 RGB image (already at ``size``) -> float32 CHW/HWC array."""
+        x = rgb.astype(np.float32) * np.float32(self.scale)
+        if self.channel_order == "BGR":
+            x = x[..., ::-1]
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1) if self.layout == "NCHW" else x)
+
+
+def resize_rgb(img, size: tuple[int, int], crop: bool):
+    """PIL image -> uint8 RGB array of ``size`` (h, w); centre-crop to the aspect ratio first."""
+    from PIL import Image
+
+    img = img.convert("RGB")
+    h, w = size
+    if crop:
+        src_w, src_h = img.size
+        s = min(src_w / w, src_h / h)
+        cw, ch = w * s, h * s
+        left, top = (src_w - cw) / 2, (src_h - ch) / 2
+        img = img.resize((w, h), Image.BILINEAR, box=(left, top, left + cw, top + ch))
+    else:
+        img = img.resize((w, h), Image.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
+
+
+class ImageFolderReader:
+    """Images in a folder (sorted by name, recursively) preprocessed for one model input."""
+
+    def __init__(self, folder: str | os.PathLike, spec: PreprocessSpec = PreprocessSpec(),
+                 input_name: str | None = None) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise DataError(f"image folder {self.folder} does not exist")
+        self.files = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.files:
+            raise DataError(f"image folder {self.folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        self.spec = spec
+        self.input_name = input_name
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def arrays(self) -> np.ndarray:
+        from PIL import Image, UnidentifiedImageError
+
+        out = []
+        for p in self.files:
+            try:
+                with Image.open(p) as img:
+                    out.append(self.spec.apply(resize_rgb(img, self.spec.size, self.spec.crop)))
+            except (UnidentifiedImageError, OSError) as exc:
+                raise DataError(f"image {p} cannot be read: {exc}") from exc
+        return np.stack(out)
+
+
+def _single_input(specs: list[InputSpec], what: str) -> str:
+    if len(specs) != 1:
+        names = ", ".join(s.name for s in specs)
+        raise DataError(f"{what} gives one array, but the model has {len(specs)} inputs ({names}); "
+                        "pass a mapping / .npz keyed by input name")
+    return specs[0].name
+
+
+def _slice_batches(arrays: Mapping[str, np.ndarray], batch_size: int) -> Iterator[Feed]:
+    counts = {k: (v.shape[0] if v.ndim else 0) for k, v in arrays.items()}
+    n = min(counts.values()) if counts else 0
+    if len(set(counts.values())) > 1:
+        raise DataError(f"inputs hold different numbers of samples: {counts}")
+    for start in range(0, n, batch_size):
+        yield {k: v[start:start + batch_size] for k, v in arrays.items()}
+
+
+def _from_reader(reader: Any) -> Iterator[Feed]:
+    while (feed := reader.get_next()) is not None:
+        yield feed
+
+
+def raw_batches(data: Any, specs: list[InputSpec], batch_size: int) -> Iterator[Feed]:
+    """Turn any accepted data form into an iterator of (unvalidated) feed dicts."""
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        data = ImageFolderReader(path) if path.is_dir() else load_arrays(path)
+    if isinstance(data, ImageFolderReader):
+        data = {data.input_name or _single_input(specs, "an image folder"): data.arrays()}
+    if isinstance(data, np.ndarray):
+        data = {_single_input(specs, "a single array"): data}
+    if isinstance(data, Mapping):
+        return _slice_batches({k: np.asarray(v) for k, v in data.items()}, batch_size)
+    if hasattr(data, "get_next"):
+        return _from_reader(data)
+    if isinstance(data, Iterable):
+        return iter(data)
+    raise DataError(f"data of type {type(data).__name__} is not supported; pass an "
+                    "array, a dict of arrays, a .npy/.npz path, an image folder, a reader "
+                    "with get_next(), or an iterable of feed dicts")
+
+
+def validate_feed(feed: Any, specs: list[InputSpec], first_sample: int) -> Feed:
+    """Check one batch against the model's inputs; return it with dtypes made exact."""
+    if not isinstance(feed, Mapping):
+        raise DataError(f"data batch at sample {first_sample} is a {type(feed).__name__}, "
+                        "expected a dict of input name -> array")
+    expected = {s.name for s in specs}
+    got = set(feed)
+    if got != expected:
+        missing, extra = sorted(expected - got), sorted(got - expected)
+        parts = ([f"missing {missing}"] if missing else []) + ([f"unknown {extra}"] if extra else [])
+        raise DataError(f"data inputs do not match the model: {'; '.join(parts)} "
+                        f"(the model's inputs are {sorted(expected)})")
+    out: Feed = {}
+    for spec in specs:
+        out[spec.name] = _check_array(spec, feed[spec.name], first_sample)
+    return out
+
+
+def _check_array(spec: InputSpec, value: Any, first_sample: int) -> np.ndarray:
+    arr = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+    want = f"the model expects {spec.describe()}"
+    if arr.ndim != len(spec.shape):
+        hint = ": add a batch axis" if arr.ndim + 1 == len(spec.shape) else ""
+        raise DataError(f"input '{spec.name}' has shape {arr.shape}; {want}{hint}")
+    for axis, (got, dim) in enumerate(zip(arr.shape, spec.shape)):
+        if isinstance(dim, int) and dim > 0 and got != dim:
+            raise DataError(f"input '{spec.name}' has shape {arr.shape}; {want} "
+                            f"(axis {axis} must be {dim})")
+    if arr.dtype != spec.dtype:
+        same_kind = (np.issubdtype(arr.dtype, np.floating) and np.issubdtype(spec.dtype, np.floating)) or (
+            np.issubdtype(arr.dtype, np.integer) and np.issubdtype(spec.dtype, np.integer))
+        if not same_kind:
+            raise DataError(f"input '{spec.name}' has dtype {arr.dtype}; {want}; "
+                            "convert (and preprocess) the data first")
+        arr = arr.astype(spec.dtype)
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        bad = np.flatnonzero(~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1))[0]
+        raise DataError(f"input '{spec.name}' holds NaN or Inf at sample "
+                        f"{first_sample + int(bad)}; clean the data first")
+    return arr
+
+
+def iter_batches(data: Any, specs: list[InputSpec], batch_size: int = 32,
+                 samples: int | None = None) -> Iterator[tuple[int, Feed]]:
+    """Yield ``(first_sample_index, validated feed)`` batches, at most ``samples`` samples."""
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    seen = 0
+    for raw in raw_batches(data, specs, batch_size):
+        feed = validate_feed(raw, specs, seen)
+        n = next(iter(feed.values())).shape[0] if feed else 0
+        if samples is not None and seen + n > samples:
+            feed = {k: v[: samples - seen] for k, v in feed.items()}
+            n = samples - seen
+        if n == 0:
+            break
+        yield seen, feed
+        seen += n
+        if samples is not None and seen >= samples:
+            break
+    if seen == 0:
+        raise DataError("the data is empty: no samples were read")

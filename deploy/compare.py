@@ -1,0 +1,129 @@
+"""Compare a candidate model's outputs with a reference's on the same data.
+
+Metrics per output (``ref`` = reference, ``d = cand - ref``):
+
+* ``max_abs``: ``max |d|``;  ``max_rel``: ``max |d| / max |ref|`` (error relative to the
+  reference's magnitude; element-wise ratios explode near zero and say little);
+* ``cosine``: per-sample cosine of the flattened outputs, mean and minimum;
+* ``sqnr_db``: ``10 log10(sum ref^2 / sum d^2)`` over all samples;
+* for classifiers (``[N, C]`` outputs, C >= 2): ``top1`` = share of samples whose argmax
+  agrees, ``top5`` = share whose reference argmax is in the candidate's top 5.
+
+A :class:`ComparisonReport` is truthy when every output meets the thresholds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from deploy.runner import Runner, open_runner, run_all
+from trtq.errors import TrtqError
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Pass criteria: minimum mean cosine, and minimum top-1 agreement for classifiers."""
+
+    min_cosine: float = 0.97
+    min_top1: float | None = None
+
+
+@dataclass(frozen=True)
+class OutputMetrics:
+    name: str
+    max_abs: float
+    max_rel: float
+    cosine: float
+    min_cosine: float
+    sqnr_db: float
+    top1: float | None = None
+    top5: float | None = None
+
+    def passes(self, t: Thresholds) -> bool:
+        ok = self.cosine >= t.min_cosine
+        if t.min_top1 is not None and self.top1 is not None:
+            ok = ok and self.top1 >= t.min_top1
+        return ok
+
+    def to_json(self) -> dict:
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) and k != "sqnr_db" else v)
+                for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class ComparisonReport:
+    reference: str
+    candidate: str
+    samples: int
+    outputs: tuple[OutputMetrics, ...]
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+    def __bool__(self) -> bool:
+        return all(o.passes(self.thresholds) for o in self.outputs)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self)
+
+    def to_json(self) -> dict:
+        return {"reference": self.reference, "candidate": self.candidate, "samples": self.samples,
+                "passed": self.passed, "thresholds": self.thresholds.__dict__,
+                "outputs": [o.to_json() for o in self.outputs]}
+
+
+def output_metrics(name: str, ref: np.ndarray, cand: np.ndarray, classifier: bool | None = None) -> OutputMetrics:
+    """Metrics of one output (see the module docstring)."""
+    if ref.shape != cand.shape:
+        raise TrtqError(f"output '{name}' has shape {cand.shape} in the candidate and {ref.shape} "
+                        "in the reference; they cannot be compared")
+    r = ref.astype(np.float64).reshape(len(ref), -1)
+    c = cand.astype(np.float64).reshape(len(cand), -1)
+    d = c - r
+    peak = float(np.abs(r).max(initial=0.0))
+    max_abs = float(np.abs(d).max(initial=0.0))
+    norms = np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1)
+    dots = (r * c).sum(axis=1)
+    cos = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(np.abs(d).max(axis=1) == 0, 1.0, 0.0))
+    noise = float((d ** 2).sum())
+    sqnr = math.inf if noise == 0 else 10 * math.log10(max(float((r ** 2).sum()), 1e-300) / noise)
+    top1 = top5 = None
+    is_classifier = ref.ndim == 2 and ref.shape[1] >= 2 if classifier is None else classifier
+    if is_classifier:
+        ref_top = r.argmax(axis=1)
+        cand_top5 = np.argsort(-c, axis=1)[:, :5]
+        top1 = float((cand_top5[:, 0] == ref_top).mean())
+        top5 = float((cand_top5 == ref_top[:, None]).any(axis=1).mean())
+    return OutputMetrics(name, max_abs, max_abs / peak if peak > 0 else math.inf if max_abs else 0.0,
+                         float(cos.mean()), float(cos.min()), sqnr, top1, top5)
+
+
+def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], *,
+                    reference_name: str = "reference", candidate_name: str = "candidate",
+                    thresholds: Thresholds = Thresholds(), classifier: bool | None = None) -> ComparisonReport:
+    missing = [n for n in reference if n not in candidate]
+    if missing:
+        raise TrtqError(f"the candidate has no output(s) {missing}; its outputs are {sorted(candidate)}")
+    metrics = tuple(output_metrics(n, reference[n], candidate[n], classifier) for n in reference)
+    samples = len(next(iter(reference.values()))) if reference else 0
+    return ComparisonReport(reference_name, candidate_name, samples, metrics, thresholds)
+
+
+def compare(reference: str | os.PathLike | Runner, candidate: str | os.PathLike | Runner, data: Any, *,
+            batch_size: int = 32, samples: int | None = None, thresholds: Thresholds = Thresholds(),
+            classifier: bool | None = None) -> ComparisonReport:
+    """Run ``data`` through both models and compare every output of the reference."""
+    ref_runner, cand_runner = open_runner(reference), open_runner(candidate)
+    try:
+        ref_out = run_all(ref_runner, data, batch_size, samples)
+        cand_out = run_all(cand_runner, data, batch_size, samples)
+    finally:
+        for r, given in ((ref_runner, reference), (cand_runner, candidate)):
+            if r is not given:
+                r.close()
+    return compare_outputs(ref_out, cand_out, reference_name=ref_runner.name,
+                           candidate_name=cand_runner.name, thresholds=thresholds, classifier=classifier)

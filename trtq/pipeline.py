@@ -1,0 +1,167 @@
+"""The main job, end to end: model -> fp32 ONNX -> calibration -> int8 ONNX -> fidelity report.
+
+``run_quantize(QuantizeJob(...))`` is what ``trtq quantize`` calls. Everything is written
+into a private staging folder and moved into ``out_dir`` only when the whole job has
+succeeded, so a failure never leaves partial files or overwrites good ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from calibration import CalibrationTable, calibrate, load_arrays, load_model
+from calibration.readers import ImageFolderReader
+from deploy import ComparisonReport, OrtRunner, QdqMode, compare_outputs, run_all
+from deploy.compare import Thresholds
+from models import get_model_spec, resolve_factory
+from quantize import ExportParity, export, fold_batchnorm, load_checkpoint, quantize
+from trtq.errors import DataError, ModelError
+from trtq.fileio import atomic_write_bytes, atomic_write_text, staging_dir
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "efficientnet_lite0"
+#: Above these gaps between TensorRT-style float Q/DQ and ORT's integer kernels, warn.
+KERNEL_TOP1_GAP = 0.02
+KERNEL_COSINE_GAP = 0.01
+
+
+@dataclass(frozen=True)
+class QuantizeJob:
+    """What to quantize and where to write it; mirrors ``trtq quantize``'s options.
+
+    Model source, one of: ``onnx`` (an fp32 ONNX file); ``checkpoint`` + ``model`` (a
+    state dict and a registered name or ``package.module:callable``); ``model`` alone (a
+    registered model with its packaged weights). Nothing: the embedded default,
+    EfficientNet-Lite0 on the sample photos.
+    """
+
+    out_dir: Path
+    model: str | None = None
+    checkpoint: Path | None = None
+    onnx: Path | None = None
+    calib_data: Any = None
+    eval_data: Any = None
+    method: str = "minmax"
+    samples: int = 128
+    eval_samples: int = 256
+    batch_size: int = 32
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    out_dir: Path
+    files: dict[str, Path]
+    table: CalibrationTable
+    report: ComparisonReport
+    int8_kernels: ComparisonReport | None
+    export_parity: ExportParity | None
+    eval_source: str
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _as_array(data: Any, what: str) -> Any:
+    """Load a path into arrays (``.npy``/``.npz``/image folder); leave other forms as they are."""
+    if isinstance(data, (str, Path)):
+        path = Path(data)
+        return ImageFolderReader(path).arrays() if path.is_dir() else load_arrays(path)
+    if data is None:
+        raise DataError(f"no {what} given")
+    return data
+
+
+def _first_array(data: Any) -> np.ndarray:
+    if isinstance(data, np.ndarray):
+        return data
+    if isinstance(data, dict) and len(data) == 1:
+        return next(iter(data.values()))
+    raise DataError("exporting a PyTorch model needs single-input calibration data (.npy, or .npz with one key)")
+
+
+def _spec_for(job: QuantizeJob):
+    """The registered model the job uses, or ``None`` (an ONNX file or an import path)."""
+    if job.onnx is not None:
+        if job.model or job.checkpoint:
+            raise ModelError("--onnx cannot be combined with --model/--checkpoint; give one model source")
+        return None
+    if job.checkpoint is not None and not job.model:
+        raise ModelError("--checkpoint needs --model NAME or --model package.module:callable")
+    name = job.model or DEFAULT_MODEL
+    return None if ":" in name else get_model_spec(name)
+
+
+def _source_model(job: QuantizeJob) -> tuple[onnx.ModelProto, ExportParity | None, Any, Any]:
+    """The fp32 model (BatchNorm folded), export parity, calibration data, evaluation data."""
+    spec = _spec_for(job)
+    if job.calib_data is not None:
+        calib = _as_array(job.calib_data, "calibration data")
+    elif spec is not None:
+        calib = spec.calibration_data(job.samples)
+    else:
+        raise DataError("calibration data is required for this model: pass --calib-data DATA.npy|DATA.npz")
+    if job.eval_data is not None:
+        evald = _as_array(job.eval_data, "evaluation data")
+    else:
+        evald = spec.evaluation_data(job.eval_samples) if spec is not None else None
+    if job.onnx is not None:
+        return fold_batchnorm(load_model(job.onnx)), None, calib, evald
+    if job.checkpoint is not None:
+        module = load_checkpoint(job.checkpoint, resolve_factory(job.model))
+    else:
+        module = spec.factory(pretrained=True)
+    proto, parity = export(module, _first_array(calib)[:8],
+                           input_name=spec.input_name if spec else "input",
+                           output_name="logits" if spec else "output")
+    return fold_batchnorm(proto), parity, calib, evald
+
+
+def run_quantize(job: QuantizeJob) -> QuantizeResult:
+    """Export (if needed), calibrate, quantize and compare; write the outputs atomically."""
+    with staging_dir(job.out_dir) as stage:
+        fp32, parity, calib, evald = _source_model(job)
+        table = calibrate(fp32, calib, job.method, batch_size=job.batch_size, samples=job.samples,
+                          progress=job.progress)
+        int8 = quantize(fp32, table)
+        eval_source = "held-out evaluation data"
+        if evald is None:
+            evald, eval_source = calib, "the calibration data (no evaluation data given: not held out)"
+        eval_n = job.eval_samples
+        ref = run_all(OrtRunner(fp32, name="fp32"), evald, job.batch_size, eval_n)
+        cand = run_all(OrtRunner(int8, name="int8"), evald, job.batch_size, eval_n)
+        report = compare_outputs(ref, cand, reference_name="fp32", candidate_name="int8 (Q/DQ in float)",
+                                 thresholds=Thresholds())
+        kernels_out = run_all(OrtRunner(int8, mode=QdqMode.ORT_INT8, name="int8-ort"), evald,
+                              job.batch_size, eval_n)
+        kernels = compare_outputs(ref, kernels_out, reference_name="fp32",
+                                  candidate_name="int8 (ORT integer kernels)")
+        warnings = tuple(_kernel_warnings(report, kernels))
+        files = {
+            "fp32": atomic_write_bytes(stage / "model.fp32.onnx", fp32.SerializeToString()),
+            "int8": atomic_write_bytes(stage / "model.int8.onnx", int8.SerializeToString()),
+            "calibration": table.save(stage / "calibration.json"),
+        }
+        summary = {"export_parity": parity.__dict__ if parity else None, "evaluated_on": eval_source,
+                   "calibration": {"method": table.method, "samples": table.samples, "tensors": len(table)},
+                   "fidelity": report.to_json(), "ort_integer_kernels": kernels.to_json(),
+                   "warnings": list(warnings)}
+        files["report"] = atomic_write_text(stage / "report.json", json.dumps(summary, indent=1) + "\n")
+    files = {k: Path(job.out_dir) / v.name for k, v in files.items()}
+    return QuantizeResult(Path(job.out_dir), files, table, report, kernels, parity, eval_source, warnings)
+
+
+def _kernel_warnings(qdq: ComparisonReport, kernels: ComparisonReport):
+    for a, b in zip(qdq.outputs, kernels.outputs):
+        top_gap = abs((a.top1 or 0) - (b.top1 or 0))
+        if top_gap > KERNEL_TOP1_GAP or abs(a.cosine - b.cosine) > KERNEL_COSINE_GAP:
+            yield (f"output '{a.name}': ONNX Runtime's integer kernels disagree with the TensorRT-style "
+                   f"float Q/DQ result (cosine {b.cosine:.4f} vs {a.cosine:.4f}"
+                   + (f", top-1 {b.top1:.1%} vs {a.top1:.1%}" if a.top1 is not None else "")
+                   + "); this CPU's int8 kernels are not a faithful TensorRT reference")
