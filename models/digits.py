@@ -53,6 +53,12 @@ def _trained_state() -> dict:
         model = DigitsCNN()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
+    with torch.enable_grad():  # callers may be inside torch.no_grad()
+        _train(model, opt, xt, yt, gen)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _train(model: nn.Module, opt, xt: torch.Tensor, yt: torch.Tensor, gen: torch.Generator) -> None:
     for _ in range(15):
         order = torch.randperm(len(xt), generator=gen)
         for i in range(0, len(xt), 64):
@@ -60,7 +66,6 @@ def _trained_state() -> dict:
             opt.zero_grad()
             nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
             opt.step()
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def digits_cnn(pretrained: bool = True) -> DigitsCNN:

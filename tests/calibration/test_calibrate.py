@@ -1,0 +1,81 @@
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from calibration import calibrate, float_activations, model_sha256
+from trtq.errors import CalibrationError, DataError, ModelError
+
+
+def _relu_scale_model():
+    """y = relu(x) * 2: ranges are easy to compute by hand."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Mul", ["r", "two"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+        [onnx.numpy_helper.from_array(np.array(2.0, np.float32), "two")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_ranges_match_numpy_and_do_not_depend_on_batch_size():
+    model = _relu_scale_model()
+    x = np.random.default_rng(0).normal(0, 3, (23, 5)).astype(np.float32)
+    t1 = calibrate(model, x, batch_size=1, progress=False)
+    t7 = calibrate(model, x, batch_size=7, progress=False)
+    assert t1 == t7
+    assert (t1["x"].lo, t1["x"].hi) == (float(x.min()), float(x.max()))
+    assert (t1["r"].lo, t1["r"].hi) == (0.0, float(x.max()))
+    assert t1["y"].hi == pytest.approx(2 * float(x.max()))
+    assert t1.samples == 23 and t1.model_sha256 == model_sha256(model)
+    assert "two" not in t1
+
+
+def test_calibrates_every_float_activation(cnn_model, cnn_data):
+    table = calibrate(cnn_model, cnn_data, samples=16, progress=False)
+    assert set(table.ranges) == set(float_activations(cnn_model))
+    assert {"input", "c1", "bn1", "r1", "sum", "logits"} <= set(table.ranges)
+    assert table.samples == 16
+
+
+def test_non_finite_activation_names_tensor_and_sample():
+    graph = helper.make_graph([helper.make_node("Log", ["x"], ["l"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+                              [helper.make_tensor_value_info("l", TensorProto.FLOAT, ["N", 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.ones((6, 2), np.float32)
+    x[4, 1] = 0.0  # log(0) = -inf
+    with pytest.raises(CalibrationError, match=r"'l' holds Inf.*sample 4"):
+        calibrate(model, x, batch_size=3, progress=False)
+
+
+def test_bad_model_and_data(tmp_path, cnn_data):
+    with pytest.raises(ModelError, match="does not exist"):
+        calibrate(tmp_path / "nope.onnx", cnn_data, progress=False)
+    (tmp_path / "corrupt.onnx").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ModelError, match="not a readable ONNX model|not an ONNX model"):
+        calibrate(tmp_path / "corrupt.onnx", cnn_data, progress=False)
+    with pytest.raises(DataError, match="axis 2 must be 8"):
+        calibrate(_cnn(), np.zeros((2, 3, 9, 9), np.float32), progress=False)
+
+
+def test_external_data_outside_model_folder_is_refused(tmp_path, cnn_model):
+    from onnx import external_data_helper
+
+    model = onnx.ModelProto()
+    model.CopyFrom(cnn_model)
+    tensor = model.graph.initializer[0]
+    external_data_helper.set_external_data(tensor, location="../secret.bin")
+    tensor.data_location = TensorProto.EXTERNAL
+    tensor.ClearField("raw_data")
+    tensor.ClearField("float_data")
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 4096)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.onnx").write_bytes(model.SerializeToString())
+    with pytest.raises(ModelError, match="outside the model's folder"):
+        calibrate(tmp_path / "m" / "model.onnx", np.zeros((1, 3, 8, 8), np.float32), progress=False)
+
+
+def _cnn():
+    from tests.conftest import make_cnn
+
+    return make_cnn()

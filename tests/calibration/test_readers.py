@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from calibration import ImageFolderReader, PreprocessSpec, iter_batches
+from calibration.onnx_model import InputSpec
+from trtq.errors import DataError
+
+SPECS = [InputSpec("images", np.dtype(np.float32), ("N", 3, 4, 4))]
+
+
+def _all(data, specs=SPECS, batch_size=3, samples=None):
+    return list(iter_batches(data, specs, batch_size, samples))
+
+
+def test_array_npy_npz_batches_and_cap(tmp_path):
+    x = np.arange(7 * 48, dtype=np.float32).reshape(7, 3, 4, 4)
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "x.npz", images=x)
+    for data in (x, {"images": x}, tmp_path / "x.npy", tmp_path / "x.npz"):
+        got = _all(data)
+        assert [first for first, _ in got] == [0, 3, 6]
+        np.testing.assert_array_equal(np.concatenate([f["images"] for _, f in got]), x)
+    assert sum(len(f["images"]) for _, f in _all(x, samples=5)) == 5
+
+
+def test_float64_is_cast_but_ints_are_refused():
+    x = np.zeros((2, 3, 4, 4))
+    assert _all(x)[0][1]["images"].dtype == np.float32
+    with pytest.raises(DataError, match="dtype uint8.*convert"):
+        _all(x.astype(np.uint8))
+
+
+def test_shape_errors_say_what_to_do():
+    with pytest.raises(DataError, match=r"shape \(3, 4, 4\); the model expects \(N, 3, 4, 4\) float32: add a batch axis"):
+        _all({"images": np.zeros((3, 4, 4), np.float32)}, batch_size=8)
+    with pytest.raises(DataError, match="axis 1 must be 3"):
+        _all(np.zeros((2, 1, 4, 4), np.float32))
+
+
+def test_wrong_input_name_and_nan():
+    with pytest.raises(DataError, match=r"missing \['images'\]; unknown \['pixels'\]"):
+        _all({"pixels": np.zeros((2, 3, 4, 4), np.float32)})
+    x = np.zeros((5, 3, 4, 4), np.float32)
+    x[4, 0, 0, 0] = np.nan
+    with pytest.raises(DataError, match="'images' holds NaN or Inf at sample 4"):
+        _all(x)
+
+
+def test_ort_reader_protocol_and_iterables():
+    class Reader:
+        def __init__(self):
+            self.items = [{"images": np.ones((2, 3, 4, 4), np.float32)}] * 3
+
+        def get_next(self):
+            return self.items.pop() if self.items else None
+
+    assert [first for first, _ in _all(Reader())] == [0, 2, 4]
+    assert len(_all(iter([{"images": np.ones((1, 3, 4, 4), np.float32)}]))) == 1
+
+
+def test_empty_and_unsupported(tmp_path):
+    with pytest.raises(DataError, match="empty"):
+        _all(np.zeros((0, 3, 4, 4), np.float32))
+    with pytest.raises(DataError, match="not supported"):
+        _all(42)
+    (tmp_path / "x.txt").write_text("1 2 3")
+    with pytest.raises(DataError, match="expected .npy or .npz"):
+        _all(tmp_path / "x.txt")
+    (tmp_path / "bad.npy").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="cannot be read"):
+        _all(tmp_path / "bad.npy")
+
+
+def test_image_folder_preprocessing(tmp_path):
+    Image.fromarray(np.full((10, 20, 3), 255, np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(tmp_path / "b.jpg")
+    spec = PreprocessSpec(size=(4, 4), scale=1 / 127.5, mean=(1, 1, 1))
+    reader = ImageFolderReader(tmp_path, spec)
+    arr = reader.arrays()
+    assert arr.shape == (2, 3, 4, 4) and arr.dtype == np.float32
+    np.testing.assert_allclose(arr[0], 1.0, atol=1e-6)
+    np.testing.assert_allclose(arr[1], -1.0, atol=1e-6)
+    (tmp_path / "c.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="c.png cannot be read"):
+        ImageFolderReader(tmp_path, spec).arrays()

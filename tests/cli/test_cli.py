@@ -1,0 +1,146 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import make_cnn, needs_torch
+from trtq.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    onnx.save(make_cnn(), tmp_path / "cnn.onnx")
+    x = np.random.default_rng(0).normal(size=(24, 3, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "calib.npy", x)
+    np.savez(tmp_path / "calib.npz", input=x)
+    return tmp_path
+
+
+def _assert_clean_failure(result, match, workdir, out):
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip()
+    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err, err
+    assert match in err, err
+    assert not out.exists(), "a failed run must not create the output folder"
+    assert not [p for p in workdir.iterdir() if ".staging." in p.name], "staging folder left behind"
+
+
+def test_quantize_onnx_writes_all_outputs(workdir):
+    out = workdir / "out"
+    result = run("quantize", "--onnx", workdir / "cnn.onnx", "--calib-data", workdir / "calib.npz",
+                 "--out", out, "--no-progress")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert {p.name for p in out.iterdir()} == {"model.fp32.onnx", "model.int8.onnx", "calibration.json",
+                                                "report.json"}
+    report = json.loads((out / "report.json").read_text())
+    assert report["evaluated_on"].startswith("the calibration data")
+    assert report["fidelity"]["outputs"][0]["cosine"] > 0.95
+    assert "top-1 agreement" in result.output
+    assert "BatchNormalization" not in {n.op_type for n in onnx.load(out / "model.fp32.onnx").graph.node}
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "shape", "name", "nan", "dtype"])
+def test_quantize_bad_input_fails_cleanly(workdir, case):
+    out = workdir / "out"
+    model, data = workdir / "cnn.onnx", workdir / "calib.npy"
+    expect = {"missing": "does not exist", "corrupt": "not a readable ONNX model",
+              "shape": "axis 2 must be 8", "name": "missing ['input']", "nan": "NaN or Inf at sample 3",
+              "dtype": "dtype int64"}[case]
+    if case == "missing":
+        model = workdir / "nope.onnx"
+    elif case == "corrupt":
+        model = workdir / "corrupt.onnx"
+        model.write_bytes(b"\x08\x07garbage" * 20)
+    elif case == "shape":
+        np.save(data, np.zeros((4, 3, 9, 9), np.float32))
+    elif case == "name":
+        data = workdir / "wrong.npz"
+        np.savez(data, pixels=np.zeros((4, 3, 8, 8), np.float32))
+    elif case == "nan":
+        x = np.zeros((8, 3, 8, 8), np.float32)
+        x[3, 1, 2, 2] = np.nan
+        np.save(data, x)
+    elif case == "dtype":
+        np.save(data, np.zeros((4, 3, 8, 8), np.int64))
+    result = run("quantize", "--onnx", model, "--calib-data", data, "--out", out, "--no-progress")
+    _assert_clean_failure(result, expect, workdir, out)
+
+
+def test_unwritable_output_and_unknown_model(workdir):
+    blocker = workdir / "file.txt"
+    blocker.write_text("x")
+    result = run("quantize", "--onnx", workdir / "cnn.onnx", "--calib-data", workdir / "calib.npy",
+                 "--out", blocker / "out", "--no-progress")
+    assert result.exit_code == 2 and "cannot write to output folder" in result.stderr
+    result = run("quantize", "--model", "resnet9000", "--out", workdir / "o2", "--no-progress")
+    _assert_clean_failure(result, "unknown model 'resnet9000'", workdir, workdir / "o2")
+    result = run("quantize", "--checkpoint", workdir / "x.pt", "--out", workdir / "o3")
+    _assert_clean_failure(result, "--checkpoint needs --model", workdir, workdir / "o3")
+
+
+def test_failed_run_keeps_previous_good_outputs(workdir):
+    out = workdir / "out"
+    ok = run("quantize", "--onnx", workdir / "cnn.onnx", "--calib-data", workdir / "calib.npy",
+             "--out", out, "--no-progress")
+    assert ok.exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    np.save(workdir / "bad.npy", np.full((4, 3, 8, 8), np.inf, np.float32))
+    bad = run("quantize", "--onnx", workdir / "cnn.onnx", "--calib-data", workdir / "bad.npy",
+              "--out", out, "--no-progress")
+    assert bad.exit_code == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_verbose_shows_traceback(workdir):
+    result = run("-v", "quantize", "--onnx", workdir / "nope.onnx", "--calib-data", workdir / "calib.npy",
+                 "--out", workdir / "o")
+    assert result.exit_code != 0 and result.exception is not None
+
+
+def test_calibrate_and_compare_commands(workdir):
+    res = run("calibrate", workdir / "cnn.onnx", "--data", workdir / "calib.npy", "--out",
+              workdir / "t.json", "--no-progress")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads((workdir / "t.json").read_text())["samples"] == 24
+    from calibration import CalibrationTable
+    from quantize import quantize
+
+    onnx.save(quantize(workdir / "cnn.onnx", CalibrationTable.load(workdir / "t.json")), workdir / "int8.onnx")
+    res = run("compare", workdir / "cnn.onnx", workdir / "int8.onnx", "--data", workdir / "calib.npy")
+    assert res.exit_code == 0 and "PASS" in res.output, res.output + res.stderr
+    res = run("compare", workdir / "cnn.onnx", workdir / "int8.onnx", "--data", workdir / "calib.npy",
+              "--min-cosine", "1.0", "--json")
+    assert res.exit_code == 1 and json.loads(res.output)["passed"] is False
+    res = run("compare", workdir / "cnn.onnx", workdir / "int8.onnx", "--data", workdir / "nope.npy")
+    assert res.exit_code == 2 and "does not exist" in res.stderr
+
+
+def test_help_and_models():
+    assert "quantize" in run("--help").output
+    assert "efficientnet_lite0" in run("models").output
+
+
+@needs_torch
+def test_quantize_checkpoint_with_registered_architecture(tmp_path):
+    import torch
+
+    from models.digits import TRAIN_SAMPLES, digits_arrays, digits_cnn
+
+    torch.save(digits_cnn().state_dict(), tmp_path / "digits.pt")
+    x, _ = digits_arrays()
+    np.save(tmp_path / "calib.npy", x[:200])
+    np.save(tmp_path / "eval.npy", x[TRAIN_SAMPLES:])
+    result = run("quantize", "--checkpoint", tmp_path / "digits.pt", "--model", "digits_cnn",
+                 "--calib-data", tmp_path / "calib.npy", "--eval-data", tmp_path / "eval.npy",
+                 "--out", tmp_path / "out", "--no-progress")
+    assert result.exit_code == 0, result.output + result.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["export_parity"]["max_abs"] < 1e-4
+    assert report["fidelity"]["outputs"][0]["top1"] > 0.95
+    assert report["evaluated_on"] == "held-out evaluation data"

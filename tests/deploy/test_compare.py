@@ -1,0 +1,56 @@
+import math
+
+import numpy as np
+import pytest
+
+from calibration import calibrate
+from deploy import OrtRunner, QdqMode, Thresholds, compare, compare_outputs
+from deploy.compare import output_metrics
+from quantize import quantize
+from trtq.errors import TrtqError
+
+
+def test_metrics_against_numpy():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(50, 10))
+    noise = rng.normal(scale=0.1, size=ref.shape)
+    m = output_metrics("y", ref, ref + noise)
+    cos = [(a @ b) / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(ref, ref + noise)]
+    assert m.cosine == pytest.approx(np.mean(cos)) and m.min_cosine == pytest.approx(np.min(cos))
+    assert m.sqnr_db == pytest.approx(10 * np.log10((ref ** 2).sum() / (noise ** 2).sum()))
+    assert m.max_abs == pytest.approx(np.abs(noise).max())
+    assert m.max_rel == pytest.approx(np.abs(noise).max() / np.abs(ref).max())
+    assert m.top1 == pytest.approx(np.mean(ref.argmax(1) == (ref + noise).argmax(1)))
+
+
+def test_identical_and_top5():
+    ref = np.eye(6)[:, :6] + 0.01 * np.arange(6)
+    same = output_metrics("y", ref, ref.copy())
+    assert same.cosine == 1.0 and math.isinf(same.sqnr_db) and same.top1 == 1.0
+    swapped = ref[:, ::-1].copy()
+    m = output_metrics("y", ref, swapped)
+    assert m.top1 < 1.0 and m.top5 == 1.0 - (np.argsort(-swapped, 1)[:, :5] != ref.argmax(1)[:, None]).all(1).mean()
+
+
+def test_report_truthiness_and_shape_mismatch():
+    ref = {"y": np.ones((4, 3))}
+    assert compare_outputs(ref, {"y": np.ones((4, 3))})
+    assert not compare_outputs(ref, {"y": -np.ones((4, 3))})
+    assert not compare_outputs(ref, {"y": np.ones((4, 3))}, thresholds=Thresholds(min_cosine=0.5, min_top1=1.1))
+    with pytest.raises(TrtqError, match="shape"):
+        compare_outputs(ref, {"y": np.ones((4, 2))})
+    with pytest.raises(TrtqError, match="no output"):
+        compare_outputs(ref, {"z": np.ones((4, 3))})
+
+
+def test_compare_models_both_modes(tmp_path, cnn_model, cnn_data):
+    import onnx
+
+    q = quantize(cnn_model, calibrate(cnn_model, cnn_data, progress=False))
+    onnx.save(cnn_model, tmp_path / "fp32.onnx")
+    onnx.save(q, tmp_path / "int8.onnx")
+    report = compare(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", cnn_data, batch_size=16)
+    assert report.samples == 40 and report.outputs[0].cosine > 0.98
+    with OrtRunner(tmp_path / "int8.onnx", mode=QdqMode.ORT_INT8) as fused:
+        r2 = compare(tmp_path / "fp32.onnx", fused, cnn_data)
+    assert r2.outputs[0].cosine > 0.9

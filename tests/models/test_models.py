@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+from tests.conftest import needs_models, needs_torch
+
+
+@needs_models
+def test_crops_are_deterministic_and_held_out_photos_stay_out():
+    from models import images
+
+    a, b = images.calibration_crops(6, 32), images.calibration_crops(6, 32)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (6, 32, 32, 3) and a.dtype == np.uint8
+    assert not (images.evaluation_crops(6, 32) == a).all()
+    assert set(images.HELD_OUT_PHOTOS).isdisjoint(images.CALIBRATION_PHOTOS)
+    assert set(images.HELD_OUT_PHOTOS) | set(images.CALIBRATION_PHOTOS) <= set(images.photo_paths())
+
+
+@needs_models
+@needs_torch
+@pytest.mark.parametrize("photo, classes", [("chelsea", {281, 282, 285}), ("coffee", {967, 968, 504})])
+def test_efficientnet_lite0_recognises_photos(photo, classes):
+    import torch
+
+    from calibration.readers import resize_rgb
+    from models import get_model_spec
+    from models.images import load_photo
+    from PIL import Image
+
+    spec = get_model_spec("efficientnet_lite0")
+    model = spec.factory(pretrained=True)
+    x = spec.preprocess.apply(resize_rgb(Image.fromarray(load_photo(photo)), (224, 224), crop=True))
+    with torch.no_grad():
+        top5 = set(model(torch.from_numpy(x[None])).topk(5).indices[0].tolist())
+    assert top5 & classes, top5
+
+
+@needs_torch
+def test_digits_cnn_is_really_trained():
+    import torch
+
+    from models.digits import TRAIN_SAMPLES, digits_arrays, digits_cnn
+
+    x, y = digits_arrays()
+    with torch.no_grad():
+        pred = digits_cnn()(torch.from_numpy(x[TRAIN_SAMPLES:])).argmax(1).numpy()
+    assert (pred == y[TRAIN_SAMPLES:]).mean() > 0.9
