@@ -17,7 +17,7 @@ import onnx
 from calibration.observers import make_observer
 from calibration.onnx_model import input_specs, load_model, model_sha256
 from calibration.progress import progress_bar
-from calibration.readers import iter_batches
+from calibration.readers import count_samples, iter_batches
 from calibration.table import CalibrationTable
 from trtq.errors import CalibrationError, ModelError, require
 
@@ -86,11 +86,8 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: Any, method: str
         raise CalibrationError(f"tensors {unknown[:5]} are not float activations of the model")
     observers = {n: make_observer(method, n) for n in names}
     session = _session(proto, names, providers)
-    total = samples
-    if total is None and isinstance(data, np.ndarray):
-        total = data.shape[0]
     seen = 0
-    with progress_bar(f"calibrating ({method})", total, enabled=progress) as bar:
+    with progress_bar(f"calibrating ({method})", count_samples(data, samples), enabled=progress) as bar:
         for first, feed in iter_batches(data, specs, batch_size, samples):
             try:
                 values = session.run(names, feed)

@@ -6,7 +6,8 @@ import contextlib
 from typing import Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                           TimeElapsedColumn)
 
 
 class ProgressBar:
@@ -31,8 +32,9 @@ def progress_bar(description: str, total: int | None, unit: str = "samples",
     if not enabled:
         yield ProgressBar(None, unit)
         return
+    counted = (MofNCompleteColumn(),) if total is not None else ()
     progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), *counted,
         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=Console(stderr=True),
     )
     bar = ProgressBar(progress, unit)

@@ -211,6 +211,21 @@ def _check_array(spec: InputSpec, value: Any, first_sample: int) -> np.ndarray:
     return arr
 
 
+def count_samples(data: Any, cap: int | None = None) -> int | None:
+    """Number of samples in array-like data (for progress bars), else ``None``."""
+    n = None
+    if isinstance(data, np.ndarray) and data.ndim:
+        n = data.shape[0]
+    elif isinstance(data, Mapping) and data:
+        first = np.asarray(next(iter(data.values())))
+        n = first.shape[0] if first.ndim else None
+    elif isinstance(data, ImageFolderReader):
+        n = len(data)
+    if n is None:
+        return cap
+    return min(n, cap) if cap is not None else n
+
+
 def iter_batches(data: Any, specs: list[InputSpec], batch_size: int = 32,
                  samples: int | None = None) -> Iterator[tuple[int, Feed]]:
     """Yield ``(first_sample_index, validated feed)`` batches, at most ``samples`` samples."""

@@ -22,7 +22,8 @@ import numpy as np
 import onnx
 
 from calibration.onnx_model import InputSpec, input_specs, load_model
-from calibration.readers import iter_batches
+from calibration.progress import progress_bar
+from calibration.readers import count_samples, iter_batches
 from trtq.errors import ModelError, TrtqError, require
 
 
@@ -81,13 +82,15 @@ class OrtRunner:
         self.close()
 
 
-def run_all(runner: Runner, data: Any, batch_size: int = 32,
-            samples: int | None = None) -> dict[str, np.ndarray]:
+def run_all(runner: Runner, data: Any, batch_size: int = 32, samples: int | None = None,
+            progress: bool = False) -> dict[str, np.ndarray]:
     """Run every batch of ``data`` and concatenate the outputs along the batch axis."""
     chunks: dict[str, list[np.ndarray]] = {n: [] for n in runner.outputs}
-    for _, feed in iter_batches(data, runner.inputs, batch_size, samples):
-        for name, value in runner.infer(feed).items():
-            chunks[name].append(value)
+    with progress_bar(f"running {runner.name}", count_samples(data, samples), enabled=progress) as bar:
+        for _, feed in iter_batches(data, runner.inputs, batch_size, samples):
+            for name, value in runner.infer(feed).items():
+                chunks[name].append(value)
+            bar.advance(len(next(iter(feed.values()))))
     return {n: np.concatenate(v) for n, v in chunks.items()}
 
 

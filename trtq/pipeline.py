@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from calibration import CalibrationTable, calibrate, load_arrays, load_model
+from calibration.progress import progress_bar
 from calibration.readers import ImageFolderReader
 from deploy import ComparisonReport, OrtRunner, QdqMode, compare_outputs, run_all
 from deploy.compare import Thresholds
@@ -117,9 +118,10 @@ def _source_model(job: QuantizeJob) -> tuple[onnx.ModelProto, ExportParity | Non
         module = load_checkpoint(job.checkpoint, resolve_factory(job.model))
     else:
         module = spec.factory(pretrained=True)
-    proto, parity = export(module, _first_array(calib)[:8],
-                           input_name=spec.input_name if spec else "input",
-                           output_name="logits" if spec else "output")
+    with progress_bar("exporting to ONNX", None, enabled=job.progress):
+        proto, parity = export(module, _first_array(calib)[:8],
+                               input_name=spec.input_name if spec else "input",
+                               output_name="logits" if spec else "output")
     return fold_batchnorm(proto), parity, calib, evald
 
 
@@ -134,12 +136,13 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
         if evald is None:
             evald, eval_source = calib, "the calibration data (no evaluation data given: not held out)"
         eval_n = job.eval_samples
-        ref = run_all(OrtRunner(fp32, name="fp32"), evald, job.batch_size, eval_n)
-        cand = run_all(OrtRunner(int8, name="int8"), evald, job.batch_size, eval_n)
+        ref = run_all(OrtRunner(fp32, name="fp32"), evald, job.batch_size, eval_n, job.progress)
+        cand = run_all(OrtRunner(int8, name="int8 (Q/DQ in float)"), evald, job.batch_size, eval_n,
+                       job.progress)
         report = compare_outputs(ref, cand, reference_name="fp32", candidate_name="int8 (Q/DQ in float)",
                                  thresholds=Thresholds())
-        kernels_out = run_all(OrtRunner(int8, mode=QdqMode.ORT_INT8, name="int8-ort"), evald,
-                              job.batch_size, eval_n)
+        kernels_out = run_all(OrtRunner(int8, mode=QdqMode.ORT_INT8, name="int8 (ORT integer kernels)"),
+                              evald, job.batch_size, eval_n, job.progress)
         kernels = compare_outputs(ref, kernels_out, reference_name="fp32",
                                   candidate_name="int8 (ORT integer kernels)")
         warnings = tuple(_kernel_warnings(report, kernels))
