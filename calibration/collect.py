@@ -78,7 +78,6 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: Any, method: str
     proto = load_model(model)
     make_observer(method, "probe")  # fail fast on an unknown method
     specs = input_specs(proto)
-    batch_size = _batch_size_for(specs, batch_size)
     names = list(tensors) if tensors is not None else float_activations(proto)
     known = set(float_activations(proto)) if tensors is not None else set(names)
     unknown = [n for n in names if n not in known]
@@ -104,10 +103,3 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: Any, method: str
     log.info("calibrated %d tensors on %d samples (%s)", len(ranges), seen, method)
     return CalibrationTable(ranges, method, model_sha256(proto), seen)
 
-
-def _batch_size_for(specs, batch_size: int) -> int:
-    """A model with a static batch dim can only run that batch size."""
-    static = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
-    if len(static) == 1:
-        return static.pop()
-    return batch_size

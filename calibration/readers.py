@@ -211,6 +211,16 @@ def _check_array(spec: InputSpec, value: Any, first_sample: int) -> np.ndarray:
     return arr
 
 
+def static_batch_size(specs: list[InputSpec]) -> int | None:
+    """The batch size a model with a fixed first dim can run, else ``None``.
+
+    Array data is then sliced into batches of exactly that size; a last, smaller batch
+    would not fit the model and is refused by the shape check with a clear message.
+    """
+    static = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
+    return static.pop() if len(static) == 1 else None
+
+
 def count_samples(data: Any, cap: int | None = None) -> int | None:
     """Number of samples in array-like data (for progress bars), else ``None``."""
     n = None
@@ -231,6 +241,7 @@ def iter_batches(data: Any, specs: list[InputSpec], batch_size: int = 32,
     """Yield ``(first_sample_index, validated feed)`` batches, at most ``samples`` samples."""
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = static_batch_size(specs) or batch_size
     seen = 0
     for raw in raw_batches(data, specs, batch_size):
         feed = validate_feed(raw, specs, seen)

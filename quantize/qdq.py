@@ -144,6 +144,10 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable
     float and logged.
     """
     model = load_model(model)
+    already = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+    if already:
+        raise QuantizationError(f"the model already holds {already} QuantizeLinear/DequantizeLinear nodes; "
+                                "pass the fp32 model")
     if table.model_sha256 != model_sha256(model) and not force:
         raise QuantizationError(
             "the calibration table was computed for another model (SHA-256 "

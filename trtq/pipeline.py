@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from calibration import CalibrationTable, calibrate, load_arrays, load_model
+from calibration.observers import make_observer
 from calibration.progress import progress_bar
 from calibration.readers import ImageFolderReader
 from deploy import ComparisonReport, OrtRunner, QdqMode, compare_outputs, run_all
@@ -127,6 +128,7 @@ def _source_model(job: QuantizeJob) -> tuple[onnx.ModelProto, ExportParity | Non
 
 def run_quantize(job: QuantizeJob) -> QuantizeResult:
     """Export (if needed), calibrate, quantize and compare; write the outputs atomically."""
+    make_observer(job.method, "probe")  # an unknown method fails before any slow step
     with staging_dir(job.out_dir) as stage:
         fp32, parity, calib, evald = _source_model(job)
         table = calibrate(fp32, calib, job.method, batch_size=job.batch_size, samples=job.samples,

@@ -84,3 +84,11 @@ def test_image_folder_preprocessing(tmp_path):
     (tmp_path / "c.png").write_bytes(b"not an image")
     with pytest.raises(DataError, match="c.png cannot be read"):
         ImageFolderReader(tmp_path, spec).arrays()
+
+
+def test_static_batch_models_get_batches_of_their_size():
+    specs = [InputSpec("images", np.dtype(np.float32), (2, 3, 4, 4))]
+    got = _all(np.zeros((6, 3, 4, 4), np.float32), specs=specs, batch_size=32)
+    assert [f["images"].shape[0] for _, f in got] == [2, 2, 2]
+    with pytest.raises(DataError, match="axis 0 must be 2"):
+        _all(np.zeros((5, 3, 4, 4), np.float32), specs=specs)

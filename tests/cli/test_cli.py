@@ -144,3 +144,9 @@ def test_quantize_checkpoint_with_registered_architecture(tmp_path):
     assert report["export_parity"]["max_abs"] < 1e-4
     assert report["fidelity"]["outputs"][0]["top1"] > 0.95
     assert report["evaluated_on"] == "held-out evaluation data"
+
+
+def test_unknown_method_fails_before_any_work(workdir):
+    result = run("quantize", "--onnx", workdir / "cnn.onnx", "--calib-data", workdir / "calib.npy",
+                 "--method", "kl", "--out", workdir / "out")
+    _assert_clean_failure(result, "unknown calibration method 'kl'", workdir, workdir / "out")

@@ -129,3 +129,10 @@ def test_scale_math():
     wp = weight_params(w, 0)
     np.testing.assert_allclose(wp.scale, [1.0, 0.02])
     assert weight_params(w, None).scale.shape == ()
+
+
+def test_already_quantized_model_is_refused(cnn_model, cnn_data):
+    table = calibrate(cnn_model, cnn_data, progress=False)
+    q = quantize(cnn_model, table)
+    with pytest.raises(QuantizationError, match="already holds .* pass the fp32 model"):
+        quantize(q, table, force=True)
