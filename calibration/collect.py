@@ -78,9 +78,9 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: Any, method: str
     proto = load_model(model)
     make_observer(method, "probe")  # fail fast on an unknown method
     specs = input_specs(proto)
-    names = list(tensors) if tensors is not None else float_activations(proto)
-    known = set(float_activations(proto)) if tensors is not None else set(names)
-    unknown = [n for n in names if n not in known]
+    available = float_activations(proto)
+    names = list(tensors) if tensors is not None else available
+    unknown = sorted(set(names) - set(available))
     if unknown:
         raise CalibrationError(f"tensors {unknown[:5]} are not float activations of the model")
     observers = {n: make_observer(method, n) for n in names}
