@@ -1,20 +1,31 @@
 """The collector: run the model once per batch and feed every observed tensor to its observer.
 
-Each tensor to calibrate is exposed as a graph output of a private copy of the model; one
-ONNX Runtime session runs it batch by batch, each array is fed to its observer and then
-dropped. Memory is bounded by one batch of activations, whatever the number of samples.
+One ONNX Runtime session runs the calibration graph (:mod:`calibration.augment`): the
+model plus, per tensor, its min/max/sum and, for histogram methods, its values or an even
+subsample of them. Each batch's statistics are fed to the observers and dropped, so
+memory does not grow with the number of samples. The model runs in a worker thread while
+the observers work on the previous batch.
+
+A non-finite sum means NaN/Inf somewhere in the tensor: that batch is run again through
+a second session that exposes the full tensors, so the error names the tensor and the
+exact sample (and a finite tensor whose sum merely overflowed is observed in full).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
-from typing import Any, Iterable, Sequence
+import queue
+import threading
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import onnx
 
-from calibration.observers import make_observer
+from calibration.augment import DEFAULT_MAX_ELEMENTS, Probe, augment, expose
+from calibration.observers import check_finite, make_observer
 from calibration.onnx_model import input_specs, load_model, model_sha256
 from calibration.progress import progress_bar
 from calibration.readers import count_samples, iter_batches
@@ -47,32 +58,113 @@ def float_activations(model: onnx.ModelProto) -> list[str]:
     return [n for n in dict.fromkeys(names) if types.get(n) in FLOAT_TYPES]
 
 
-def _session(model: onnx.ModelProto, outputs: Sequence[str], providers: Sequence[str] | None):
+def _session(model: onnx.ModelProto, providers: Sequence[str] | None):
     ort = require("onnxruntime", "cpu")
-    augmented = onnx.ModelProto()
-    augmented.CopyFrom(model)
-    existing = {o.name for o in augmented.graph.output}
-    augmented.graph.output.extend(onnx.ValueInfoProto(name=n) for n in outputs if n not in existing)
     opts = ort.SessionOptions()
-    # Basic optimizations only: fusions must not change which tensors exist or their values.
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    # Full optimization is safe: ORT never fuses away a tensor that feeds a graph output's
+    # computation, and the statistics are computed from the calibrated tensors themselves.
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
     try:
-        return ort.InferenceSession(augmented.SerializeToString(), opts,
+        return ort.InferenceSession(model.SerializeToString(), opts,
                                     providers=list(providers or ["CPUExecutionProvider"]))
     except Exception as exc:  # ORT raises its own exception types
         raise ModelError(f"ONNX Runtime cannot load the model for calibration: {exc}") from exc
 
 
+class _Runner:
+    """Runs one batch through the calibration graph; re-runs it exactly when a sum is not finite."""
+
+    def __init__(self, proto: onnx.ModelProto, probes: list[Probe], session, providers) -> None:
+        self.proto, self.probes, self.session, self.providers = proto, probes, session, providers
+        self.outputs = [o.name for o in session.get_outputs()]
+        self._exact = None
+
+    def __call__(self, first: int, feed: dict) -> list[tuple[np.ndarray | None, float, float]]:
+        try:
+            values = dict(zip(self.outputs, self.session.run(self.outputs, feed)))
+        except Exception as exc:  # ORT raises its own exception types
+            raise CalibrationError(f"running calibration batch at sample {first} failed: {exc}") from exc
+        stats = []
+        suspicious = []
+        for p in self.probes:
+            lo, hi, total = float(values[p.lo]), float(values[p.hi]), float(values[p.total])
+            if not (math.isfinite(lo) and math.isfinite(hi) and math.isfinite(total)):
+                suspicious.append(p.tensor)
+            stats.append((values[p.values] if p.values else None, lo, hi))
+        if suspicious:
+            full = self._run_exact(suspicious, feed)
+            for i, p in enumerate(self.probes):
+                if p.tensor in full:
+                    check_finite(p.tensor, full[p.tensor], first)  # raises with the exact sample
+                    arr = full[p.tensor]
+                    stats[i] = (arr if p.values else None, float(arr.min()), float(arr.max()))
+        return stats
+
+    def _run_exact(self, tensors: list[str], feed: dict) -> dict[str, np.ndarray]:
+        if self._exact is None:
+            self._exact = _session(expose(self.proto, [p.tensor for p in self.probes]), self.providers)
+        names = [p.tensor for p in self.probes]
+        arrays = dict(zip(names, self._exact.run(names, feed)))
+        return {t: np.asarray(arrays[t], dtype=np.float32) for t in tensors}
+
+
+_DONE = object()
+
+
+def _run_ahead(run, batches: Iterator[tuple[int, dict]]):
+    """Yield ``(first_sample, batch_size, run(first, feed))``, running the next batch while
+    the caller works on the current one.
+
+    ONNX Runtime releases the GIL, so the model runs in a worker thread while the observers
+    update in this one. The worker starts batch ``k + 1`` only once the caller has taken
+    batch ``k``, so at most two batches of outputs are alive. Errors in the worker (bad
+    data, a failing run) are raised here, in order.
+    """
+    slot: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for first, feed in batches:
+                if stop.is_set():
+                    return
+                values = run(first, feed)
+                slot.put((first, next(iter(feed.values())).shape[0], values))
+                del values
+                slot.join()  # wait until the caller has taken it
+            slot.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            slot.put(exc)
+
+    worker = threading.Thread(target=produce, name="trtq-calibration", daemon=True)
+    worker.start()
+    try:
+        while (item := slot.get()) is not _DONE:
+            slot.task_done()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a worker waiting on the slot
+            try:
+                slot.get_nowait()
+                slot.task_done()
+            except queue.Empty:
+                worker.join(timeout=0.05)
+
+
 def calibrate(model: str | os.PathLike | onnx.ModelProto, data: Any, method: str = "minmax", *,
-              batch_size: int = 32, samples: int | None = None,
+              batch_size: int = 8, samples: int | None = None,
               providers: Sequence[str] | None = None, tensors: Iterable[str] | None = None,
-              progress: bool = True) -> CalibrationTable:
+              max_elements: int | None = DEFAULT_MAX_ELEMENTS, progress: bool = True) -> CalibrationTable:
     """Run ``data`` through ``model`` and return the range of every float activation.
 
     ``data`` is any form accepted by :func:`calibration.readers.iter_batches`. ``tensors``
     restricts calibration to the named tensors (default: all float activations).
-    ``samples`` caps the number of calibration samples. Ranges are computed by the
+    ``samples`` caps the number of calibration samples. Memory is bounded by about three
+    batches of activations (``batch_size`` 8 by default), whatever the number of samples. Ranges are computed by the
     observer registered as ``method`` in :data:`calibration.observers.OBSERVERS`.
     """
     proto = load_model(model)
@@ -84,22 +176,22 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: Any, method: str
     if unknown:
         raise CalibrationError(f"tensors {unknown[:5]} are not float activations of the model")
     observers = {n: make_observer(method, n) for n in names}
-    session = _session(proto, names, providers)
+    needs_values = any(getattr(o, "needs_values", True) for o in observers.values())
+    graph, probes = augment(proto, names, values=needs_values, batch_size=batch_size,
+                            max_elements=max_elements)
+    run = _Runner(proto, probes, _session(graph, providers), providers)
     seen = 0
     with progress_bar(f"calibrating ({method})", count_samples(data, samples), enabled=progress) as bar:
-        for first, feed in iter_batches(data, specs, batch_size, samples):
-            try:
-                values = session.run(names, feed)
-            except Exception as exc:  # ORT raises its own exception types
-                raise CalibrationError(f"running calibration batch at sample {first} failed: {exc}") from exc
-            for name, value in zip(names, values):
-                value = np.asarray(value)
-                if np.issubdtype(value.dtype, np.floating):
-                    observers[name].update(value, first_sample=first)
-            n = next(iter(feed.values())).shape[0]
+        for first, n, stats in _run_ahead(run, iter_batches(data, specs, batch_size, samples)):
+            for p, (values, lo, hi) in zip(probes, stats):
+                obs = observers[p.tensor]
+                if values is None:  # min/max observers need only the extremes
+                    values = np.array([lo, hi], np.float32)
+                obs.update(values, first_sample=first, extremes=(lo, hi))
+            del stats
             seen += n
             bar.advance(n)
-    ranges = {n: o.compute() for n, o in observers.items()}
+    ranges = {n: dataclasses.replace(o.compute(), samples=seen) for n, o in observers.items()}
     log.info("calibrated %d tensors on %d samples (%s)", len(ranges), seen, method)
     return CalibrationTable(ranges, method, model_sha256(proto), seen)
 

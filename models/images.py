@@ -13,6 +13,7 @@ deterministic by the seed.
 from __future__ import annotations
 
 import functools
+from typing import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +56,7 @@ def photo_paths() -> dict[str, Path]:
 
 
 @functools.lru_cache(maxsize=None)
-def load_photo(name: str) -> np.ndarray:
-    """One sample photo as a uint8 HxWx3 RGB array."""
+def _photo_image(name: str):
     from PIL import Image
 
     paths = photo_paths()
@@ -64,16 +64,24 @@ def load_photo(name: str) -> np.ndarray:
         raise DataError(f"sample photo '{name}' is not installed; available: {', '.join(sorted(paths))}. "
                         "Install the photos with: pip install 'trtq[models]'")
     with Image.open(paths[name]) as img:
-        arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    arr.setflags(write=False)
-    return arr
+        return img.convert("RGB")
 
 
-def random_resized_crop(photo: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """A random crop of 25-100 % of the area with aspect 3/4-4/3, resized to ``size``, maybe flipped."""
+def load_photo(name: str) -> np.ndarray:
+    """One sample photo as a uint8 HxWx3 RGB array."""
+    return np.asarray(_photo_image(name), dtype=np.uint8)
+
+
+def random_resized_crop(photo, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A random crop of 25-100 % of the area with aspect 3/4-4/3, resized to ``size``, maybe flipped.
+
+    ``photo`` is a PIL image or a uint8 HxWx3 array.
+    """
     from PIL import Image
 
-    h, w = photo.shape[:2]
+    if not isinstance(photo, Image.Image):
+        photo = Image.fromarray(np.asarray(photo, np.uint8))
+    w, h = photo.size
     for _ in range(10):
         area = h * w * rng.uniform(0.25, 1.0)
         aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
@@ -83,22 +91,28 @@ def random_resized_crop(photo: np.ndarray, size: int, rng: np.random.Generator) 
     else:
         cw = ch = min(h, w)
     top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    img = Image.fromarray(photo).resize((size, size), Image.BILINEAR,
-                                        box=(left, top, left + cw, top + ch))
+    img = photo.resize((size, size), Image.BILINEAR, box=(left, top, left + cw, top + ch))
     crop = np.asarray(img, dtype=np.uint8)
     return crop[:, ::-1] if rng.random() < 0.5 else crop
+
+
+def iter_crops(count: int, size: int = 224, photos: tuple[str, ...] | None = None,
+               seed: int = CALIBRATION_SEED) -> Iterator[np.ndarray]:
+    """Lazily yield ``count`` deterministic crops (uint8 HxWx3 RGB), cycling over ``photos``."""
+    names = tuple(photos) if photos is not None else tuple(sorted(photo_paths()))
+    if not names:
+        raise DataError("no sample photos are installed: pip install 'trtq[models]'")
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        yield random_resized_crop(_photo_image(names[i % len(names)]), size, rng)
 
 
 def sample_crops(count: int, size: int = 224, photos: tuple[str, ...] | None = None,
                  seed: int = CALIBRATION_SEED) -> np.ndarray:
     """``count`` deterministic crops (uint8, NxHxWx3 RGB), cycling over ``photos``."""
-    names = tuple(photos) if photos is not None else tuple(sorted(photo_paths()))
-    if not names:
-        raise DataError("no sample photos are installed: pip install 'trtq[models]'")
-    rng = np.random.default_rng(seed)
     out = np.empty((count, size, size, 3), np.uint8)
-    for i in range(count):
-        out[i] = random_resized_crop(load_photo(names[i % len(names)]), size, rng)
+    for i, crop in enumerate(iter_crops(count, size, photos, seed)):
+        out[i] = crop
     return out
 
 

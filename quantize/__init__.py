@@ -8,8 +8,8 @@ Public API::
 
 from quantize.export import ExportParity, export, load_checkpoint
 from quantize.fold import fold_batchnorm
-from quantize.qdq import QuantParams, activation_params, quantize, weight_params
+from quantize.qdq import QuantParams, activation_params, calibration_tensors, quantize, weight_params
 from quantize.rules import QDQ_RULES, InputQuant
 
-__all__ = ["QDQ_RULES", "ExportParity", "InputQuant", "QuantParams", "activation_params", "export",
+__all__ = ["QDQ_RULES", "ExportParity", "InputQuant", "QuantParams", "activation_params", "calibration_tensors", "export",
            "fold_batchnorm", "load_checkpoint", "quantize", "weight_params"]

@@ -23,7 +23,7 @@ from calibration.readers import ImageFolderReader
 from deploy import ComparisonReport, OrtRunner, QdqMode, compare_outputs, run_all
 from deploy.compare import Thresholds
 from models import get_model_spec, resolve_factory
-from quantize import ExportParity, export, fold_batchnorm, load_checkpoint, quantize
+from quantize import ExportParity, calibration_tensors, export, fold_batchnorm, load_checkpoint, quantize
 from trtq.errors import DataError, ModelError
 from trtq.fileio import atomic_write_bytes, atomic_write_text, staging_dir
 
@@ -132,7 +132,7 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
     with staging_dir(job.out_dir) as stage:
         fp32, parity, calib, evald = _source_model(job)
         table = calibrate(fp32, calib, job.method, batch_size=job.batch_size, samples=job.samples,
-                          progress=job.progress)
+                          tensors=calibration_tensors(fp32), progress=job.progress)
         int8 = quantize(fp32, table)
         eval_source = "held-out evaluation data"
         if evald is None:

@@ -1,0 +1,128 @@
+"""Calibration speed and memory: trtq's observers next to ONNX Runtime's calibrators.
+
+Same fp32 EfficientNet-Lite0 (BatchNorm folded), same calibration crops, read lazily in
+batches of 8 (so the data set itself never sits in memory), same 2-core machine. Each
+measurement runs in a fresh process; time is the calibration call alone (ORT:
+``collect_data`` + ``compute_data``), peak RSS is the process's maximum resident set.
+ONNX Runtime calibrates the tensors of the op types trtq quantizes (Conv, Gemm, Add);
+trtq calibrates the activations its quantizer needs (``quantize.calibration_tensors``).
+
+    python bench/calibration_speed.py                       # 256 and 1024 samples, every method
+    python bench/calibration_speed.py --samples 256 --methods entropy --ort MinMax
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BATCH = 8
+
+
+def batches(samples: int, input_name: str):
+    import numpy as np
+
+    from models.images import CALIBRATION_PHOTOS, iter_crops
+    from models.registry import EFFICIENTNET_PREPROCESS
+
+    buf = []
+    for crop in iter_crops(samples, 224, CALIBRATION_PHOTOS):
+        buf.append(EFFICIENTNET_PREPROCESS.apply(crop))
+        if len(buf) == BATCH:
+            yield {input_name: np.stack(buf)}
+            buf = []
+    if buf:
+        yield {input_name: np.stack(buf)}
+
+
+def child(tool: str, method: str, samples: int, model_path: str) -> dict:
+    import onnx
+
+    if tool == "trtq":
+        from calibration import calibrate
+        from quantize import calibration_tensors
+
+        model = onnx.load(model_path)
+        tensors = calibration_tensors(model)
+        t = time.perf_counter()
+        table = calibrate(model, batches(samples, "images"), method, tensors=tensors, progress=False)
+        seconds, count = time.perf_counter() - t, len(table)
+    else:
+        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, create_calibrator
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.it = batches(samples, "images")
+
+            def get_next(self):
+                return next(self.it, None)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            cal = create_calibrator(model_path, ["Conv", "Gemm", "Add"],
+                                    augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                    calibrate_method=getattr(CalibrationMethod, method),
+                                    extra_options={"symmetric": True})
+            t = time.perf_counter()
+            cal.collect_data(Reader())
+            ranges = cal.compute_data()
+            seconds, count = time.perf_counter() - t, len(ranges.data)
+    return {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "tensors": count}
+
+
+def measure(tool: str, method: str, samples: int, model_path: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", tool, method, str(samples), model_path],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1][:100]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, nargs="+", default=[256, 1024])
+    ap.add_argument("--methods", nargs="+", default=["minmax", "percentile", "entropy", "mse", "auto"])
+    ap.add_argument("--ort", nargs="+", default=["MinMax", "Percentile", "Entropy"],
+                    help="ONNX Runtime calibration methods to run (the baseline is MinMax)")
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        tool, method, samples, model_path = args.child
+        print(json.dumps(child(tool, method, int(samples), model_path)))
+        return
+
+    import onnx
+
+    from models import get_model_spec
+    from quantize import export, fold_batchnorm
+
+    spec = get_model_spec("efficientnet_lite0")
+    with tempfile.TemporaryDirectory() as tmp:
+        model_path = str(Path(tmp) / "fp32.onnx")
+        proto, _ = export(spec.factory(pretrained=True), spec.calibration_data(2), input_name="images",
+                          output_name="logits")
+        onnx.save(fold_batchnorm(proto), model_path)
+        print(f"EfficientNet-Lite0, batches of {BATCH}, {os.cpu_count()} cores")
+        print(f"{'samples':>7} {'tool':5} {'method':10} {'tensors':>7} {'time s':>7} {'vs ORT MinMax':>13} {'peak RSS MB':>11}")
+        for samples in args.samples:
+            rows = [("ort", m, measure("ort", m, samples, model_path)) for m in args.ort]
+            rows += [("trtq", m, measure("trtq", m, samples, model_path)) for m in args.methods]
+            base = next((r for t, m, r in rows if t == "ort" and m == "MinMax" and "seconds" in r), None)
+            for tool, method, r in rows:
+                if "error" in r:
+                    print(f"{samples:7d} {tool:5} {method:10} failed: {r['error']}")
+                    continue
+                ratio = f"{r['seconds'] / base['seconds']:.2f}x" if base else "-"
+                print(f"{samples:7d} {tool:5} {method:10} {r['tensors']:7d} {r['seconds']:7.1f} {ratio:>13} "
+                      f"{r['peak_rss_mb']:11.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
