@@ -7,7 +7,9 @@ Accepted data (see :func:`iter_batches`):
 * an :class:`ImageFolderReader` (a folder of images + a :class:`PreprocessSpec`);
 * any object with ``get_next()`` returning a feed dict or ``None`` (ONNX Runtime's
   ``CalibrationDataReader`` protocol);
-* any iterable of feed dicts (each a batch with a leading batch axis).
+* any iterable of feed dicts (each a batch with a leading batch axis), or, for a
+  single-input model, of arrays/tensors or ``(inputs, labels)`` pairs — a PyTorch
+  ``DataLoader`` works as it is.
 
 Every batch is checked against the model before it is run: input names, rank, static
 dims, dtype kind, and finiteness. Errors name the input and the sample index.
@@ -169,8 +171,21 @@ def raw_batches(data: Any, specs: list[InputSpec], batch_size: int) -> Iterator[
                     "with get_next(), or an iterable of feed dicts")
 
 
+def _as_mapping(item: Any, specs: list[InputSpec]) -> Any:
+    """A PyTorch DataLoader-style item -> feed dict: a bare tensor/array, or ``(inputs, labels)``
+    whose first element is the input(s), for a single-input model."""
+    if isinstance(item, Mapping) or len(specs) != 1:
+        return item
+    if isinstance(item, (tuple, list)) and item:
+        item = item[0]
+    if isinstance(item, np.ndarray) or hasattr(item, "detach"):
+        return {specs[0].name: item}
+    return item
+
+
 def validate_feed(feed: Any, specs: list[InputSpec], first_sample: int) -> Feed:
     """Check one batch against the model's inputs; return it with dtypes made exact."""
+    feed = _as_mapping(feed, specs)
     if not isinstance(feed, Mapping):
         raise DataError(f"data batch at sample {first_sample} is a {type(feed).__name__}, "
                         "expected a dict of input name -> array")

@@ -37,19 +37,28 @@ def entropy_threshold(counts: np.ndarray, width: float, start_bin: int = 128, le
     * ``KL(P || Q) = sum_k p_k log(p_k / q_k)`` over ``p_k > 0`` with ``P`` and ``Q``
       normalised; a ``p_k > 0`` where ``q_k = 0`` makes the candidate infinitely bad.
 
+    A histogram with fewer values than bins up to its last non-empty one is too sparse for
+    the search: the threshold is then the observed range. Before the search, bin 0 takes the count of bin 1 (as NVIDIA's pytorch-quantization
+    does): after a ReLU most values are exact zeros, and that spike would otherwise make
+    tiny thresholds look good (on EfficientNet-Lite0 it picked 0.5 for ReLU6 outputs).
+
     The threshold is ``i * width`` for the first ``i`` of minimal KL. The sums are
     computed in closed form from prefix sums, ``O(levels)`` per candidate:
     with ``T`` the total count, ``S_j``/``N_j`` the sum and non-empty count of group ``j``,
     ``o`` the outliers and ``Z = sum_{k<i} c_k``:
     ``KL = (sum_{P_k>0} P_k log P_k - sum_j S_j log(S_j/N_j) - o log(S_L/N_L)) / T - log T + log Z``.
     """
-    counts = np.asarray(counts, np.float64)
+    counts = np.array(counts, np.float64)
     nz_idx = np.flatnonzero(counts)
     if nz_idx.size == 0:
         return width
     n = int(nz_idx[-1]) + 1
     counts = counts[:n]
-    if n <= start_bin:
+    if n > 1:
+        counts[0] = counts[1]
+    if n <= start_bin or counts.sum() < n:
+        # Fewer values than bins: the KL estimate would be noise (e.g. a pooled tensor
+        # seen on a few samples); keep the whole observed range.
         return n * width
     total = counts.sum()
     cs = np.concatenate([[0.0], np.cumsum(counts)])

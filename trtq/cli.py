@@ -15,6 +15,7 @@ from rich.table import Table
 from trtq import __version__
 from trtq.errors import TrtqError
 
+METHODS = ["minmax", "percentile", "entropy", "mse", "auto"]
 console = Console()
 err_console = Console(stderr=True)
 
@@ -88,7 +89,11 @@ def _metrics_table(title: str, reports) -> Table:
               "model's evaluation data, else the calibration data]")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("trtq-output"),
               show_default=True, help="Output folder: model.fp32.onnx, model.int8.onnx, calibration.json, report.json.")
-@click.option("--method", default="minmax", show_default=True, help="Calibration method.")
+@click.option("--method", type=click.Choice(METHODS), default="minmax", show_default=True,
+              help="Calibration method (see `trtq calibrate --help`).")
+@click.option("--table", type=click.Path(path_type=Path),
+              help="Use this calibration table (trtq JSON, or a TensorRT calibration cache) instead of "
+              "calibrating; it must belong to the model.")
 @click.option("--samples", default=128, show_default=True, type=click.IntRange(min=1),
               help="Calibration samples to use.")
 @click.option("--eval-samples", default=256, show_default=True, type=click.IntRange(min=1),
@@ -96,7 +101,7 @@ def _metrics_table(title: str, reports) -> Table:
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @_fail_cleanly
-def quantize_cmd(onnx_path, checkpoint, model, calib_data, eval_data, out_dir, method, samples,
+def quantize_cmd(onnx_path, checkpoint, model, calib_data, eval_data, out_dir, method, table, samples,
                  eval_samples, batch_size, no_progress) -> None:
     """Quantize a model to explicit int8 (Q/DQ) ONNX and report its fidelity.
 
@@ -109,7 +114,7 @@ def quantize_cmd(onnx_path, checkpoint, model, calib_data, eval_data, out_dir, m
     from trtq.pipeline import QuantizeJob, run_quantize
 
     job = QuantizeJob(out_dir=out_dir, model=model, checkpoint=checkpoint, onnx=onnx_path,
-                      calib_data=calib_data, eval_data=eval_data, method=method, samples=samples,
+                      calib_data=calib_data, eval_data=eval_data, method=method, table=table, samples=samples,
                       eval_samples=eval_samples, batch_size=batch_size, progress=not no_progress)
     result = run_quantize(job)
     if result.export_parity is not None:
@@ -128,19 +133,35 @@ def quantize_cmd(onnx_path, checkpoint, model, calib_data, eval_data, out_dir, m
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--data", required=True, type=click.Path(path_type=Path),
               help="Calibration inputs: .npy, .npz (keys = input names) or an image folder.")
-@click.option("--method", default="minmax", show_default=True, help="Calibration method.")
+@click.option("--method", type=click.Choice(METHODS), default="minmax", show_default=True,
+              help="minmax: observed range; percentile: 99.99th percentile of |x|; entropy: TensorRT's "
+              "KL-divergence search; mse: least expected int8 error; auto: per tensor, the best of these.")
 @click.option("--samples", type=click.IntRange(min=1), help="Use at most this many samples.")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--out", type=click.Path(path_type=Path), default=Path("calibration.json"), show_default=True)
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--all-tensors", is_flag=True,
+              help="Calibrate every float activation, not only those `trtq quantize` needs.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("calibration.json"), show_default=True,
+              help="The calibration table (versioned JSON).")
+@click.option("--trt-cache", type=click.Path(path_type=Path),
+              help="Also write a TensorRT 10.x calibration cache (text) here.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @_fail_cleanly
-def calibrate_cmd(model, data, method, samples, batch_size, out, no_progress) -> None:
-    """Compute activation ranges of MODEL.onnx and save them as a calibration table (JSON)."""
-    from calibration import calibrate
+def calibrate_cmd(model, data, method, samples, batch_size, all_tensors, out, trt_cache, no_progress) -> None:
+    """Compute activation ranges of MODEL.onnx and save them as a calibration table."""
+    from calibration import calibrate, load_model, save_trt_cache
+    from quantize import calibration_tensors
 
-    table = calibrate(model, data, method, batch_size=batch_size, samples=samples, progress=not no_progress)
+    proto = load_model(model)
+    tensors = None if all_tensors else calibration_tensors(proto)
+    table = calibrate(proto, data, method, batch_size=batch_size, samples=samples, tensors=tensors,
+                      progress=not no_progress)
     table.save(out)
-    console.print(f"calibrated {len(table)} tensors on {table.samples} samples ({method}): wrote {out}")
+    written = [str(out)]
+    if trt_cache:
+        save_trt_cache(table, trt_cache)
+        written.append(str(trt_cache))
+    console.print(f"calibrated {len(table)} tensors on {table.samples} samples ({method}): wrote "
+                  + ", ".join(written), highlight=False)
 
 
 @main.command("compare")

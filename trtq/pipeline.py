@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from calibration import CalibrationTable, calibrate, load_arrays, load_model
+from calibration import CalibrationTable, calibrate, load_arrays, load_model, load_table, model_sha256
 from calibration.observers import make_observer
 from calibration.progress import progress_bar
 from calibration.readers import ImageFolderReader
@@ -52,6 +52,7 @@ class QuantizeJob:
     calib_data: Any = None
     eval_data: Any = None
     method: str = "minmax"
+    table: Path | None = None
     samples: int = 128
     eval_samples: int = 256
     batch_size: int = 32
@@ -101,7 +102,7 @@ def _spec_for(job: QuantizeJob):
 
 
 def _source_model(job: QuantizeJob) -> tuple[onnx.ModelProto, ExportParity | None, Any, Any]:
-    """The fp32 model (BatchNorm folded), export parity, calibration data, evaluation data."""
+    """The fp32 model as given or exported, export parity, calibration data, evaluation data."""
     spec = _spec_for(job)
     if job.calib_data is not None:
         calib = _as_array(job.calib_data, "calibration data")
@@ -114,7 +115,7 @@ def _source_model(job: QuantizeJob) -> tuple[onnx.ModelProto, ExportParity | Non
     else:
         evald = spec.evaluation_data(job.eval_samples) if spec is not None else None
     if job.onnx is not None:
-        return fold_batchnorm(load_model(job.onnx)), None, calib, evald
+        return load_model(job.onnx), None, calib, evald
     if job.checkpoint is not None:
         module = load_checkpoint(job.checkpoint, resolve_factory(job.model))
     else:
@@ -123,16 +124,22 @@ def _source_model(job: QuantizeJob) -> tuple[onnx.ModelProto, ExportParity | Non
         proto, parity = export(module, _first_array(calib)[:8],
                                input_name=spec.input_name if spec else "input",
                                output_name="logits" if spec else "output")
-    return fold_batchnorm(proto), parity, calib, evald
+    return proto, parity, calib, evald
 
 
 def run_quantize(job: QuantizeJob) -> QuantizeResult:
     """Export (if needed), calibrate, quantize and compare; write the outputs atomically."""
     make_observer(job.method, "probe")  # an unknown method fails before any slow step
     with staging_dir(job.out_dir) as stage:
-        fp32, parity, calib, evald = _source_model(job)
-        table = calibrate(fp32, calib, job.method, batch_size=job.batch_size, samples=job.samples,
-                          tensors=calibration_tensors(fp32), progress=job.progress)
+        source, parity, calib, evald = _source_model(job)
+        fp32 = fold_batchnorm(source)
+        if job.table is not None:
+            # The table belongs to the model as given; folding keeps every tensor name it needs.
+            given = load_table(job.table, source)
+            table = CalibrationTable(given.ranges, given.method, model_sha256(fp32), given.samples)
+        else:
+            table = calibrate(fp32, calib, job.method, batch_size=job.batch_size, samples=job.samples,
+                              tensors=calibration_tensors(fp32), progress=job.progress)
         int8 = quantize(fp32, table)
         eval_source = "held-out evaluation data"
         if evald is None:

@@ -79,3 +79,61 @@ def _cnn():
     from tests.conftest import make_cnn
 
     return make_cnn()
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy", "mse", "auto"])
+def test_every_method_is_deterministic_to_the_byte(tmp_path, cnn_model, cnn_data, method):
+    a = calibrate(cnn_model, cnn_data, method, batch_size=8, progress=False)
+    b = calibrate(cnn_model, cnn_data, method, batch_size=8, progress=False)
+    a.save(tmp_path / "a.json")
+    b.save(tmp_path / "b.json")
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    assert all(r.amax > 0 for r in a.ranges.values())
+
+
+def test_minmax_is_exact_even_when_histograms_subsample(cnn_model, cnn_data):
+    exact = calibrate(cnn_model, cnn_data, "minmax", max_elements=None, progress=False)
+    sampled = calibrate(cnn_model, cnn_data, "minmax", max_elements=64, progress=False)
+    assert exact == sampled
+    ent_exact = calibrate(cnn_model, cnn_data, "entropy", max_elements=None, progress=False)
+    ent_sampled = calibrate(cnn_model, cnn_data, "entropy", max_elements=64, progress=False)
+    for name, r in ent_exact.ranges.items():
+        assert 0 < ent_sampled[name].amax <= exact[name].amax
+        assert r.amax <= exact[name].amax
+
+
+def _unary_model(op_nodes, out="y"):
+    graph = helper.make_graph(op_nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", 4])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy"])
+def test_nan_inside_the_network_names_tensor_and_sample(method):
+    model = _unary_model([helper.make_node("Sqrt", ["x"], ["y"])])  # sqrt(-1) = NaN
+    x = np.ones((9, 4), np.float32)
+    x[7, 2] = -1.0
+    with pytest.raises(CalibrationError, match=r"'y' holds NaN.*sample 7"):
+        calibrate(model, x, method, batch_size=4, progress=False)
+
+
+def test_huge_finite_values_are_not_mistaken_for_inf():
+    model = _unary_model([helper.make_node("Mul", ["x", "big"], ["y"])])
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(1e38, np.float32), "big"))
+    x = np.full((4, 4), 3.0, np.float32)  # y = 3e38: finite, but its sum overflows
+    table = calibrate(model, x, "minmax", progress=False)
+    assert table["y"].hi == pytest.approx(3e38, rel=1e-6)
+
+
+def test_dataloader_style_items(cnn_model, cnn_data):
+    items = [(cnn_data[i:i + 10], np.zeros(10)) for i in range(0, 40, 10)]
+    from_pairs = calibrate(cnn_model, iter(items), progress=False)
+    from_arrays = calibrate(cnn_model, cnn_data, batch_size=10, progress=False)
+    assert from_pairs == from_arrays
+
+
+def test_torch_dataloader(cnn_model, cnn_data):
+    torch = pytest.importorskip("torch")
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(cnn_data)), batch_size=16)
+    table = calibrate(cnn_model, loader, progress=False)
+    assert table.samples == 40

@@ -10,7 +10,8 @@ def brute_force_entropy(counts, width, start_bin=128, levels=128):
     """The textbook loop (as in TensorRT / pytorch-quantization), one candidate at a time."""
     counts = np.asarray(counts, np.float64)
     n = int(np.flatnonzero(counts)[-1]) + 1
-    counts = counts[:n]
+    counts = counts[:n].copy()
+    counts[0] = counts[1]  # ignore the spike of exact zeros
     best, best_i = np.inf, None
     for i in range(start_bin, n + 1):
         p = counts[:i].copy()
@@ -47,6 +48,14 @@ def test_entropy_small_levels_matches_brute_force():
     counts = rng.integers(0, 50, 60)
     counts[-1] = 3
     assert entropy_threshold(counts, 1.0, start_bin=8, levels=8) == brute_force_entropy(counts, 1.0, 8, 8)
+
+
+def test_entropy_ignores_the_relu_zero_spike():
+    rng = np.random.default_rng(4)
+    x = np.clip(rng.normal(0.5, 1.5, 400_000), 0, 6)  # ReLU6 output: ~37 % exact zeros
+    h = AbsHistogram(4096)
+    h.add(x, float(x.max()))
+    assert entropy_threshold(h.trimmed(), h.width) > 3.0
 
 
 def test_entropy_clips_a_long_tail():

@@ -149,4 +149,29 @@ def test_quantize_checkpoint_with_registered_architecture(tmp_path):
 def test_unknown_method_fails_before_any_work(workdir):
     result = run("quantize", "--onnx", workdir / "cnn.onnx", "--calib-data", workdir / "calib.npy",
                  "--method", "kl", "--out", workdir / "out")
-    _assert_clean_failure(result, "unknown calibration method 'kl'", workdir, workdir / "out")
+    assert result.exit_code == 2 and "Invalid value for '--method'" in result.stderr
+    assert "entropy" in result.stderr and not (workdir / "out").exists()
+
+
+def test_calibrate_writes_trt_cache_and_quantize_reuses_tables(workdir):
+    res = run("calibrate", workdir / "cnn.onnx", "--data", workdir / "calib.npy", "--method", "entropy",
+              "--out", workdir / "t.json", "--trt-cache", workdir / "t.cache", "--no-progress")
+    assert res.exit_code == 0, res.stderr
+    assert (workdir / "t.cache").read_text().startswith("TRT-101401-EntropyCalibration2\n")
+    # calibrate's tensors are exactly those quantize needs, and quantize accepts the table back
+    for table in ("t.json", "t.cache"):
+        out = workdir / f"out-{table}"
+        res = run("quantize", "--onnx", workdir / "cnn.onnx", "--calib-data", workdir / "calib.npy",
+                  "--table", workdir / table, "--out", out, "--no-progress")
+        assert res.exit_code == 0, res.stderr
+        assert json.loads((out / "calibration.json").read_text())["method"].startswith(
+            "entropy" if table == "t.json" else "trt-cache")
+
+
+def test_quantize_refuses_another_models_table(workdir):
+    onnx.save(make_cnn(seed=7), workdir / "other.onnx")
+    assert run("calibrate", workdir / "other.onnx", "--data", workdir / "calib.npy", "--out",
+               workdir / "other.json", "--no-progress").exit_code == 0
+    res = run("quantize", "--onnx", workdir / "cnn.onnx", "--calib-data", workdir / "calib.npy",
+              "--table", workdir / "other.json", "--out", workdir / "out")
+    _assert_clean_failure(res, "computed for another model", workdir, workdir / "out")
