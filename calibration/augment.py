@@ -78,9 +78,9 @@ def augment(model: onnx.ModelProto, tensors: list[str], *, values: bool, batch_s
     shapes = tensor_shapes(model)
     del g.output[:]
     zero, big, axis = (_unique(n, taken) for n in ("trtq_zero", "trtq_end", "trtq_axis"))
-    g.initializer.extend([numpy_helper.from_array(np.array([0], np.int64), zero),
-                          numpy_helper.from_array(np.array([np.iinfo(np.int64).max], np.int64), big),
-                          numpy_helper.from_array(np.array([-2], np.int64), axis)])
+    slice_constants = [numpy_helper.from_array(np.array([0], np.int64), zero),
+                       numpy_helper.from_array(np.array([np.iinfo(np.int64).max], np.int64), big),
+                       numpy_helper.from_array(np.array([-2], np.int64), axis)]
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     can_slice = opset >= 10  # Slice takes steps as an input from opset 10
     probes = []
@@ -94,17 +94,20 @@ def augment(model: onnx.ModelProto, tensors: list[str], *, values: bool, batch_s
         g.node.extend([helper.make_node("ReduceMin", [src], [lo], keepdims=0),
                        helper.make_node("ReduceMax", [src], [hi], keepdims=0),
                        helper.make_node("ReduceSum", [src], [total], keepdims=0)])
-        names, step, vals = [lo, hi, total], 1, None
+        g.output.extend(helper.make_tensor_value_info(n, FLOAT32, []) for n in (lo, hi, total))
+        step, vals = 1, None
         if values:
             step = row_step(shape, batch_size, max_elements) if can_slice else 1
             vals = src
             if step > 1:
+                if slice_constants:
+                    g.initializer.extend(slice_constants)
+                    slice_constants = []
                 vals = _unique(f"{t}_rows", taken)
                 steps = _unique(f"{t}_step", taken)
                 g.initializer.append(numpy_helper.from_array(np.array([step], np.int64), steps))
                 g.node.append(helper.make_node("Slice", [src, zero, big, axis, steps], [vals]))
-            names.append(vals)
-        g.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+            g.output.append(helper.make_tensor_value_info(vals, FLOAT32, None if shape is None else [None] * len(shape)))
         probes.append(Probe(t, lo, hi, total, vals, step))
     return out, probes
 

