@@ -19,7 +19,7 @@ import math
 import os
 import queue
 import threading
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -88,7 +88,8 @@ class _Runner:
         stats = []
         suspicious = []
         for p in self.probes:
-            lo, hi, total = float(values[p.lo]), float(values[p.hi]), float(values[p.total])
+            lo, hi = float(np.min(values[p.lo])), float(np.max(values[p.hi]))
+            total = float(np.sum(values[p.total], dtype=np.float64))
             if not (math.isfinite(lo) and math.isfinite(hi) and math.isfinite(total)):
                 suspicious.append(p.tensor)
             stats.append((values[p.values] if p.values else None, lo, hi))
@@ -112,26 +113,25 @@ class _Runner:
 _DONE = object()
 
 
-def _run_ahead(run, batches: Iterator[tuple[int, dict]]):
-    """Yield ``(first_sample, batch_size, run(first, feed))``, running the next batch while
-    the caller works on the current one.
+def _ahead(items: Iterator, fn: Callable[[Any], Any]) -> Iterator:
+    """Yield ``fn(item)`` for each item, computed one item ahead in a worker thread.
 
-    ONNX Runtime releases the GIL, so the model runs in a worker thread while the observers
-    update in this one. The worker starts batch ``k + 1`` only once the caller has taken
-    batch ``k``, so at most two batches of outputs are alive. Errors in the worker (bad
-    data, a failing run) are raised here, in order.
+    ONNX Runtime releases the GIL, so the model runs (on the next batch) while the caller's
+    observers work on the current one. The worker starts item ``k + 1`` only once item ``k``
+    was taken, so at most two results are alive. Errors raised in the worker (bad data, a
+    failing run) are raised here, in order.
     """
     slot: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
 
     def produce() -> None:
         try:
-            for first, feed in batches:
+            for item in items:
                 if stop.is_set():
                     return
-                values = run(first, feed)
-                slot.put((first, next(iter(feed.values())).shape[0], values))
-                del values
+                result = fn(item)
+                slot.put(result)
+                del result
                 slot.join()  # wait until the caller has taken it
             slot.put(_DONE)
         except BaseException as exc:  # handed to the consumer, raised there
@@ -182,7 +182,8 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: Any, method: str
     run = _Runner(proto, probes, _session(graph, providers), providers)
     seen = 0
     with progress_bar(f"calibrating ({method})", count_samples(data, samples), enabled=progress) as bar:
-        for first, n, stats in _run_ahead(run, iter_batches(data, specs, batch_size, samples)):
+        batches = iter_batches(data, specs, batch_size, samples)
+        for first, n, stats in _ahead(batches, lambda b: (b[0], len(next(iter(b[1].values()))), run(*b))):
             for p, (values, lo, hi) in zip(probes, stats):
                 obs = observers[p.tensor]
                 if values is None:  # min/max observers need only the extremes

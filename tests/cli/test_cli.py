@@ -175,3 +175,16 @@ def test_quantize_refuses_another_models_table(workdir):
     res = run("quantize", "--onnx", workdir / "cnn.onnx", "--calib-data", workdir / "calib.npy",
               "--table", workdir / "other.json", "--out", workdir / "out")
     _assert_clean_failure(res, "computed for another model", workdir, workdir / "out")
+
+
+def test_calibrate_bad_input_writes_nothing(workdir):
+    x = np.zeros((8, 3, 8, 8), np.float32)
+    x[5, 0, 1, 1] = np.inf
+    np.save(workdir / "bad.npy", x)
+    res = run("calibrate", workdir / "cnn.onnx", "--data", workdir / "bad.npy", "--out", workdir / "t.json",
+              "--trt-cache", workdir / "t.cache", "--no-progress")
+    assert res.exit_code == 2 and "sample 5" in res.stderr and "\n" not in res.stderr.strip()
+    np.save(workdir / "empty.npy", np.zeros((0, 3, 8, 8), np.float32))
+    res = run("calibrate", workdir / "cnn.onnx", "--data", workdir / "empty.npy", "--out", workdir / "t.json")
+    assert res.exit_code == 2 and "empty" in res.stderr
+    assert not (workdir / "t.json").exists() and not (workdir / "t.cache").exists()
