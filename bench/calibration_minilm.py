@@ -100,25 +100,12 @@ def child(tool: str, method: str, samples: int, model_path: str, all_tensors: bo
         seconds, count = time.perf_counter() - t, len(table)
         worst = max(r.amax for r in table.ranges.values())
     else:
-        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, create_calibrator
+        from ort_peer import ort_calibrate
 
-        class Reader(CalibrationDataReader):
-            def __init__(self):
-                self.it = batches(samples)
-
-            def get_next(self):
-                return next(self.it, None)
-
-        with tempfile.TemporaryDirectory() as tmp:
-            cal = create_calibrator(model_path, [] if all_tensors else ["MatMul", "Gemm", "Add"],
-                                    augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                                    calibrate_method=getattr(CalibrationMethod, method),
-                                    extra_options={"symmetric": True})
-            t = time.perf_counter()
-            cal.collect_data(Reader())
-            ranges = cal.compute_data()
-            seconds, count = time.perf_counter() - t, len(ranges.data)
-            worst = max(float(np.abs(np.asarray(v.range_value, np.float64)).max()) for v in ranges.data.values())
+        seconds, ranges = ort_calibrate(model_path, [] if all_tensors else ["MatMul", "Gemm", "Add"], method,
+                                        batches(samples))
+        count = len(ranges.data)
+        worst = max(float(np.abs(np.asarray(v.range_value, np.float64)).max()) for v in ranges.data.values())
     return {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "tensors": count, "largest_amax": worst}
 

@@ -55,24 +55,10 @@ def child(tool: str, method: str, samples: int, model_path: str) -> dict:
         table = calibrate(model, batches(samples, "images"), method, tensors=tensors, progress=False)
         seconds, count = time.perf_counter() - t, len(table)
     else:
-        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, create_calibrator
+        from ort_peer import ort_calibrate
 
-        class Reader(CalibrationDataReader):
-            def __init__(self):
-                self.it = batches(samples, "images")
-
-            def get_next(self):
-                return next(self.it, None)
-
-        with tempfile.TemporaryDirectory() as tmp:
-            cal = create_calibrator(model_path, ["Conv", "Gemm", "Add"],
-                                    augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                                    calibrate_method=getattr(CalibrationMethod, method),
-                                    extra_options={"symmetric": True})
-            t = time.perf_counter()
-            cal.collect_data(Reader())
-            ranges = cal.compute_data()
-            seconds, count = time.perf_counter() - t, len(ranges.data)
+        seconds, ranges = ort_calibrate(model_path, ["Conv", "Gemm", "Add"], method, batches(samples, "images"))
+        count = len(ranges.data)
     return {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "tensors": count}
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from calibration import CalibrationTable, TensorRange
-from calibration.trt_cache import from_trt_cache, hex_to_scale, load_trt_cache, save_trt_cache, to_trt_cache
+from calibration.trt_cache import from_trt_cache, hex_to_scale, load_trt_cache, save_trt_cache
 from trtq.errors import CalibrationError
 
 
