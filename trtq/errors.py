@@ -48,3 +48,7 @@ def require(module: str, extra: str):
         raise DependencyError(
             f"'{module}' is not installed ({exc}); install it with: pip install 'trtq[{extra}]'"
         ) from exc
+
+
+class BuildError(TrtqError):
+    """A TensorRT engine could not be built, or an engine cannot be used here."""

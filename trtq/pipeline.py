@@ -21,6 +21,8 @@ from calibration.observers import make_observer
 from calibration.progress import progress_bar
 from calibration.readers import ImageFolderReader
 from deploy import ComparisonReport, OrtRunner, QdqMode, compare_outputs, run_all
+from deploy.backend import load_backend
+from deploy.build import BuildOptions, build_engine, save_engine
 from deploy.compare import Thresholds
 from models import get_model_spec, resolve_factory
 from quantize import ExportParity, calibration_tensors, export, fold_batchnorm, load_checkpoint, quantize
@@ -56,6 +58,7 @@ class QuantizeJob:
     samples: int = 128
     eval_samples: int = 256
     batch_size: int = 32
+    engine: bool = False
     progress: bool = True
 
 
@@ -130,6 +133,8 @@ def _source_model(job: QuantizeJob) -> tuple[onnx.ModelProto, ExportParity | Non
 def run_quantize(job: QuantizeJob) -> QuantizeResult:
     """Export (if needed), calibrate, quantize and compare; write the outputs atomically."""
     make_observer(job.method, "probe")  # an unknown method fails before any slow step
+    if job.engine:
+        load_backend()  # no TensorRT installed: say so before any slow step
     with staging_dir(job.out_dir) as stage:
         source, parity, calib, evald = _source_model(job)
         fp32 = fold_batchnorm(source)
@@ -160,6 +165,9 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
             "int8": atomic_write_bytes(stage / "model.int8.onnx", int8.SerializeToString()),
             "calibration": table.save(stage / "calibration.json"),
         }
+        if job.engine:
+            engine, meta = build_engine(int8, BuildOptions(progress=job.progress))
+            files["engine"], files["engine_metadata"] = save_engine(engine, meta, stage / "model.int8.engine")
         summary = {"export_parity": parity.__dict__ if parity else None, "evaluated_on": eval_source,
                    "calibration": {"method": table.method, "samples": table.samples, "tensors": len(table)},
                    "fidelity": report.to_json(), "ort_integer_kernels": kernels.to_json(),

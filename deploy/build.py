@@ -1,0 +1,222 @@
+"""Build TensorRT engines from trtq's ONNX: one code path for TensorRT 10.x, 11.x and TensorRT-RTX.
+
+The network is strongly typed (the flag is set where the version has it; 11.x and RTX are
+strongly typed anyway): precision comes from the ONNX graph — Q/DQ for int8, fp16 tensors
+for fp16 — never from builder flags. Every engine gets a JSON sidecar describing it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import onnx
+
+from calibration.onnx_model import input_specs, load_model, model_sha256
+from calibration.progress import progress_bar
+from deploy.backend import Backend, load_backend
+from deploy.plan import precision_plan
+from trtq.errors import BuildError
+from trtq.fileio import atomic_write_bytes, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+SIDECAR_FORMAT = "trtq.engine"
+SIDECAR_VERSION = 1
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build an engine.
+
+    ``shapes``: input name -> (min, opt, max) shapes; inputs not given get a profile
+    derived from the model, with a dynamic batch axis spanning 1..``max_batch`` (opt =
+    ``max_batch``). ``compute_capabilities``: TensorRT-RTX targets (e.g. ``("SM89",)``);
+    empty means every SM80-or-newer capability the installed TensorRT-RTX supports. ``timing_cache`` is
+    loaded if it exists and saved after the build (not on TensorRT-RTX, where it needs a GPU).
+    """
+
+    shapes: Mapping[str, tuple[Shape, Shape, Shape]] = field(default_factory=dict)
+    max_batch: int = 32
+    workspace_bytes: int | None = None
+    optimization_level: int | None = None
+    timing_cache: Path | None = None
+    compute_capabilities: tuple[str, ...] = ()
+    backend: str | None = None
+    progress: bool = True
+
+
+def parse_shapes(spec: str) -> tuple[str, tuple[Shape, Shape, Shape]]:
+    """``name:1x3x224x224/8x3x224x224/32x3x224x224`` -> (name, (min, opt, max))."""
+    m = re.fullmatch(r"(.+):([\dx]+)/([\dx]+)/([\dx]+)", spec.strip())
+    if not m:
+        raise BuildError(f"shape spec {spec!r} is not NAME:MIN/OPT/MAX with shapes like 1x3x224x224")
+    shapes = tuple(tuple(int(d) for d in s.split("x")) for s in m.groups()[1:])
+    return m.group(1), shapes  # type: ignore[return-value]
+
+
+class _Logger:
+    """A TensorRT logger that keeps errors for the exception message."""
+
+    def __new__(cls, trt):
+        class Logger(trt.ILogger):
+            def __init__(self):
+                trt.ILogger.__init__(self)
+                self.errors: list[str] = []
+
+            def log(self, severity, msg):
+                if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
+                    self.errors.append(msg)  # raised in the BuildError; logged for -v only
+                    log.info("TensorRT error: %s", msg)
+                elif severity == trt.ILogger.Severity.WARNING:
+                    log.warning("TensorRT: %s", msg)
+                else:
+                    log.debug("TensorRT: %s", msg)
+
+        return Logger()
+
+
+def _profiles(model: onnx.ModelProto, options: BuildOptions) -> dict[str, tuple[Shape, Shape, Shape]]:
+    out = {}
+    for spec in input_specs(model):
+        if spec.name in options.shapes:
+            out[spec.name] = options.shapes[spec.name]
+            continue
+        dims = list(spec.shape)
+        if all(isinstance(d, int) and d > 0 for d in dims):
+            continue
+        if any(not (isinstance(d, int) and d > 0) for d in dims[1:]):
+            raise BuildError(f"input '{spec.name}' has dynamic dims beyond the batch axis {spec.describe()}; "
+                             f"give its shapes: --shapes {spec.name}:MIN/OPT/MAX")
+        rest = tuple(dims[1:])
+        out[spec.name] = ((1, *rest), (options.max_batch, *rest), (options.max_batch, *rest))
+    unknown = set(options.shapes) - {s.name for s in input_specs(model)}
+    if unknown:
+        raise BuildError(f"--shapes names unknown inputs {sorted(unknown)}")
+    return out
+
+
+def _parse(trt, backend: Backend, model: onnx.ModelProto, logger):
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(model.SerializeToString()):
+        errors = []
+        for i in range(parser.num_errors):
+            e = parser.get_error(i)
+            node = getattr(e, "node_name", lambda: "")() or str(getattr(e, "node", lambda: "?")())
+            errors.append(f"node '{node}': {e.desc()}")
+        raise BuildError(f"{backend.name} {backend.version} cannot parse the ONNX model: " + "; ".join(errors))
+    return builder, network, parser
+
+
+def default_compute_capabilities(trt) -> tuple[str, ...]:
+    """Every Ampere-or-newer target the installed TensorRT-RTX knows (SM80 and up).
+
+    Turing (SM75) is left out: TensorRT-RTX 1.7 cannot compile fp32 GEMMs for it, so a
+    portable default including it fails on ordinary models.
+    """
+    return tuple(n for n in trt.ComputeCapability.__members__
+                 if n.startswith("SM") and n[2:].isdigit() and int(n[2:]) >= 80)
+
+
+def _configure(trt, backend: Backend, builder, options: BuildOptions, profiles) -> object:
+    config = builder.create_builder_config()
+    if options.workspace_bytes:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
+    if options.optimization_level is not None:
+        config.builder_optimization_level = options.optimization_level
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if profiles:
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in profiles.items():
+            profile.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(profile)
+    if backend.is_rtx:
+        caps = options.compute_capabilities or default_compute_capabilities(trt)
+        config.num_compute_capabilities = len(caps)  # must be set before each capability
+        for i, cap in enumerate(caps):
+            if cap not in trt.ComputeCapability.__members__:
+                raise BuildError(f"compute capability '{cap}' is unknown to {backend.name} {backend.version}; "
+                                 f"choose from {', '.join(trt.ComputeCapability.__members__)}")
+            if not config.set_compute_capability(trt.ComputeCapability.__members__[cap], i):
+                raise BuildError(f"{backend.name} refused compute capability {cap}")
+    elif options.timing_cache is not None:
+        data = options.timing_cache.read_bytes() if options.timing_cache.exists() else b""
+        config.set_timing_cache(config.create_timing_cache(data), ignore_mismatch=False)
+    return config
+
+
+def build_engine(model: str | os.PathLike | onnx.ModelProto, options: BuildOptions = BuildOptions()) -> tuple[bytes, dict]:
+    """Build a serialized engine; return ``(engine bytes, sidecar metadata)``."""
+    proto = load_model(model)
+    backend = load_backend(options.backend)
+    trt = backend.module
+    logger = _Logger(trt)
+    profiles = _profiles(proto, options)
+    builder, network, _parser = _parse(trt, backend, proto, logger)
+    config = _configure(trt, backend, builder, options, profiles)
+    with progress_bar(f"building engine ({backend.name} {backend.version})", None, enabled=options.progress):
+        serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        detail = "; ".join(logger.errors[-3:]) or "no error was logged"
+        raise BuildError(f"{backend.name} {backend.version} could not build the engine: {detail}")
+    if options.timing_cache is not None and not backend.is_rtx:
+        atomic_write_bytes(options.timing_cache, bytes(config.get_timing_cache().serialize()))
+    return bytes(serialized), sidecar(proto, backend, options, profiles, config)
+
+
+def sidecar(model: onnx.ModelProto, backend: Backend, options: BuildOptions, profiles, config) -> dict:
+    """Metadata that travels with an engine (see :func:`save_engine`)."""
+    caps = []
+    if backend.is_rtx:
+        caps = [str(config.get_compute_capability(i)).split(".")[-1] for i in range(config.num_compute_capabilities)]
+    static = {s.name: s.shape for s in input_specs(model)}
+    elem = {vi.name: vi.type.tensor_type for vi in (*model.graph.input, *model.graph.output)}
+
+    def dtype(name: str) -> str:
+        return onnx.TensorProto.DataType.Name(elem[name].elem_type).lower()
+
+    def dims(name: str) -> list:
+        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in elem[name].shape.dim]
+
+    inputs = [{"name": n, "dtype": dtype(n), "shape": dims(n),
+               "profile": {"min": list(p[0]), "opt": list(p[1]), "max": list(p[2])} if (p := profiles.get(n)) else None}
+              for n in static]
+    outputs = [{"name": o.name, "dtype": dtype(o.name), "shape": dims(o.name)} for o in model.graph.output]
+    options_json = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items() if k != "progress"}
+    return {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "backend": backend.name,
+            "backend_version": backend.version, "compute_capabilities": caps,
+            "onnx_sha256": model_sha256(model), "inputs": inputs, "outputs": outputs,
+            "precision": precision_plan(model), "build_options": options_json}
+
+
+def save_engine(engine: bytes, metadata: dict, path: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``path`` and its sidecar ``path + '.json'`` atomically."""
+    path = Path(path)
+    meta_path = path.with_name(path.name + ".json")
+    atomic_write_bytes(path, engine)
+    atomic_write_text(meta_path, json.dumps(metadata, indent=1) + "\n")
+    return path, meta_path
+
+
+def load_sidecar(engine_path: str | os.PathLike) -> dict:
+    meta_path = Path(str(engine_path) + ".json")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise BuildError(f"engine {engine_path} has no sidecar {meta_path.name}; rebuild it with trtq build") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BuildError(f"sidecar {meta_path} cannot be read: {exc}") from exc
+    if meta.get("format") != SIDECAR_FORMAT:
+        raise BuildError(f"{meta_path} is not a trtq engine sidecar")
+    return meta

@@ -1,0 +1,104 @@
+"""Engine builds with whatever TensorRT is installed (TensorRT-RTX builds without a GPU)."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from calibration import calibrate
+from deploy.backend import load_backend
+from deploy.build import BuildOptions, build_engine, load_sidecar, parse_shapes, save_engine
+from deploy.plan import precision_plan
+from quantize import quantize
+from tests.conftest import has_module
+from trtq.cli import main
+from trtq.errors import BuildError, DependencyError
+
+needs_trt = pytest.mark.skipif(not (has_module("tensorrt") or has_module("tensorrt_rtx")
+                                    or has_module("tensorrt_rtx_bindings")),
+                               reason="needs TensorRT or TensorRT-RTX: pip install 'trtq[rtx]'")
+
+
+@pytest.fixture
+def int8_model(cnn_model, cnn_data):
+    return quantize(cnn_model, calibrate(cnn_model, cnn_data, progress=False))
+
+
+def test_precision_plan_reads_qdq(cnn_model, int8_model):
+    assert set(precision_plan(int8_model).values()) == {"int8"}
+    assert set(precision_plan(cnn_model).values()) == {"fp32"}
+
+
+def test_parse_shapes():
+    assert parse_shapes("images:1x3x8x8/4x3x8x8/16x3x8x8") == ("images", ((1, 3, 8, 8), (4, 3, 8, 8), (16, 3, 8, 8)))
+    with pytest.raises(BuildError, match="NAME:MIN/OPT/MAX"):
+        parse_shapes("images:1x3x8x8")
+
+
+def test_unknown_backend_is_a_clear_error():
+    with pytest.raises(DependencyError, match="unknown TensorRT backend"):
+        load_backend("onnxruntime")
+
+
+@needs_trt
+def test_build_int8_engine_with_sidecar(tmp_path, int8_model):
+    engine, meta = build_engine(int8_model, BuildOptions(max_batch=8, progress=False))
+    assert len(engine) > 1000
+    paths = save_engine(engine, meta, tmp_path / "m.engine")
+    assert load_sidecar(paths[0]) == json.loads(paths[1].read_text())
+    assert meta["inputs"][0]["profile"] == {"min": [1, 3, 8, 8], "opt": [8, 3, 8, 8], "max": [8, 3, 8, 8]}
+    assert meta["outputs"][0]["name"] == "logits" and set(meta["precision"].values()) == {"int8"}
+    if meta["backend"] == "tensorrt_rtx":
+        assert "SM75" not in meta["compute_capabilities"] and "SM89" in meta["compute_capabilities"]
+        rt = load_backend().module.Runtime(load_backend().module.Logger())
+        header = engine[: rt.engine_header_size]
+        assert rt.get_engine_validity(header) is not None
+
+
+@needs_trt
+def test_cli_build_inspect_and_errors(tmp_path, int8_model):
+    onnx.save(int8_model, tmp_path / "m.onnx")
+    runner = CliRunner()
+    res = runner.invoke(main, ["build", str(tmp_path / "m.onnx"), "--max-batch", "4", "--compute-capability",
+                               "SM89", "--no-progress"])
+    assert res.exit_code == 0, res.stderr
+    assert (tmp_path / "m.engine").is_file()
+    res = runner.invoke(main, ["inspect", str(tmp_path / "m.engine"), "--layers"])
+    assert res.exit_code == 0 and "int8" in res.output
+    res = runner.invoke(main, ["build", str(tmp_path / "m.onnx"), "--out", str(tmp_path / "x.engine"),
+                               "--shapes", "nope:1x1/1x1/1x1"])
+    assert res.exit_code == 2 and "unknown inputs" in res.stderr and not (tmp_path / "x.engine").exists()
+    res = runner.invoke(main, ["inspect", str(tmp_path / "missing.engine")])
+    assert res.exit_code == 2 and "does not exist" in res.stderr
+
+
+@needs_trt
+def test_parser_errors_name_the_node(tmp_path):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="broken_conv")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [onnx.numpy_helper.from_array(np.zeros((4, 5, 3, 3), np.float32), "w")])  # 5 != 3 channels
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(BuildError, match="broken_conv|could not build"):
+        build_engine(model, BuildOptions(progress=False))
+
+
+@needs_trt
+def test_quantize_engine_flag(tmp_path, cnn_model, cnn_data, monkeypatch):
+    onnx.save(cnn_model, tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", cnn_data)
+    runner = CliRunner()
+    args = ["quantize", "--onnx", str(tmp_path / "m.onnx"), "--calib-data", str(tmp_path / "x.npy"),
+            "--engine", "--no-progress"]
+    res = runner.invoke(main, args + ["--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.stderr
+    assert json.loads((tmp_path / "out" / "model.int8.engine.json").read_text())["precision"]
+    if not has_module("tensorrt"):  # ask for the backend that is missing: fails before any work
+        monkeypatch.setenv("TRTQ_BACKEND", "tensorrt")
+        res = runner.invoke(main, args + ["--out", str(tmp_path / "out2")])
+        assert res.exit_code == 2 and "pip install 'trtq[gpu]'" in res.stderr
+        assert not (tmp_path / "out2").exists()
