@@ -11,13 +11,19 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from trtq import __version__
 from trtq.errors import TrtqError
 
 METHODS = ["minmax", "percentile", "entropy", "mse", "auto"]
-console = Console()
-err_console = Console(stderr=True)
+# Markup off: messages carry user text (paths, "trtq[gpu]") that must print as it is.
+console = Console(markup=False, highlight=False)
+err_console = Console(stderr=True, markup=False, highlight=False)
+
+
+def _styled(label: str, style: str, message: str) -> Text:
+    return Text.assemble((label, style), message)
 
 
 def _fail_cleanly(fn):
@@ -30,7 +36,7 @@ def _fail_cleanly(fn):
         except TrtqError as exc:
             if click.get_current_context().find_root().params.get("verbose"):
                 raise
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            err_console.print(_styled("error: ", "bold red", str(exc)), soft_wrap=True)
             sys.exit(2)
 
     return wrapper
@@ -129,8 +135,8 @@ def quantize_cmd(onnx_path, checkpoint, model, calib_data, eval_data, out_dir, m
     console.print(_metrics_table(f"fidelity vs fp32 on {result.report.samples} samples of {result.eval_source}",
                                  [result.report, result.int8_kernels]))
     for w in result.warnings:
-        err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
-    console.print("wrote: " + ", ".join(str(p) for p in result.files.values()), highlight=False)
+        err_console.print(_styled("warning: ", "yellow", w), soft_wrap=True)
+    console.print("wrote: " + ", ".join(str(p) for p in result.files.values()))
 
 
 @main.command("calibrate")
@@ -165,7 +171,7 @@ def calibrate_cmd(model, data, method, samples, batch_size, all_tensors, out, tr
         save_trt_cache(table, trt_cache)
         written.append(str(trt_cache))
     console.print(f"calibrated {len(table)} tensors on {table.samples} samples ({method}): wrote "
-                  + ", ".join(written), highlight=False)
+                  + ", ".join(written))
 
 
 @main.command("compare")
@@ -196,7 +202,7 @@ def compare_cmd(reference, candidate, data, mode, samples, batch_size, min_cosin
     else:
         console.print(_metrics_table(f"{report.candidate} vs {report.reference}, {report.samples} samples, "
                                      f"run as {mode}", [report]))
-        console.print("[green]PASS[/]" if report else "[red]FAIL[/]: below the thresholds")
+        console.print(_styled("PASS", "green", "") if report else _styled("FAIL", "red", ": below the thresholds"))
     sys.exit(0 if report else 1)
 
 
@@ -232,21 +238,21 @@ def build_cmd(model, out, shapes, max_batch, workspace, opt_level, timing_cache,
     engine, meta = build_engine(model, options)
     paths = save_engine(engine, meta, out or Path(model).with_suffix(".engine"))
     _print_sidecar(meta)
-    console.print("wrote: " + ", ".join(str(p) for p in paths), highlight=False)
+    console.print("wrote: " + ", ".join(str(p) for p in paths))
 
 
 def _print_sidecar(meta: dict) -> None:
     from collections import Counter
 
     caps = ", ".join(meta["compute_capabilities"]) or "the build machine's GPU"
-    console.print(f"{meta['backend']} {meta['backend_version']}, targets: {caps}", highlight=False)
+    console.print(f"{meta['backend']} {meta['backend_version']}, targets: {caps}")
     for kind in ("inputs", "outputs"):
         for t in meta[kind]:
             prof = t.get("profile")
             extra = f"  profile {prof['min']} / {prof['opt']} / {prof['max']}" if prof else ""
-            console.print(f"  {kind[:-1]} {t['name']}: {t['dtype']} {t['shape']}{extra}", highlight=False)
+            console.print(f"  {kind[:-1]} {t['name']}: {t['dtype']} {t['shape']}{extra}")
     counts = Counter(meta["precision"].values())
-    console.print("  compute layers: " + ", ".join(f"{n} {p}" for p, n in sorted(counts.items())), highlight=False)
+    console.print("  compute layers: " + ", ".join(f"{n} {p}" for p, n in sorted(counts.items())))
 
 
 @main.command("inspect")
@@ -263,7 +269,7 @@ def inspect_cmd(engine, layers) -> None:
     _print_sidecar(meta)
     if layers:
         for name, precision in meta["precision"].items():
-            console.print(f"  {precision:5s} {name}", highlight=False)
+            console.print(f"  {precision:5s} {name}")
 
 
 @main.command("models")
