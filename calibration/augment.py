@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from calibration.onnx_model import infer_types
+
 FLOAT32 = TensorProto.FLOAT
 #: Values per tensor and batch that histogram calibration sees at most: 128K per batch of 8
 #: is about 4M values per tensor over 256 samples.
@@ -49,13 +51,12 @@ def _unique(base: str, taken: set[str]) -> str:
 
 def tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
     """Inferred shape (ints, or None for unknown dims) and elem type of every tensor."""
-    inferred = onnx.shape_inference.infer_shapes(model)
     out = {}
-    for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
-        tt = vi.type.tensor_type
+    for name, t in infer_types(model).items():
+        tt = t.tensor_type
         dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim) \
             if tt.HasField("shape") else None
-        out[vi.name] = (dims, tt.elem_type)
+        out[name] = (dims, tt.elem_type)
     return out
 
 

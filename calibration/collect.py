@@ -26,7 +26,7 @@ import onnx
 
 from calibration.augment import DEFAULT_MAX_ELEMENTS, Probe, augment, expose
 from calibration.observers import check_finite, make_observer
-from calibration.onnx_model import input_specs, load_model, model_sha256
+from calibration.onnx_model import infer_types, input_specs, load_model, model_sha256
 from calibration.progress import progress_bar
 from calibration.readers import count_samples, iter_batches
 from calibration.table import CalibrationTable
@@ -43,12 +43,7 @@ def float_activations(model: onnx.ModelProto) -> list[str]:
 
     Initializers and outputs of Constant nodes are not activations and are skipped.
     """
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except onnx.shape_inference.InferenceError as exc:
-        raise ModelError(f"shape inference failed on the model: {exc}") from exc
-    types = {vi.name: vi.type.tensor_type.elem_type
-             for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
+    types = {name: t.tensor_type.elem_type for name, t in infer_types(model).items()}
     inits = {i.name for i in model.graph.initializer}
     names = [vi.name for vi in model.graph.input if vi.name not in inits]
     for node in model.graph.node:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import onnx
 
+from calibration.onnx_model import infer_types
+
 COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
 def precision_plan(model: onnx.ModelProto) -> dict[str, str]:
     """``node name -> "int8" | "fp16" | "fp32"`` for the compute nodes (Conv, Gemm, MatMul...)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {vi.name: vi.type.tensor_type.elem_type
-             for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
+    types = {name: t.tensor_type.elem_type for name, t in infer_types(model).items()}
     types.update({t.name: t.data_type for t in model.graph.initializer})
     producer = {o: n for n in model.graph.node for o in n.output}
     plan = {}
