@@ -1,4 +1,4 @@
-"""Deploy: run models (ONNX Runtime now, TensorRT engines next) and compare them.
+"""Deploy: build TensorRT engines, run models (ONNX Runtime, TensorRT engines) and compare them.
 
 Public API::
 
@@ -7,7 +7,9 @@ Public API::
 """
 
 from deploy.compare import ComparisonReport, OutputMetrics, Thresholds, compare, compare_outputs
+from deploy.build import BuildOptions, build_engine, save_engine
+from deploy.engine import Engine
 from deploy.runner import OrtRunner, QdqMode, Runner, open_runner, run_all
 
-__all__ = ["ComparisonReport", "OrtRunner", "OutputMetrics", "QdqMode", "Runner", "Thresholds",
+__all__ = ["BuildOptions", "ComparisonReport", "Engine", "OrtRunner", "build_engine", "save_engine", "OutputMetrics", "QdqMode", "Runner", "Thresholds",
            "compare", "compare_outputs", "open_runner", "run_all"]

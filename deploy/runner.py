@@ -95,11 +95,16 @@ def run_all(runner: Runner, data: Any, batch_size: int = 32, samples: int | None
 
 
 def open_runner(model: str | os.PathLike | Runner, **kwargs: Any) -> Runner:
-    """A runner for a path (``.onnx``) or the runner itself."""
+    """A runner for a path (``.onnx``: :class:`OrtRunner`, ``.engine``: :class:`deploy.Engine`)
+    or the runner itself. ``kwargs`` go to :class:`OrtRunner`."""
     if not isinstance(model, (str, os.PathLike)):
         return model
     suffix = os.fspath(model).rsplit(".", 1)[-1].lower()
     if suffix == "onnx":
         return OrtRunner(model, **kwargs)
-    raise ModelError(f"cannot run {model}: expected an .onnx file")
+    if suffix in ("engine", "plan", "trt"):
+        from deploy.engine import Engine
+
+        return Engine(model)
+    raise ModelError(f"cannot run {model}: expected an .onnx or .engine file")
 

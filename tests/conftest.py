@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import numpy as np
 import onnx
@@ -103,7 +104,8 @@ needs_models = pytest.mark.skipif(not has_module("efficientnet_lite0_pytorch_mod
 
 def pytest_collection_modifyitems(config, items):
     """GPU tests skip with a reason when no NVIDIA GPU + TensorRT runtime is present."""
-    has_gpu = has_module("tensorrt") and has_module("cuda")
+    has_gpu = ((has_module("tensorrt") or has_module("tensorrt_rtx")) and has_module("cuda")
+               and any(os.path.exists(p) for p in ("/dev/nvidia0", "/dev/nvidiactl")))
     for item in items:
         if "gpu" in item.keywords and not has_gpu:
-            item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU with TensorRT and cuda-python"))
+            item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU, TensorRT (or TensorRT-RTX) and cuda-python"))

@@ -188,15 +188,22 @@ def calibrate_cmd(model, data, method, samples, batch_size, all_tensors, out, tr
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_fail_cleanly
 def compare_cmd(reference, candidate, data, mode, samples, batch_size, min_cosine, min_top1, as_json) -> None:
-    """Compare CANDIDATE's outputs with REFERENCE's on the same data.
+    """Compare CANDIDATE's outputs with REFERENCE's on the same data (.onnx or .engine).
 
     Exit code 0 when the thresholds are met, 1 when they are not, 2 on bad input.
     """
-    from deploy import OrtRunner, Thresholds, compare
+    from deploy import Thresholds, compare, open_runner
 
-    with OrtRunner(reference, name=str(reference)) as ref, OrtRunner(candidate, mode=mode, name=str(candidate)) as cand:
+    def runner(path: Path, **onnx_options):
+        return open_runner(path, name=str(path), **onnx_options) if path.suffix == ".onnx" else open_runner(path)
+
+    ref, cand = runner(reference), runner(candidate, mode=mode)
+    try:
         report = compare(ref, cand, data, batch_size=batch_size, samples=samples,
                          thresholds=Thresholds(min_cosine, min_top1))
+    finally:
+        ref.close()
+        cand.close()
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))
     else:

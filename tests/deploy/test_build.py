@@ -1,6 +1,7 @@
 """Engine builds with whatever TensorRT is installed (TensorRT-RTX builds without a GPU)."""
 
 import json
+import os
 
 import numpy as np
 import onnx
@@ -14,7 +15,7 @@ from deploy.plan import precision_plan
 from quantize import quantize
 from tests.conftest import has_module
 from trtq.cli import main
-from trtq.errors import BuildError, DependencyError
+from trtq.errors import BuildError, DependencyError, TrtqError
 
 needs_trt = pytest.mark.skipif(not (has_module("tensorrt") or has_module("tensorrt_rtx")
                                     or has_module("tensorrt_rtx_bindings")),
@@ -102,3 +103,39 @@ def test_quantize_engine_flag(tmp_path, cnn_model, cnn_data, monkeypatch):
         res = runner.invoke(main, args + ["--out", str(tmp_path / "out2")])
         assert res.exit_code == 2 and "pip install 'trtq[gpu]'" in res.stderr
         assert not (tmp_path / "out2").exists()
+
+
+@needs_trt
+def test_engine_checks_before_touching_the_gpu(tmp_path, int8_model):
+    from deploy import Engine
+
+    engine, meta = build_engine(int8_model, BuildOptions(max_batch=4, progress=False))
+    path, meta_path = save_engine(engine, meta, tmp_path / "m.engine")
+    (tmp_path / "bare.engine").write_bytes(engine)
+    with pytest.raises(BuildError, match="has no sidecar"):
+        Engine(tmp_path / "bare.engine")
+    stale = dict(meta, backend_version="0.0.1")
+    save_engine(engine, stale, tmp_path / "old.engine")
+    with pytest.raises(BuildError, match="was built with .* 0.0.1.*rebuild it"):
+        Engine(tmp_path / "old.engine")
+    if not _gpu_present():
+        with pytest.raises(TrtqError, match="cannot run here|needs an NVIDIA GPU|pip install 'trtq\\[gpu\\]'"):
+            Engine(path)
+
+
+def _gpu_present() -> bool:
+    return has_module("cuda") and (os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl"))
+
+
+@pytest.mark.gpu
+@needs_trt
+def test_engine_matches_onnx_runtime_on_gpu(tmp_path, int8_model, cnn_data):
+    from deploy import Engine, OrtRunner, compare_outputs
+
+    engine, meta = build_engine(int8_model, BuildOptions(max_batch=16, compute_capabilities=(), progress=False))
+    path, _ = save_engine(engine, meta, tmp_path / "m.engine")
+    with Engine(path) as eng, OrtRunner(int8_model) as ort_runner:
+        for batch in (1, 7, 16):
+            x = {"input": cnn_data[:batch]}
+            report = compare_outputs(ort_runner.infer(x), eng.infer(x))
+            assert report.outputs[0].cosine > 0.99, report

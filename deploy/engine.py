@@ -1,0 +1,186 @@
+"""``deploy.Engine``: run a TensorRT engine in an inference service (needs an NVIDIA GPU).
+
+Checks before anything touches the GPU: the sidecar (written by ``trtq build``) must exist
+and name the installed backend and version (engines are version-locked); on TensorRT-RTX
+the engine header is checked with ``IRuntime.get_engine_validity``. Then, per thread, one
+execution context and one CUDA stream (the engine is shared), device buffers reused while
+shapes fit, pinned host buffers for copies. Arrays exposing ``__cuda_array_interface__``
+(PyTorch, CuPy) are used in place as inputs, without copies.
+
+CUDA comes from ``cuda-python`` (``from cuda.bindings import runtime``), extra ``gpu``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from calibration.onnx_model import InputSpec
+from deploy.backend import load_backend
+from deploy.build import _Logger, load_sidecar
+from trtq.errors import BuildError, TrtqError, require
+
+_ONNX_TO_NUMPY = {"float": np.float32, "float16": np.float16, "int8": np.int8, "int32": np.int32,
+                  "int64": np.int64, "bool": np.bool_, "uint8": np.uint8, "double": np.float64}
+
+
+def _check(result, what: str):
+    """cuda-python returns ``(err, *values)``; raise on an error, return the values."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise TrtqError(f"CUDA error in {what}: {err}")
+    return values[0] if len(values) == 1 else values
+
+
+class _Buffer:
+    """A device buffer and its pinned host twin, grown when a larger tensor comes."""
+
+    def __init__(self, cudart) -> None:
+        self.cudart, self.nbytes, self.device, self.host = cudart, 0, None, None
+
+    def ensure(self, nbytes: int) -> None:
+        if nbytes <= self.nbytes:
+            return
+        self.free()
+        self.device = _check(self.cudart.cudaMalloc(nbytes), "cudaMalloc")
+        self.host = _check(self.cudart.cudaMallocHost(nbytes), "cudaMallocHost")
+        self.nbytes = nbytes
+
+    def host_view(self, dtype, shape) -> np.ndarray:
+        count = int(np.prod(shape)) if shape else 1
+        raw = (ctypes.c_byte * (count * np.dtype(dtype).itemsize)).from_address(int(self.host))
+        return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+
+    def free(self) -> None:
+        if self.device is not None:
+            self.cudart.cudaFree(self.device)
+            self.cudart.cudaFreeHost(self.host)
+        self.device = self.host = None
+        self.nbytes = 0
+
+
+class _Worker:
+    """What one thread owns: an execution context, a stream, buffers."""
+
+    def __init__(self, engine, cudart) -> None:
+        self.context = engine.create_execution_context()
+        if self.context is None:
+            raise BuildError("TensorRT could not create an execution context (out of GPU memory?)")
+        self.stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self.buffers: dict[str, _Buffer] = {}
+        self.cudart = cudart
+
+    def close(self) -> None:
+        for b in self.buffers.values():
+            b.free()
+        self.cudart.cudaStreamDestroy(self.stream)
+
+
+class Engine:
+    """A deserialized TensorRT engine with the runner interface: ``infer(feed) -> outputs``."""
+
+    def __init__(self, path: str | os.PathLike, *, backend: str | None = None) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise BuildError(f"engine {path} does not exist")
+        self.name = str(path)
+        self.metadata = load_sidecar(path)
+        self.backend = load_backend(backend or self.metadata["backend"])
+        built = (self.metadata["backend"], self.metadata["backend_version"])
+        if built != (self.backend.name, self.backend.version):
+            raise BuildError(f"engine {path} was built with {built[0]} {built[1]}, but {self.backend.name} "
+                             f"{self.backend.version} is installed; rebuild it with trtq build")
+        self.inputs = [InputSpec(t["name"], np.dtype(_ONNX_TO_NUMPY.get(t["dtype"], np.float32)), tuple(t["shape"]))
+                       for t in self.metadata["inputs"]]
+        self.outputs = [t["name"] for t in self.metadata["outputs"]]
+        trt = self.backend.module
+        self._logger = _Logger(trt)
+        self._runtime = trt.Runtime(self._logger)
+        data = path.read_bytes()
+        if self.backend.is_rtx:
+            self._check_rtx_validity(trt, data)
+        self._cudart = require("cuda.bindings.runtime", "gpu")
+        if _check(self._cudart.cudaGetDeviceCount(), "cudaGetDeviceCount") == 0:
+            raise BuildError("no CUDA device is visible; running an engine needs an NVIDIA GPU")
+        self._engine = self._runtime.deserialize_cuda_engine(data)
+        if self._engine is None:
+            raise BuildError(f"TensorRT could not load {path}: " + ("; ".join(self._logger.errors[-2:]) or "see logs"))
+        self._local = threading.local()
+        self._workers: list[_Worker] = []
+        self._lock = threading.Lock()
+
+    def _check_rtx_validity(self, trt, data: bytes) -> None:
+        validity, diagnostics = self._runtime.get_engine_validity(data[: self._runtime.engine_header_size])
+        if validity == trt.EngineValidity.INVALID:
+            reasons = [n.lower().replace("_", " ") for n, flag in trt.EngineInvalidityDiagnostics.__members__.items()
+                       if diagnostics & int(flag)]
+            raise BuildError(f"engine {self.name} cannot run here: "
+                             + (", ".join(reasons) if reasons else "no usable GPU (or its driver) was found"))
+
+    def _worker(self) -> _Worker:
+        worker = getattr(self._local, "worker", None)
+        if worker is None:
+            worker = _Worker(self._engine, self._cudart)
+            self._local.worker = worker
+            with self._lock:
+                self._workers.append(worker)
+        return worker
+
+    def infer(self, feed: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Run one batch; inputs are NumPy arrays or device arrays (``__cuda_array_interface__``)."""
+        if self._engine is None:
+            raise TrtqError(f"engine {self.name} is closed")
+        w, cudart = self._worker(), self._cudart
+        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        for spec in self.inputs:
+            value = feed[spec.name]
+            if hasattr(value, "__cuda_array_interface__"):
+                cai = value.__cuda_array_interface__
+                w.context.set_input_shape(spec.name, tuple(cai["shape"]))
+                w.context.set_tensor_address(spec.name, int(cai["data"][0]))
+                continue
+            arr = np.ascontiguousarray(value, dtype=spec.dtype)
+            buf = w.buffers.setdefault(spec.name, _Buffer(cudart))
+            buf.ensure(max(arr.nbytes, 1))
+            buf.host_view(arr.dtype, arr.shape)[...] = arr
+            _check(cudart.cudaMemcpyAsync(buf.device, buf.host, arr.nbytes, h2d, w.stream), "cudaMemcpyAsync")
+            w.context.set_input_shape(spec.name, arr.shape)
+            w.context.set_tensor_address(spec.name, int(buf.device))
+        shapes = {}
+        for name in self.outputs:
+            shape = tuple(w.context.get_tensor_shape(name))
+            dtype = np.dtype(self.backend.module.nptype(self._engine.get_tensor_dtype(name)))
+            buf = w.buffers.setdefault(name, _Buffer(cudart))
+            buf.ensure(max(int(np.prod(shape)) * dtype.itemsize, 1))
+            w.context.set_tensor_address(name, int(buf.device))
+            shapes[name] = (shape, dtype)
+        if not w.context.execute_async_v3(w.stream):
+            raise TrtqError(f"TensorRT failed to run {self.name}: " + "; ".join(self._logger.errors[-2:]))
+        out = {}
+        for name, (shape, dtype) in shapes.items():
+            buf = w.buffers[name]
+            nbytes = int(np.prod(shape)) * dtype.itemsize
+            _check(cudart.cudaMemcpyAsync(buf.host, buf.device, nbytes, d2h, w.stream), "cudaMemcpyAsync")
+        _check(cudart.cudaStreamSynchronize(w.stream), "cudaStreamSynchronize")
+        for name, (shape, dtype) in shapes.items():
+            out[name] = w.buffers[name].host_view(dtype, shape).copy()
+        return out
+
+    def close(self) -> None:
+        """Free every thread's buffers, streams and contexts, then the engine."""
+        with self._lock:
+            for worker in self._workers:
+                worker.close()
+            self._workers.clear()
+        self._engine = None
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
