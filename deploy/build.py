@@ -102,6 +102,17 @@ def _profiles(model: onnx.ModelProto, options: BuildOptions) -> dict[str, tuple[
     return out
 
 
+def _describe_parser_error(e) -> str:
+    """``node 'conv1' (Conv): UNSUPPORTED_NODE: <reason>`` from a TensorRT ParserError."""
+    node = e.node_name() or f"#{e.node()}"
+    op = e.node_operator()
+    code = str(e.code()).rsplit(".", 1)[-1]
+    desc = e.desc()
+    if desc in ("", "false", "true"):  # an assertion without a message: say where it failed
+        desc = f"rejected by {e.func()}"
+    return f"node '{node}'" + (f" ({op})" if op else "") + f": {code}: {desc}"
+
+
 def _parse(trt, backend: Backend, model: onnx.ModelProto, logger):
     builder = trt.Builder(logger)
     flags = 0
@@ -110,11 +121,7 @@ def _parse(trt, backend: Backend, model: onnx.ModelProto, logger):
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(model.SerializeToString()):
-        errors = []
-        for i in range(parser.num_errors):
-            e = parser.get_error(i)
-            node = getattr(e, "node_name", lambda: "")() or str(getattr(e, "node", lambda: "?")())
-            errors.append(f"node '{node}': {e.desc()}")
+        errors = [_describe_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
         raise BuildError(f"{backend.name} {backend.version} cannot parse the ONNX model: " + "; ".join(errors))
     return builder, network, parser
 

@@ -55,3 +55,20 @@ def test_int8_runs_in_onnx_runtime(result):
     with OrtRunner(result.files["int8"]) as runner:
         logits = runner.infer({"images": x})["logits"]
     assert logits.shape == (2, 1000) and np.isfinite(logits).all()
+
+
+def test_int8_engine_builds_with_tensorrt_rtx(result, tmp_path):
+    from tests.conftest import has_module
+
+    if not (has_module("tensorrt") or has_module("tensorrt_rtx") or has_module("tensorrt_rtx_bindings")):
+        pytest.skip("needs TensorRT or TensorRT-RTX: pip install 'trtq[rtx]'")
+    from click.testing import CliRunner
+
+    from trtq.cli import main
+
+    res = CliRunner().invoke(main, ["build", str(result.files["int8"]), "--out", str(tmp_path / "e.engine"),
+                                    "--no-progress"])
+    assert res.exit_code == 0, res.stderr
+    meta = json.loads((tmp_path / "e.engine.json").read_text())
+    assert list(meta["precision"].values()).count("int8") == 50
+    assert meta["inputs"][0]["profile"]["min"][0] == 1 and meta["inputs"][0]["profile"]["max"][0] == 32

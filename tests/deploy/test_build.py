@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import onnx
@@ -139,3 +140,67 @@ def test_engine_matches_onnx_runtime_on_gpu(tmp_path, int8_model, cnn_data):
             x = {"input": cnn_data[:batch]}
             report = compare_outputs(ort_runner.infer(x), eng.infer(x))
             assert report.outputs[0].cosine > 0.99, report
+
+
+def _qdq_relu(zero_point: int):
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], name="act_quant"),
+         helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["dq"], name="act_dequant"),
+         helper.make_node("Relu", ["dq"], ["y"], name="relu")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+         numpy_helper.from_array(np.array(zero_point, np.int8), "zp")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _qlinear_conv():
+    from onnx import TensorProto, helper, numpy_helper
+
+    consts = {"xs": np.float32(0.1), "xz": np.uint8(0), "w": np.ones((1, 1, 3, 3), np.int8), "ws": np.float32(0.1),
+              "wz": np.int8(0), "ys": np.float32(0.1), "yz": np.uint8(0)}
+    graph = helper.make_graph(
+        [helper.make_node("QLinearConv", ["x", *consts], ["y"], name="qconv")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 1, 2, 2])],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@needs_trt
+@pytest.mark.parametrize("model, match", [(_qdq_relu(3), r"node 'act_quant' \(QuantizeLinear\).*zero point"),
+                                          (_qlinear_conv(), r"node 'qconv' \(QLinearConv\): UNSUPPORTED_NODE")])
+def test_unsupported_constructs_fail_with_the_node(tmp_path, model, match):
+    onnx.save(model, tmp_path / "bad.onnx")
+    res = CliRunner().invoke(main, ["build", str(tmp_path / "bad.onnx"), "--no-progress"])
+    assert res.exit_code == 2, res.output
+    err = res.stderr.strip()
+    assert "\n" not in err and re.search(match, err), err
+    assert not (tmp_path / "bad.engine").exists()
+
+
+@needs_trt
+def test_corrupt_or_truncated_engine_is_a_clear_error(tmp_path, int8_model):
+    from deploy import Engine
+
+    engine, meta = build_engine(int8_model, BuildOptions(max_batch=2, progress=False))
+    save_engine(engine[: len(engine) // 3], meta, tmp_path / "cut.engine")
+    save_engine(b"\x00" * 4096, meta, tmp_path / "zero.engine")
+    for name in ("cut.engine", "zero.engine"):
+        with pytest.raises(TrtqError) as info:
+            Engine(tmp_path / name)
+        assert "\n" not in str(info.value)
+
+
+def test_no_precision_builder_flags_or_calibrators_anywhere():
+    """Precision must come from the ONNX graph: no code may set FP16/INT8 flags or calibrators."""
+    import pathlib
+
+    root = pathlib.Path(__file__).parents[2]
+    banned = re.compile(r"BuilderFlag\.(FP16|INT8|BF16|FP8|INT4|FP4|OBEY_PRECISION|PREFER_PRECISION)|int8_calibrator"
+                        r"|IInt8\w*Calibrator")
+    offenders = [str(p) for pkg in ("deploy", "quantize", "calibration", "trtq") for p in (root / pkg).rglob("*.py")
+                 if banned.search(p.read_text())]
+    assert not offenders
