@@ -7,9 +7,10 @@ Public API::
 """
 
 from deploy.compare import ComparisonReport, OutputMetrics, Thresholds, compare, compare_outputs
+from deploy.benchmark import BenchmarkReport, benchmark
 from deploy.build import BuildOptions, build_engine, save_engine
 from deploy.engine import Engine
 from deploy.runner import OrtRunner, QdqMode, Runner, open_runner, run_all
 
-__all__ = ["BuildOptions", "ComparisonReport", "Engine", "OrtRunner", "build_engine", "save_engine", "OutputMetrics", "QdqMode", "Runner", "Thresholds",
+__all__ = ["BenchmarkReport", "BuildOptions", "benchmark", "ComparisonReport", "Engine", "OrtRunner", "build_engine", "save_engine", "OutputMetrics", "QdqMode", "Runner", "Thresholds",
            "compare", "compare_outputs", "open_runner", "run_all"]

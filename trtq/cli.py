@@ -279,6 +279,44 @@ def inspect_cmd(engine, layers) -> None:
             console.print(f"  {precision:5s} {name}")
 
 
+@main.command("bench")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--iterations", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--warmup", default=10, show_default=True, type=click.IntRange(min=0))
+@click.option("--shape", "shape_specs", multiple=True, metavar="NAME:DIMS",
+              help="Shape of an input with dynamic dims beyond the batch, e.g. input_ids:1x128. Repeatable.")
+@click.option("--mode", type=click.Choice(["qdq-float", "ort-int8"]), default="ort-int8", show_default=True,
+              help="For a Q/DQ .onnx: ONNX Runtime's int8 kernels (deployment speed) or Q/DQ in float.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_fail_cleanly
+def bench_cmd(model, batch, iterations, warmup, shape_specs, mode, as_json) -> None:
+    """Latency and throughput of MODEL (.onnx on ONNX Runtime's CPU, or .engine on a GPU)."""
+    from deploy import open_runner
+    from deploy.benchmark import benchmark
+
+    shapes = {}
+    for spec in shape_specs:
+        name, _, dims = spec.rpartition(":")
+        try:
+            shapes[name] = tuple(int(d) for d in dims.split("x"))
+        except ValueError:
+            raise TrtqError(f"--shape {spec!r} is not NAME:DIMS like input_ids:1x128") from None
+    runner = open_runner(model, mode=mode, name=str(model)) if model.suffix == ".onnx" else open_runner(model)
+    try:
+        report = benchmark(runner, batch, iterations, warmup, shapes)
+    finally:
+        runner.close()
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=1))
+        return
+    lat = report.latency_ms
+    console.print(f"{report.runner}: batch {report.batch}, {report.iterations} runs")
+    console.print(f"  latency ms: mean {lat['mean']:.2f}  p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  "
+                  f"p99 {lat['p99']:.2f}  min {lat['min']:.2f}")
+    console.print(f"  throughput: {report.samples_per_s:.1f} samples/s")
+
+
 @main.command("models")
 def models_cmd() -> None:
     """List the registered models (usable with --model)."""

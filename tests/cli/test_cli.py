@@ -188,3 +188,13 @@ def test_calibrate_bad_input_writes_nothing(workdir):
     res = run("calibrate", workdir / "cnn.onnx", "--data", workdir / "empty.npy", "--out", workdir / "t.json")
     assert res.exit_code == 2 and "empty" in res.stderr
     assert not (workdir / "t.json").exists() and not (workdir / "t.cache").exists()
+
+
+def test_bench_command(workdir):
+    res = run("bench", workdir / "cnn.onnx", "--batch", "4", "--iterations", "5", "--warmup", "1", "--json")
+    assert res.exit_code == 0, res.stderr
+    report = json.loads(res.output)
+    assert report["batch"] == 4 and report["iterations"] == 5 and report["samples_per_s"] > 0
+    assert report["latency_ms"]["min"] <= report["latency_ms"]["p50"] <= report["latency_ms"]["max"]
+    res = run("bench", workdir / "cnn.onnx", "--shape", "input:bad")
+    assert res.exit_code == 2 and "NAME:DIMS" in res.stderr
