@@ -18,7 +18,6 @@ from typing import Mapping
 import onnx
 
 from calibration.onnx_model import input_specs, load_model, model_sha256
-from calibration.progress import progress_bar
 from deploy.backend import Backend, load_backend
 from deploy.plan import precision_plan
 from trtq.errors import BuildError
@@ -102,6 +101,40 @@ def _profiles(model: onnx.ModelProto, options: BuildOptions) -> dict[str, tuple[
     return out
 
 
+def _phase_progress():
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+
+
+def _Monitor(trt, progress):
+    """A TensorRT ``IProgressMonitor`` that shows each build phase (nested) as a progress bar."""
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self.tasks: dict[str, tuple[int, int]] = {}
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            depth = self.tasks[parent_phase][1] + 1 if parent_phase in self.tasks else 0
+            task = progress.add_task("  " * depth + phase_name, total=max(num_steps, 1))
+            self.tasks[phase_name] = (task, depth)
+
+        def step_complete(self, phase_name, step):
+            if phase_name in self.tasks:
+                progress.update(self.tasks[phase_name][0], completed=step + 1)
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name):
+            task = self.tasks.pop(phase_name, None)
+            if task is not None:
+                progress.remove_task(task[0])
+
+    return Monitor()
+
+
 def _describe_parser_error(e) -> str:
     """``node 'conv1' (Conv): UNSUPPORTED_NODE: <reason>`` from a TensorRT ParserError."""
     node = e.node_name() or f"#{e.node()}"
@@ -172,7 +205,12 @@ def build_engine(model: str | os.PathLike | onnx.ModelProto, options: BuildOptio
     profiles = _profiles(proto, options)
     builder, network, _parser = _parse(trt, backend, proto, logger)
     config = _configure(trt, backend, builder, options, profiles)
-    with progress_bar(f"building engine ({backend.name} {backend.version})", None, enabled=options.progress):
+    if options.progress:
+        with _phase_progress() as progress:
+            monitor = _Monitor(trt, progress)  # keep alive: TensorRT holds only a reference
+            config.progress_monitor = monitor
+            serialized = builder.build_serialized_network(network, config)
+    else:
         serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         detail = "; ".join(logger.errors[-3:]) or "no error was logged"

@@ -13,6 +13,7 @@ CUDA comes from ``cuda-python`` (``from cuda.bindings import runtime``), extra `
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import threading
 from pathlib import Path
@@ -170,6 +171,17 @@ class Engine:
         for name, (shape, dtype) in shapes.items():
             out[name] = w.buffers[name].host_view(dtype, shape).copy()
         return out
+
+    def layer_information(self) -> list[dict]:
+        """Per-layer information from TensorRT's engine inspector (name, type, tensor formats).
+
+        TensorRT 10 reports a "Format/Datatype" string per tensor; 11.x splits format and
+        data type. Both are passed through as TensorRT writes them.
+        """
+        trt = self.backend.module
+        info = self._engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+        layers = json.loads(info).get("Layers", [])
+        return [layer if isinstance(layer, dict) else {"Name": str(layer)} for layer in layers]
 
     def close(self) -> None:
         """Free every thread's buffers, streams and contexts, then the engine."""

@@ -277,6 +277,15 @@ def inspect_cmd(engine, layers) -> None:
     if layers:
         for name, precision in meta["precision"].items():
             console.print(f"  {precision:5s} {name}")
+        try:
+            from deploy.engine import Engine
+
+            with Engine(engine) as loaded:
+                console.print("engine inspector (per-layer formats):")
+                for layer in loaded.layer_information():
+                    console.print("  " + json.dumps(layer))
+        except TrtqError as exc:
+            console.print(f"(engine inspector not available here: {exc})")
 
 
 @main.command("bench")

@@ -46,7 +46,7 @@ def test_unknown_backend_is_a_clear_error():
 
 @needs_trt
 def test_build_int8_engine_with_sidecar(tmp_path, int8_model):
-    engine, meta = build_engine(int8_model, BuildOptions(max_batch=8, progress=False))
+    engine, meta = build_engine(int8_model, BuildOptions(max_batch=8, progress=True))  # via IProgressMonitor
     assert len(engine) > 1000
     paths = save_engine(engine, meta, tmp_path / "m.engine")
     assert load_sidecar(paths[0]) == json.loads(paths[1].read_text())
@@ -140,6 +140,7 @@ def test_engine_matches_onnx_runtime_on_gpu(tmp_path, int8_model, cnn_data):
             x = {"input": cnn_data[:batch]}
             report = compare_outputs(ort_runner.infer(x), eng.infer(x))
             assert report.outputs[0].cosine > 0.99, report
+        assert eng.layer_information()
 
 
 def _qdq_relu(zero_point: int):
