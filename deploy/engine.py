@@ -75,18 +75,60 @@ class _Worker:
         self.stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
         self.buffers: dict[str, _Buffer] = {}
         self.cudart = cudart
+        self.warm_key = None  # shapes + addresses of the last plain run
+        self.graph_key = None  # shapes + addresses the captured CUDA graph was made for
+        self.graph = self.graph_exec = None
+
+    def execute(self, key, use_graph: bool) -> bool:
+        """Run the context; with ``use_graph``, replay a CUDA graph captured for ``key``.
+
+        A graph is captured on the second run with the same shapes and buffer addresses (the
+        first run is a plain one, as TensorRT requires before capture) and replaced when
+        either changes.
+        """
+        cudart = self.cudart
+        if not use_graph:
+            return self.context.execute_async_v3(self.stream)
+        if key != self.graph_key:
+            if key != self.warm_key:
+                self.warm_key = key
+                return self.context.execute_async_v3(self.stream)
+            self._drop_graph()
+            _check(cudart.cudaStreamBeginCapture(self.stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal),
+                   "cudaStreamBeginCapture")
+            ok = self.context.execute_async_v3(self.stream)
+            self.graph = _check(cudart.cudaStreamEndCapture(self.stream), "cudaStreamEndCapture")
+            if not ok:
+                return False
+            self.graph_exec = _check(cudart.cudaGraphInstantiate(self.graph, 0), "cudaGraphInstantiate")
+            self.graph_key = key
+        _check(cudart.cudaGraphLaunch(self.graph_exec, self.stream), "cudaGraphLaunch")
+        return True
+
+    def _drop_graph(self) -> None:
+        if self.graph_exec is not None:
+            self.cudart.cudaGraphExecDestroy(self.graph_exec)
+        if self.graph is not None:
+            self.cudart.cudaGraphDestroy(self.graph)
+        self.graph = self.graph_exec = self.graph_key = None
 
     def close(self) -> None:
+        self._drop_graph()
         for b in self.buffers.values():
             b.free()
         self.cudart.cudaStreamDestroy(self.stream)
 
 
 class Engine:
-    """A deserialized TensorRT engine with the runner interface: ``infer(feed) -> outputs``."""
+    """A deserialized TensorRT engine with the runner interface: ``infer(feed) -> outputs``.
 
-    def __init__(self, path: str | os.PathLike, *, backend: str | None = None) -> None:
+    ``cuda_graphs=True`` replays a captured CUDA graph while input shapes and buffers stay
+    the same (fixed-shape serving), which removes per-layer launch overhead.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, backend: str | None = None, cuda_graphs: bool = False) -> None:
         path = Path(path)
+        self.cuda_graphs = cuda_graphs
         if not path.is_file():
             raise BuildError(f"engine {path} does not exist")
         self.name = str(path)
@@ -153,6 +195,7 @@ class Engine:
             w.context.set_input_shape(spec.name, arr.shape)
             w.context.set_tensor_address(spec.name, int(buf.device))
         shapes = {}
+        key = []
         for name in self.outputs:
             shape = tuple(w.context.get_tensor_shape(name))
             dtype = np.dtype(self.backend.module.nptype(self._engine.get_tensor_dtype(name)))
@@ -160,7 +203,10 @@ class Engine:
             buf.ensure(max(int(np.prod(shape)) * dtype.itemsize, 1))
             w.context.set_tensor_address(name, int(buf.device))
             shapes[name] = (shape, dtype)
-        if not w.context.execute_async_v3(w.stream):
+        for spec in self.inputs:
+            key.append((spec.name, tuple(w.context.get_tensor_shape(spec.name)), w.context.get_tensor_address(spec.name)))
+        key.extend((n, s, int(w.buffers[n].device)) for n, (s, _) in shapes.items())
+        if not w.execute(tuple(key), self.cuda_graphs):
             raise TrtqError(f"TensorRT failed to run {self.name}: " + "; ".join(self._logger.errors[-2:]))
         out = {}
         for name, (shape, dtype) in shapes.items():

@@ -141,6 +141,13 @@ def test_engine_matches_onnx_runtime_on_gpu(tmp_path, int8_model, cnn_data):
             report = compare_outputs(ort_runner.infer(x), eng.infer(x))
             assert report.outputs[0].cosine > 0.99, report
         assert eng.layer_information()
+    with Engine(path, cuda_graphs=True) as graphed, Engine(path) as plain:
+        x = {"input": cnn_data[:8]}
+        expected = plain.infer(x)["logits"]
+        for _ in range(3):  # plain run, capture, replay
+            np.testing.assert_allclose(graphed.infer(x)["logits"], expected, rtol=1e-5, atol=1e-6)
+        y = {"input": cnn_data[8:12]}  # new shape: re-captured
+        np.testing.assert_allclose(graphed.infer(y)["logits"], plain.infer(y)["logits"], rtol=1e-5, atol=1e-6)
 
 
 def _qdq_relu(zero_point: int):
