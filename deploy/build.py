@@ -7,6 +7,8 @@ for fp16 — never from builder flags. Every engine gets a JSON sidecar describi
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import os
@@ -146,17 +148,18 @@ def _describe_parser_error(e) -> str:
     return f"node '{node}'" + (f" ({op})" if op else "") + f": {code}: {desc}"
 
 
-def _parse(trt, backend: Backend, model: onnx.ModelProto, logger):
+def _parse(trt, model: onnx.ModelProto, logger):
+    """Builder, strongly typed network and parser, plus the parser's errors (empty on success)."""
     builder = trt.Builder(logger)
     flags = 0
     if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
+    errors = []
     if not parser.parse(model.SerializeToString()):
         errors = [_describe_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise BuildError(f"{backend.name} {backend.version} cannot parse the ONNX model: " + "; ".join(errors))
-    return builder, network, parser
+    return builder, network, parser, errors
 
 
 def default_compute_capabilities(trt) -> tuple[str, ...]:
@@ -196,35 +199,67 @@ def _configure(trt, backend: Backend, builder, options: BuildOptions, profiles) 
     return config
 
 
+@contextlib.contextmanager
+def tensorrt_calls():
+    """No garbage collection while TensorRT may call back into Python.
+
+    TensorRT calls the Python logger while holding an internal lock. A collection run inside
+    that callback can free another TensorRT object (a builder left in a reference cycle by an
+    earlier failure), whose destructor then waits for the same lock: a deadlock, seen with
+    TensorRT-RTX 1.7 in this test suite.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def build_engine(model: str | os.PathLike | onnx.ModelProto, options: BuildOptions = BuildOptions()) -> tuple[bytes, dict]:
     """Build a serialized engine; return ``(engine bytes, sidecar metadata)``."""
     proto = load_model(model)
     backend = load_backend(options.backend)
+    profiles = _profiles(proto, options)
+    with tensorrt_calls():
+        engine, caps = _build(backend, proto, options, profiles)
+    return engine, sidecar(proto, backend, options, profiles, caps)
+
+
+def _build(backend: Backend, proto: onnx.ModelProto, options: BuildOptions, profiles) -> tuple[bytes, list[str]]:
     trt = backend.module
     logger = _Logger(trt)
-    profiles = _profiles(proto, options)
-    builder, network, _parser = _parse(trt, backend, proto, logger)
-    config = _configure(trt, backend, builder, options, profiles)
-    if options.progress:
-        with _phase_progress() as progress:
-            monitor = _Monitor(trt, progress)  # keep alive: TensorRT holds only a reference
-            config.progress_monitor = monitor
+    builder = network = parser = config = monitor = None
+    try:
+        builder, network, parser, errors = _parse(trt, proto, logger)
+        if errors:
+            raise BuildError(f"{backend.name} {backend.version} cannot parse the ONNX model: " + "; ".join(errors))
+        config = _configure(trt, backend, builder, options, profiles)
+        if options.progress:
+            with _phase_progress() as progress:
+                monitor = _Monitor(trt, progress)  # keep alive: TensorRT holds only a reference
+                config.progress_monitor = monitor
+                serialized = builder.build_serialized_network(network, config)
+        else:
             serialized = builder.build_serialized_network(network, config)
-    else:
-        serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        detail = "; ".join(logger.errors[-3:]) or "no error was logged"
-        raise BuildError(f"{backend.name} {backend.version} could not build the engine: {detail}")
-    if options.timing_cache is not None and not backend.is_rtx:
-        atomic_write_bytes(options.timing_cache, bytes(config.get_timing_cache().serialize()))
-    return bytes(serialized), sidecar(proto, backend, options, profiles, config)
+        if serialized is None:
+            detail = "; ".join(logger.errors[-3:]) or "no error was logged"
+            raise BuildError(f"{backend.name} {backend.version} could not build the engine: {detail}")
+        if options.timing_cache is not None and not backend.is_rtx:
+            atomic_write_bytes(options.timing_cache, bytes(config.get_timing_cache().serialize()))
+        caps = []
+        if backend.is_rtx:
+            caps = [str(config.get_compute_capability(i)).split(".")[-1]
+                    for i in range(config.num_compute_capabilities)]
+        return bytes(serialized), caps
+    finally:
+        # Free the TensorRT objects here, not later in a garbage collection (see tensorrt_calls).
+        del monitor, config, parser, network, builder
 
 
-def sidecar(model: onnx.ModelProto, backend: Backend, options: BuildOptions, profiles, config) -> dict:
+def sidecar(model: onnx.ModelProto, backend: Backend, options: BuildOptions, profiles, caps: list[str]) -> dict:
     """Metadata that travels with an engine (see :func:`save_engine`)."""
-    caps = []
-    if backend.is_rtx:
-        caps = [str(config.get_compute_capability(i)).split(".")[-1] for i in range(config.num_compute_capabilities)]
     static = {s.name: s.shape for s in input_specs(model)}
     elem = {vi.name: vi.type.tensor_type for vi in (*model.graph.input, *model.graph.output)}
 

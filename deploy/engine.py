@@ -23,7 +23,7 @@ import numpy as np
 
 from calibration.onnx_model import InputSpec
 from deploy.backend import load_backend
-from deploy.build import _Logger, load_sidecar
+from deploy.build import _Logger, load_sidecar, tensorrt_calls
 from trtq.errors import BuildError, TrtqError, require
 
 _ONNX_TO_NUMPY = {"float": np.float32, "float16": np.float16, "int8": np.int8, "int32": np.int32,
@@ -143,14 +143,19 @@ class Engine:
         self.outputs = [t["name"] for t in self.metadata["outputs"]]
         trt = self.backend.module
         self._logger = _Logger(trt)
-        self._runtime = trt.Runtime(self._logger)
         data = path.read_bytes()
-        if self.backend.is_rtx:
-            self._check_rtx_validity(trt, data)
-        self._cudart = require("cuda.bindings.runtime", "gpu")
-        if _check(self._cudart.cudaGetDeviceCount(), "cudaGetDeviceCount") == 0:
-            raise BuildError("no CUDA device is visible; running an engine needs an NVIDIA GPU")
-        self._engine = self._runtime.deserialize_cuda_engine(data)
+        with tensorrt_calls():
+            self._runtime = trt.Runtime(self._logger)
+            try:
+                if self.backend.is_rtx:
+                    self._check_rtx_validity(trt, data)
+                self._cudart = require("cuda.bindings.runtime", "gpu")
+                if _check(self._cudart.cudaGetDeviceCount(), "cudaGetDeviceCount") == 0:
+                    raise BuildError("no CUDA device is visible; running an engine needs an NVIDIA GPU")
+                self._engine = self._runtime.deserialize_cuda_engine(data)
+            except BaseException:
+                self._runtime = None  # free it now, not in a later garbage collection
+                raise
         if self._engine is None:
             raise BuildError(f"TensorRT could not load {path}: " + ("; ".join(self._logger.errors[-2:]) or "see logs"))
         self._local = threading.local()
@@ -168,7 +173,8 @@ class Engine:
     def _worker(self) -> _Worker:
         worker = getattr(self._local, "worker", None)
         if worker is None:
-            worker = _Worker(self._engine, self._cudart)
+            with tensorrt_calls():
+                worker = _Worker(self._engine, self._cudart)
             self._local.worker = worker
             with self._lock:
                 self._workers.append(worker)
