@@ -158,9 +158,12 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: Any, method: str
 
     ``data`` is any form accepted by :func:`calibration.readers.iter_batches`. ``tensors``
     restricts calibration to the named tensors (default: all float activations).
-    ``samples`` caps the number of calibration samples. Memory is bounded by about three
-    batches of activations (``batch_size`` 8 by default), whatever the number of samples. Ranges are computed by the
-    observer registered as ``method`` in :data:`calibration.observers.OBSERVERS`.
+    ``samples`` caps the number of calibration samples. Ranges are computed by the observer
+    registered as ``method`` in :data:`calibration.observers.OBSERVERS`. Only per-tensor
+    statistics leave ONNX Runtime (see :mod:`calibration.augment`): min, max and sum of
+    every value and, for histogram methods, every value of a tensor whose batch holds at
+    most ``max_elements`` values, else an even subsample of its rows (``None``: all).
+    Memory does not grow with the number of samples.
     """
     proto = load_model(model)
     make_observer(method, "probe")  # fail fast on an unknown method
