@@ -167,8 +167,14 @@ class Engine:
         if validity == trt.EngineValidity.INVALID:
             reasons = [n.lower().replace("_", " ") for n, flag in trt.EngineInvalidityDiagnostics.__members__.items()
                        if diagnostics & int(flag)]
-            raise BuildError(f"engine {self.name} cannot run here: "
-                             + (", ".join(reasons) if reasons else "no usable GPU (or its driver) was found"))
+            message = f"engine {self.name} cannot run here: " + (
+                ", ".join(reasons) if reasons else "no usable GPU (or its driver) was found")
+            if "unsupported cc" in reasons:
+                built = ", ".join(self.metadata.get("compute_capabilities") or []) or "unknown targets"
+                message += (f" (built for {built}; {self.backend.name} {self.backend.version} runs only on the "
+                            "compute capabilities its ComputeCapability enum lists, which leaves out data-center "
+                            "GPUs such as the H100/H200 (9.0): use full TensorRT there, pip install 'trtq[gpu]')")
+            raise BuildError(message)
 
     def _worker(self) -> _Worker:
         worker = getattr(self._local, "worker", None)

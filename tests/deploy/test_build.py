@@ -133,7 +133,8 @@ def _gpu_present() -> bool:
 def test_engine_matches_onnx_runtime_on_gpu(tmp_path, int8_model, cnn_data):
     from deploy import Engine, OrtRunner, compare_outputs
 
-    engine, meta = build_engine(int8_model, BuildOptions(max_batch=16, compute_capabilities=(), progress=False))
+    caps = ("CURRENT",) if load_backend().is_rtx else ()  # TensorRT-RTX: this GPU, whatever it is
+    engine, meta = build_engine(int8_model, BuildOptions(max_batch=16, compute_capabilities=caps, progress=False))
     path, _ = save_engine(engine, meta, tmp_path / "m.engine")
     with Engine(path) as eng, OrtRunner(int8_model) as ort_runner:
         for batch in (1, 7, 16):
@@ -212,3 +213,30 @@ def test_no_precision_builder_flags_or_calibrators_anywhere():
     offenders = [str(p) for pkg in ("deploy", "quantize", "calibration", "trtq") for p in (root / pkg).rglob("*.py")
                  if banned.search(p.read_text())]
     assert not offenders
+
+
+def test_unsupported_compute_capability_message_names_the_way_out():
+    """What TensorRT-RTX 1.7 reports on an H200 (seen there): the message must say why and what to use instead."""
+    import enum
+    import types
+
+    from deploy import Engine
+    from deploy.backend import Backend
+
+    class Validity(enum.Enum):
+        VALID = 0
+        INVALID = 1
+
+    class Diagnostics(enum.IntFlag):
+        UNSUPPORTED_CC = 4
+        OLD_CUDA_DRIVER = 8
+
+    trt = types.SimpleNamespace(EngineValidity=Validity, EngineInvalidityDiagnostics=Diagnostics,
+                                __version__="1.7.1.116")
+    engine = Engine.__new__(Engine)
+    engine.name, engine.metadata = "m.engine", {"compute_capabilities": ["SM80", "SM86"]}
+    engine.backend = Backend("tensorrt_rtx", trt)
+    engine._runtime = types.SimpleNamespace(engine_header_size=8,
+                                            get_engine_validity=lambda header: (Validity.INVALID, 4))
+    with pytest.raises(BuildError, match=r"cannot run here: unsupported cc \(built for SM80, SM86; .*pip install 'trtq\[gpu\]'"):
+        engine._check_rtx_validity(trt, b"\0" * 16)
