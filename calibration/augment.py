@@ -24,9 +24,9 @@ from onnx import TensorProto, helper, numpy_helper
 from calibration.onnx_model import infer_types
 
 FLOAT32 = TensorProto.FLOAT
-#: Values per tensor and batch that histogram calibration sees at most: 128K per batch of 8
-#: is about 4M values per tensor over 256 samples.
-DEFAULT_MAX_ELEMENTS = 1 << 17
+#: Values per tensor and batch that histogram calibration sees at most: 64K per batch of 8
+#: is about 2M values per tensor over 256 samples (500 per bin of a 4096-bin histogram).
+DEFAULT_MAX_ELEMENTS = 1 << 16
 
 
 @dataclass(frozen=True)

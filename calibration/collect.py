@@ -180,7 +180,9 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: Any, method: str
     run = _Runner(proto, probes, _session(graph, providers), providers)
     seen = 0
     with progress_bar(f"calibrating ({method})", count_samples(data, samples), enabled=progress) as bar:
-        batches = iter_batches(data, specs, batch_size, samples)
+        # Three stages in three threads: reading/decoding the next batch, running the model
+        # on the current one, and the observers on the previous one.
+        batches = _ahead(iter_batches(data, specs, batch_size, samples), lambda b: b)
         for first, n, stats in _ahead(batches, lambda b: (b[0], len(next(iter(b[1].values()))), run(*b))):
             for p, (values, lo, hi) in zip(probes, stats):
                 obs = observers[p.tensor]

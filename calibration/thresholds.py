@@ -69,14 +69,20 @@ def entropy_threshold(counts: np.ndarray, width: float, start_bin: int = 128, le
     last = counts[cand - 1] + outl  # P_{i-1}
     plogp = clogc[cand - 1] + np.where(last > 0, last * np.log(np.where(last > 0, last, 1)), 0)
     merged = cand // levels
-    j = np.arange(levels + 1)
-    bounds = np.minimum(merged[:, None] * j[None, :], cand[:, None])
-    bounds[:, -1] = cand
-    s = cs[bounds[:, 1:]] - cs[bounds[:, :-1]]
-    nn = nzc[bounds[:, 1:]] - nzc[bounds[:, :-1]]
-    safe_n = np.where(nn > 0, nn, 1)
-    slogq = np.where(s > 0, s * np.log(np.where(s > 0, s, 1) / safe_n), 0).sum(axis=1)
-    s_last, n_last = s[:, -1], nn[:, -1]
+
+    def s_log_q(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per group [lo, hi): its total S, its non-empty bins N and S log(S / N)."""
+        s, nn = cs[hi] - cs[lo], nzc[hi] - nzc[lo]
+        return s, nn, np.where(s > 0, s * np.log(np.where(s > 0, s, 1) / np.where(nn > 0, nn, 1)), 0)
+
+    # Groups 0..levels-2 are [m j, m (j + 1)) with m = i // levels: the same for every
+    # candidate with the same m, so they are summed once per m; only the last group,
+    # [m (levels - 1), i), depends on the candidate itself.
+    ms, which = np.unique(merged, return_inverse=True)
+    j = np.arange(levels - 1)
+    inner = s_log_q(ms[:, None] * j, ms[:, None] * (j + 1))[2].sum(axis=1)
+    s_last, n_last, last_term = s_log_q(merged * (levels - 1), cand)
+    slogq = inner[which] + last_term
     q_last_ok = counts[cand - 1] > 0
     with np.errstate(divide="ignore", invalid="ignore"):
         tail = np.where(outl > 0, np.where(q_last_ok, outl * np.log(s_last / np.where(n_last > 0, n_last, 1)), -np.inf), 0)
