@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 import onnx
@@ -151,13 +152,14 @@ def calibration_tensors(model: str | os.PathLike | onnx.ModelProto) -> list[str]
 
 
 def quantize(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable, *,
-             force: bool = False) -> onnx.ModelProto:
+             force: bool = False, nodes: Iterable[str] | None = None) -> onnx.ModelProto:
     """Return an explicitly quantized copy of ``model`` (Q/DQ pairs, TensorRT-style int8).
 
     BatchNorm is folded into convolutions first. ``table`` must have been computed for
     this model (its SHA-256 is checked; ``force=True`` skips the check, and only the
     tensor names must then match). Nodes whose activation ranges are absurd are left in
-    float and logged.
+    float and logged. ``nodes`` limits int8 to the named nodes (names after BatchNorm
+    folding; default: every node a Q/DQ rule applies to).
     """
     model = load_model(model)
     already = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
@@ -175,7 +177,10 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable
     g = GraphIndex(out.graph)
     writer = _QdqWriter(g)
     quantized, skipped = 0, []
+    selected = None if nodes is None else set(nodes)
     for index, node in enumerate(out.graph.node):
+        if selected is not None and node.name not in selected:
+            continue
         wanted, reason = _plan_node(node, g, table)
         if reason:
             skipped.append(f"{node.op_type} '{node.name}': {reason}")

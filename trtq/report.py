@@ -1,0 +1,66 @@
+"""``report.md``: what a mixed-precision ``trtq quantize`` run did, readable in any viewer.
+
+The report holds the command that reproduces the run, fidelity against fp32 for every
+variant measured (all-int8, all-fp16, the mixed model), the share of MACs left in int8,
+the layer groups the search moved, the sensitivity chart, and every node's precision
+with the rule that decided it.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from deploy.compare import ComparisonReport
+
+
+def _fmt(value, pct: bool = False, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1%}" if pct else f"{value:.{digits}f}"
+
+
+def fidelity_rows(reports: Mapping[str, ComparisonReport]) -> list[str]:
+    lines = ["| variant | output | top-1 | cosine (mean) | cosine (min) | SQNR dB |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for variant, report in reports.items():
+        for o in report.outputs:
+            lines.append(f"| {variant} | {o.name} | {_fmt(o.top1, pct=True)} | {_fmt(o.cosine)} | "
+                         f"{_fmt(o.min_cosine)} | {o.sqnr_db:.1f} |")
+    return lines
+
+
+def markdown_report(*, command: str, model_label: str, eval_source: str, samples: int,
+                    reports: Mapping[str, ComparisonReport], mixed, search=None, sensitivity=None,
+                    files: Sequence[str] = ()) -> str:
+    """The report as Markdown (see the module docstring)."""
+    summary = mixed.summary()
+    out = [f"# trtq mixed-precision report: {model_label}", "",
+           "Reproduce:", "", "```sh", command, "```", "",
+           f"Fidelity against fp32 on {samples} samples of {eval_source}; Q/DQ executed in float "
+           "(TensorRT's arithmetic), fp16 regions as ONNX Runtime runs them.", "",
+           *fidelity_rows(reports), "",
+           f"Precision: {summary['int8']} nodes int8, {summary['fp16']} fp16, {summary['fp32']} fp32; "
+           f"**{mixed.int8_mac_share:.1%} of the MACs in int8**.", ""]
+    if search is not None:
+        verdict = "met" if search.met else "**not met** (out of reach)"
+        out += [f"Target `{search.target}`: {verdict} after {len(search.steps)} evaluations; "
+                f"{len(search.moved)} layer group(s) left int8, most sensitive first:", ""]
+        out += [f"- `{name}`" for name in search.moved] or ["- none"]
+        out.append("")
+    if sensitivity is not None:
+        out += ["## Sensitivity", "", "![int8 sensitivity per layer group](sensitivity.png)", "",
+                f"| rank | group | op | MACs | {sensitivity.metric} with only it in int8 |",
+                "| ---: | --- | --- | ---: | ---: |"]
+        for i, g in enumerate(sensitivity.groups, 1):
+            out.append(f"| {i} | `{g.group.name}` | {g.group.op_type} | {g.group.macs / 1e6:.2f}M | "
+                       f"{_fmt(g.only.get(sensitivity.metric), digits=5)} |")
+        out.append("")
+    out += ["## Precision per node", "", "| node | op | precision | asked | rule | note |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for a in mixed.assignments.values():
+        out.append(f"| `{a.node}` | {a.op_type} | {a.precision.value} | {a.asked.value} | `{a.rule}` | {a.reason} |")
+    if files:
+        out += ["", "Files: " + ", ".join(f"`{f}`" for f in files)]
+    return "\n".join(out) + "\n"
+
+
+__all__ = ["fidelity_rows", "markdown_report"]
