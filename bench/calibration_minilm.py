@@ -67,7 +67,7 @@ def export(path: Path) -> None:
 
     enc = tok(sentences(2), padding=True, return_tensors="pt")
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=512)
-    torch.onnx.export(MeanPooled(model), (enc["input_ids"], enc["attention_mask"]), str(path),
+    torch.onnx.export(MeanPooled(model).eval(), (enc["input_ids"], enc["attention_mask"]), str(path),
                       input_names=["input_ids", "attention_mask"], output_names=["sentence_embedding"],
                       dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}), opset_version=18, dynamo=True)
 

@@ -60,7 +60,8 @@ class FidelityEvaluator:
     """
 
     def __init__(self, reference: str | os.PathLike | onnx.ModelProto, data: Any, *, batch_size: int = 32,
-                 samples: int | None = None) -> None:
+                 samples: int | None = None, classifier: bool | None = None) -> None:
+        self.classifier = classifier  # None: an (N, classes) output counts as a classifier's
         # The evaluation inputs, kept as arrays: every candidate sees exactly the same samples.
         self.feed = _collect_inputs(reference, data, batch_size, samples)
         self.samples = len(next(iter(self.feed.values())))
@@ -68,6 +69,15 @@ class FidelityEvaluator:
         with OrtRunner(reference, name="fp32") as runner:
             self.reference = run_all(runner, self.feed, batch_size=batch_size, progress=False)
         self.calls = 0
+
+    def head(self, samples: int) -> "FidelityEvaluator":
+        """An evaluator on the first ``samples`` samples, sharing this one's arrays (no re-run)."""
+        other = object.__new__(FidelityEvaluator)
+        n = min(samples, self.samples)
+        other.feed = {k: v[:n] for k, v in self.feed.items()}
+        other.reference = {k: v[:n] for k, v in self.reference.items()}
+        other.samples, other.batch_size, other.calls, other.classifier = n, self.batch_size, 0, self.classifier
+        return other
 
     def outputs(self, model: onnx.ModelProto) -> dict[str, np.ndarray]:
         with OrtRunner(model, mode=QdqMode.FLOAT, name="candidate") as runner:
@@ -77,7 +87,7 @@ class FidelityEvaluator:
 
     def __call__(self, model: onnx.ModelProto) -> dict[str, float | None]:
         self.calls += 1
-        report = compare_outputs(self.reference, self.outputs(model))
+        report = compare_outputs(self.reference, self.outputs(model), classifier=self.classifier)
         worst: dict[str, float | None] = {}
         for o in report.outputs:
             for key, value in (("cosine", o.cosine), ("min_cosine", o.min_cosine), ("sqnr_db", o.sqnr_db),

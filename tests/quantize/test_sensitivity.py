@@ -43,7 +43,7 @@ def test_analysis_ranks_groups_and_is_deterministic(setup):
         assert set(g.all_but) == {"cosine", "min_cosine", "sqnr_db", "top1"}
 
 
-def test_search_moves_the_fewest_groups_and_records_them(setup):
+def test_search_moves_groups_in_ranking_order_until_the_target_holds(setup):
     model, table, evaluate = setup
     report = analyze(model, table, evaluate, reverse=False, progress=False)
     all_int8 = report.baseline["cosine"]
