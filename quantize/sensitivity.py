@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import onnx
 
 from calibration.onnx_model import load_model
@@ -154,25 +155,29 @@ def _int8_only(groups: Sequence[LayerGroup]) -> PrecisionPlan:
 
 def analyze(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable, evaluate: Evaluate, *,
             metric: str = RANK_METRIC, groups: Sequence[LayerGroup] | None = None, reverse: bool = True,
-            progress: bool = True) -> SensitivityReport:
+            int8_biases: Mapping[str, np.ndarray] | None = None, progress: bool = True) -> SensitivityReport:
     """Measure every group's sensitivity (see the module docstring); ranked, most sensitive first.
 
     ``reverse=False`` skips the all-but-one runs (the ranking needs only the one-at-a-time
-    runs), halving the time.
+    runs), halving the time. ``int8_biases`` go to :func:`~quantize.mixed.apply_plan`
+    (bias-corrected biases for the int8 layers).
     """
+    def build(plan: PrecisionPlan) -> onnx.ModelProto:
+        return apply_plan(proto, table, plan, int8_biases=int8_biases).model
+
     proto = load_model(model)
     groups = list(groups if groups is not None else layer_groups(proto))
     if not groups:
         raise QuantizationError("the model has no layers trtq quantizes (Conv, Gemm, MatMul...)")
-    baseline = evaluate(apply_plan(proto, table, PrecisionPlan(Precision.INT8)).model)
+    baseline = evaluate(build(PrecisionPlan(Precision.INT8)))
     rows = []
     with progress_bar("sensitivity", (1 + reverse) * len(groups), unit="runs", enabled=progress) as bar:
         for grp in groups:
-            only = evaluate(apply_plan(proto, table, _int8_only([grp])).model)
+            only = evaluate(build(_int8_only([grp])))
             bar.advance(1)
             all_but: Metrics = {}
             if reverse:
-                all_but = evaluate(apply_plan(proto, table, _plan(Precision.INT8, [grp], Precision.FP32)).model)
+                all_but = evaluate(build(_plan(Precision.INT8, [grp], Precision.FP32)))
                 bar.advance(1)
             rows.append(GroupSensitivity(grp, dict(only), dict(all_but)))
     order = {grp.name: i for i, grp in enumerate(groups)}
@@ -210,6 +215,7 @@ class PrecisionSearchResult:
 def search_precision(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable, evaluate: Evaluate,
                      met: Callable[[Metrics], bool], *, ranking: Sequence[LayerGroup] | None = None,
                      base: PrecisionPlan = PrecisionPlan(Precision.INT8), target: str = "",
+                     int8_biases: Mapping[str, np.ndarray] | None = None,
                      progress: bool = True) -> PrecisionSearchResult:
     """Fewest, most sensitive groups out of int8 until ``met(metrics)`` (see the module docstring).
 
@@ -218,12 +224,13 @@ def search_precision(model: str | os.PathLike | onnx.ModelProto, table: Calibrat
     """
     proto = load_model(model)
     if ranking is None:
-        ranking = analyze(proto, table, evaluate, reverse=False, progress=progress).ranking()
+        ranking = analyze(proto, table, evaluate, reverse=False, int8_biases=int8_biases,
+                          progress=progress).ranking()
     steps: list[SearchStep] = []
 
     def attempt(k: int, precision: Precision) -> tuple[PrecisionPlan, MixedModel, Metrics]:
         plan = base.with_overrides(_plan(Precision.INT8, ranking[:k], precision).overrides)
-        mixed = apply_plan(proto, table, plan)
+        mixed = apply_plan(proto, table, plan, int8_biases=int8_biases)
         metrics = dict(evaluate(mixed.model))
         steps.append(SearchStep(k, precision, metrics))
         log.info("%d group(s) in %s: %s", k, precision.value, metrics)

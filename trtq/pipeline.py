@@ -28,7 +28,7 @@ from deploy.evaluate import FidelityEvaluator, Target
 from models import get_model_spec, resolve_factory
 from quantize import ExportParity, calibration_tensors, export, fold_batchnorm, load_checkpoint
 from quantize.bias_correction import correct_bias
-from quantize.mixed import MixedModel, apply_plan
+from quantize.mixed import MixedModel, apply_plan, int8_biases
 from quantize.precision import Precision, PrecisionPlan, assignments_json
 from quantize.sensitivity import PrecisionSearchResult, SensitivityReport, analyze, search_precision
 from trtq.errors import DataError, ModelError
@@ -73,7 +73,7 @@ class QuantizeJob:
     target: str | None = None  # e.g. "top1>=0.97": search the plan (see quantize.sensitivity)
     search_samples: int | None = None  # evaluation samples the search uses (default: eval_samples)
     command: str = ""  # how the job was started, for the report's "reproduce" line
-    bias_correction: bool = True  # see quantize.bias_correction; not applied with a target (yet)
+    bias_correction: bool = True  # see quantize.bias_correction
     bias_samples: int = 64
 
     @property
@@ -175,22 +175,32 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
         eval_source = "held-out evaluation data"
         if evald is None:
             evald, eval_source = calib, "the calibration data (no evaluation data given: not held out)"
-        search = sensitivity = None
+        search = sensitivity = shifts = None
         if target is not None:
+            biases = None
+            if job.bias_correction:
+                # Biases corrected once, on the all-int8 model; every variant the search
+                # tries uses them for its int8 layers (and is measured as it is).
+                corrected, shifts = correct_bias(fp32, apply_plan(fp32, table, job.plan).model, calib,
+                                                 samples=job.bias_samples, batch_size=job.batch_size,
+                                                 progress=job.progress)
+                biases = int8_biases(corrected)
             evaluator = FidelityEvaluator(fp32, evald, batch_size=job.batch_size,
                                           samples=job.search_samples or job.eval_samples)
             # The ranking needs relative sensitivities only: at most RANK_SAMPLES samples.
-            sensitivity = analyze(fp32, table, evaluator.head(RANK_SAMPLES), reverse=False, progress=job.progress)
+            sensitivity = analyze(fp32, table, evaluator.head(RANK_SAMPLES), reverse=False, int8_biases=biases,
+                                  progress=job.progress)
             search = search_precision(fp32, table, evaluator, target.met, ranking=sensitivity.ranking(),
-                                      base=job.plan, target=str(target), progress=job.progress)
+                                      base=job.plan, target=str(target), int8_biases=biases,
+                                      progress=job.progress)
             mixed = search.mixed
+            quantized = mixed.model
         else:
             mixed = apply_plan(fp32, table, job.plan)
-        quantized = mixed.model
-        shifts = None
-        if job.bias_correction and target is None:
-            quantized, shifts = correct_bias(fp32, quantized, calib, samples=job.bias_samples,
-                                             batch_size=job.batch_size, progress=job.progress)
+            quantized = mixed.model
+            if job.bias_correction:
+                quantized, shifts = correct_bias(fp32, quantized, calib, samples=job.bias_samples,
+                                                 batch_size=job.batch_size, progress=job.progress)
         label = "mixed" if job.mixed else "int8"
         eval_n = job.eval_samples
         ref = run_all(OrtRunner(fp32, name="fp32"), evald, job.batch_size, eval_n, job.progress)
@@ -201,7 +211,8 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
         variants = {}
         if job.mixed:  # the report compares the mixed model with plain int8 and plain fp16
             for variant, precision in (("int8", Precision.INT8), ("fp16", Precision.FP16)):
-                other = apply_plan(fp32, table, PrecisionPlan(precision)).model
+                other = apply_plan(fp32, table, PrecisionPlan(precision),
+                                   int8_biases=int8_biases(quantized) if shifts else None).model
                 out = run_all(OrtRunner(other, name=variant), evald, job.batch_size, eval_n, job.progress)
                 variants[f"all {variant}"] = compare_outputs(ref, out, reference_name="fp32", candidate_name=variant)
             variants["mixed"] = report
