@@ -124,7 +124,7 @@ def _metrics_table(title: str, reports) -> Table:
               help="Evaluation samples the --target search uses (fewer: faster, coarser). [default: --eval-samples]")
 @click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
               help="Remove the mean output shift int8 causes, layer by layer, on 64 calibration samples "
-              "(float biases only; with --target, corrected once on the all-int8 model).")
+              "(float biases only; with --target, on the model found, kept if the target still holds).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @_fail_cleanly
 def quantize_cmd(onnx_path, checkpoint, model, calib_data, eval_data, out_dir, method, table, samples,

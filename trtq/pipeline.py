@@ -177,24 +177,25 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
             evald, eval_source = calib, "the calibration data (no evaluation data given: not held out)"
         search = sensitivity = shifts = None
         if target is not None:
-            biases = None
-            if job.bias_correction:
-                # Biases corrected once, on the all-int8 model; every variant the search
-                # tries uses them for its int8 layers (and is measured as it is).
-                corrected, shifts = correct_bias(fp32, apply_plan(fp32, table, job.plan).model, calib,
-                                                 samples=job.bias_samples, batch_size=job.batch_size,
-                                                 progress=job.progress)
-                biases = int8_biases(corrected)
             evaluator = FidelityEvaluator(fp32, evald, batch_size=job.batch_size,
                                           samples=job.search_samples or job.eval_samples)
             # The ranking needs relative sensitivities only: at most RANK_SAMPLES samples.
-            sensitivity = analyze(fp32, table, evaluator.head(RANK_SAMPLES), reverse=False, int8_biases=biases,
-                                  progress=job.progress)
+            sensitivity = analyze(fp32, table, evaluator.head(RANK_SAMPLES), reverse=False, progress=job.progress)
             search = search_precision(fp32, table, evaluator, target.met, ranking=sensitivity.ranking(),
-                                      base=job.plan, target=str(target), int8_biases=biases,
-                                      progress=job.progress)
+                                      base=job.plan, target=str(target), progress=job.progress)
             mixed = search.mixed
             quantized = mixed.model
+            if job.bias_correction:
+                # Corrected for the model the search chose (biases corrected for all-int8 and
+                # reused by every variant made the search worse here). Kept only if the
+                # target still holds.
+                corrected, shifts = correct_bias(fp32, quantized, calib, samples=job.bias_samples,
+                                                 batch_size=job.batch_size, progress=job.progress)
+                if target.met(evaluator(corrected)) or not search.met:
+                    quantized = corrected
+                else:
+                    shifts = None
+                    log.warning("bias correction was dropped: the corrected model missed %s", target)
         else:
             mixed = apply_plan(fp32, table, job.plan)
             quantized = mixed.model
