@@ -116,17 +116,23 @@ class ImageFolderReader:
     def __len__(self) -> int:
         return len(self.files)
 
-    def arrays(self) -> np.ndarray:
+    def _load(self, path: Path) -> np.ndarray:
         from PIL import Image, UnidentifiedImageError
 
-        out = []
-        for p in self.files:
-            try:
-                with Image.open(p) as img:
-                    out.append(self.spec.apply(resize_rgb(img, self.spec.size, self.spec.crop)))
-            except (UnidentifiedImageError, OSError) as exc:
-                raise DataError(f"image {p} cannot be read: {exc}") from exc
-        return np.stack(out)
+        try:
+            with Image.open(path) as img:
+                return self.spec.apply(resize_rgb(img, self.spec.size, self.spec.crop))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"image {path} cannot be read: {exc}") from exc
+
+    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        """The images, decoded lazily, ``batch_size`` at a time (a large folder never sits in memory)."""
+        for start in range(0, len(self.files), batch_size):
+            yield np.stack([self._load(p) for p in self.files[start:start + batch_size]])
+
+    def arrays(self) -> np.ndarray:
+        """Every image at once (for small folders)."""
+        return np.stack([self._load(p) for p in self.files])
 
 
 def _single_input(specs: list[InputSpec], what: str) -> str:
@@ -157,7 +163,8 @@ def raw_batches(data: Any, specs: list[InputSpec], batch_size: int) -> Iterator[
         path = Path(data)
         data = ImageFolderReader(path) if path.is_dir() else load_arrays(path)
     if isinstance(data, ImageFolderReader):
-        data = {data.input_name or _single_input(specs, "an image folder"): data.arrays()}
+        name = data.input_name or _single_input(specs, "an image folder")
+        return ({name: batch} for batch in data.batches(batch_size))
     if isinstance(data, np.ndarray):
         data = {_single_input(specs, "a single array"): data}
     if isinstance(data, Mapping):

@@ -102,13 +102,15 @@ def _as_array(data: Any, what: str) -> Any:
     """Load a path into arrays (``.npy``/``.npz``/image folder); leave other forms as they are."""
     if isinstance(data, (str, Path)):
         path = Path(data)
-        return ImageFolderReader(path).arrays() if path.is_dir() else load_arrays(path)
+        return ImageFolderReader(path) if path.is_dir() else load_arrays(path)  # folders: read lazily
     if data is None:
         raise DataError(f"no {what} given")
     return data
 
 
 def _first_array(data: Any) -> np.ndarray:
+    if isinstance(data, ImageFolderReader):
+        return next(data.batches(8))
     if isinstance(data, np.ndarray):
         return data
     if isinstance(data, dict) and len(data) == 1:

@@ -92,3 +92,18 @@ def test_static_batch_models_get_batches_of_their_size():
     assert [f["images"].shape[0] for _, f in got] == [2, 2, 2]
     with pytest.raises(DataError, match="axis 0 must be 2"):
         _all(np.zeros((5, 3, 4, 4), np.float32), specs=specs)
+
+
+def test_image_folders_are_read_lazily_batch_by_batch(tmp_path, monkeypatch):
+    for i in range(5):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    spec = PreprocessSpec(size=(4, 4))
+    reader = ImageFolderReader(tmp_path, spec)
+    monkeypatch.setattr(ImageFolderReader, "arrays", lambda self: pytest.fail("the whole folder was decoded"))
+    opened = []
+    load = ImageFolderReader._load
+    monkeypatch.setattr(ImageFolderReader, "_load", lambda self, p: opened.append(p.name) or load(self, p))
+    batches = iter_batches(reader, [InputSpec("x", np.dtype(np.float32), ("N", 3, 4, 4))], batch_size=2)
+    first, feed = next(batches)
+    assert first == 0 and feed["x"].shape == (2, 3, 4, 4) and opened == ["0.png", "1.png"]
+    assert [f["x"].shape[0] for _, f in batches] == [2, 1] and len(opened) == 5
