@@ -94,7 +94,8 @@ def _metrics_table(title: str, reports) -> Table:
               help="Held-out inputs for the fidelity report (same formats). [default: the registered "
               "model's evaluation data, else the calibration data]")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("trtq-output"),
-              show_default=True, help="Output folder: model.fp32.onnx, model.int8.onnx, calibration.json, report.json.")
+              show_default=True, help="Output folder: model.fp32.onnx, model.int8.onnx (model.mixed.onnx with a plan or target, "
+              "plus precision.json and report.md), calibration.json, report.json.")
 @click.option("--method", type=click.Choice(METHODS), default="minmax", show_default=True,
               help="Calibration method (see `trtq calibrate --help`).")
 @click.option("--table", type=click.Path(path_type=Path),
@@ -106,7 +107,7 @@ def _metrics_table(title: str, reports) -> Table:
               help="Evaluation samples for the fidelity report.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--engine", is_flag=True,
-              help="Also build model.int8.engine (+ .json sidecar) with TensorRT or TensorRT-RTX "
+              help="Also build model.int8.engine or model.mixed.engine (+ .json sidecar) with TensorRT or TensorRT-RTX "
               "(every SM80+ target; use `trtq build` for other options).")
 @click.option("--int8", "int8_rules", multiple=True, metavar="PATTERNS",
               help="Nodes to run in int8: comma-separated op types (Conv), node names, globs ('/blocks.1/*') "
@@ -140,8 +141,9 @@ def quantize_cmd(onnx_path, checkpoint, model, calib_data, eval_data, out_dir, m
 
     Mixed precision: --int8/--fp16/--fp32/--plan choose per node (exact names beat
     globs/regexes, which beat op types; among equals the safer precision wins), or
-    --target searches for the fewest layers to take out of int8. The result is
-    model.mixed.onnx with precision.json (the plan and every node's precision).
+    --target takes layers out of int8 (the most int8 error per MAC first) until
+    the target holds. The result is model.mixed.onnx with precision.json (the
+    plan and every node's precision) and report.md.
     """
     from trtq.pipeline import QuantizeJob, run_quantize
 
