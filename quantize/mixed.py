@@ -15,7 +15,7 @@ from typing import Mapping
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from calibration.onnx_model import infer_types, load_model
 from calibration.table import CalibrationTable
@@ -66,20 +66,14 @@ def node_macs(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def apply_plan(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable, plan: PrecisionPlan, *,
-               force: bool = False, int8_biases: Mapping[str, np.ndarray] | None = None) -> MixedModel:
-    """The fp32 ``model`` with ``plan`` applied: int8 Q/DQ, fp16 regions, fp32 elsewhere.
-
-    ``int8_biases`` (node name -> bias, e.g. from :func:`int8_biases` of a bias-corrected
-    all-int8 model) replaces the float bias of each of those nodes that runs in int8.
-    """
+               force: bool = False) -> MixedModel:
+    """The fp32 ``model`` with ``plan`` applied: int8 Q/DQ, fp16 regions, fp32 elsewhere."""
     proto = load_model(model)
     folded = fold_batchnorm(proto)
     assignments = plan.resolve(folded, table)
     int8 = {n for n, a in assignments.items() if a.precision is Precision.INT8}
     fp16 = {n for n, a in assignments.items() if a.precision is Precision.FP16}
     out = quantize(proto, table, force=force, nodes=int8)
-    if int8_biases:
-        _set_biases(out, {n: b for n, b in int8_biases.items() if n in int8})
     out = convert_fp16(out, fp16)
     macs = node_macs(folded)
     total = sum(macs.values())
@@ -91,26 +85,4 @@ def apply_plan(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTab
     return MixedModel(out, assignments, share)
 
 
-def int8_biases(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """The float biases of ``model``'s Conv/ConvTranspose/Gemm nodes, by node name."""
-    inits = {i.name: i for i in model.graph.initializer}
-    return {n.name: numpy_helper.to_array(inits[n.input[2]]) for n in model.graph.node
-            if n.op_type in ("Conv", "ConvTranspose", "Gemm") and len(n.input) > 2 and n.input[2] in inits
-            and inits[n.input[2]].data_type == onnx.TensorProto.FLOAT}
-
-
-def _set_biases(model: onnx.ModelProto, biases: Mapping[str, np.ndarray]) -> None:
-    inits = {i.name: i for i in model.graph.initializer}
-    users: dict[str, int] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            users[i] = users.get(i, 0) + 1
-    for node in model.graph.node:
-        if node.name in biases and len(node.input) > 2 and node.input[2] in inits and users[node.input[2]] == 1:
-            init = inits[node.input[2]]
-            value = np.asarray(biases[node.name], np.float32)
-            if tuple(init.dims) == value.shape:
-                init.CopyFrom(numpy_helper.from_array(value, init.name))
-
-
-__all__ = ["MixedModel", "apply_plan", "int8_biases", "node_macs"]
+__all__ = ["MixedModel", "apply_plan", "node_macs"]

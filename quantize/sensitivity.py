@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-import numpy as np
 import onnx
 
 from calibration.onnx_model import load_model
@@ -155,15 +154,14 @@ def _int8_only(groups: Sequence[LayerGroup]) -> PrecisionPlan:
 
 def analyze(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable, evaluate: Evaluate, *,
             metric: str = RANK_METRIC, groups: Sequence[LayerGroup] | None = None, reverse: bool = True,
-            int8_biases: Mapping[str, np.ndarray] | None = None, progress: bool = True) -> SensitivityReport:
+            progress: bool = True) -> SensitivityReport:
     """Measure every group's sensitivity (see the module docstring); ranked, most sensitive first.
 
     ``reverse=False`` skips the all-but-one runs (the ranking needs only the one-at-a-time
-    runs), halving the time. ``int8_biases`` go to :func:`~quantize.mixed.apply_plan`
-    (bias-corrected biases for the int8 layers).
+    runs), halving the time.
     """
     def build(plan: PrecisionPlan) -> onnx.ModelProto:
-        return apply_plan(proto, table, plan, int8_biases=int8_biases).model
+        return apply_plan(proto, table, plan).model
 
     proto = load_model(model)
     groups = list(groups if groups is not None else layer_groups(proto))
@@ -215,7 +213,6 @@ class PrecisionSearchResult:
 def search_precision(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable, evaluate: Evaluate,
                      met: Callable[[Metrics], bool], *, ranking: Sequence[LayerGroup] | None = None,
                      base: PrecisionPlan = PrecisionPlan(Precision.INT8), target: str = "",
-                     int8_biases: Mapping[str, np.ndarray] | None = None,
                      progress: bool = True) -> PrecisionSearchResult:
     """Fewest, most sensitive groups out of int8 until ``met(metrics)`` (see the module docstring).
 
@@ -224,13 +221,12 @@ def search_precision(model: str | os.PathLike | onnx.ModelProto, table: Calibrat
     """
     proto = load_model(model)
     if ranking is None:
-        ranking = analyze(proto, table, evaluate, reverse=False, int8_biases=int8_biases,
-                          progress=progress).ranking()
+        ranking = analyze(proto, table, evaluate, reverse=False, progress=progress).ranking()
     steps: list[SearchStep] = []
 
     def attempt(k: int, precision: Precision) -> tuple[PrecisionPlan, MixedModel, Metrics]:
         plan = base.with_overrides(_plan(Precision.INT8, ranking[:k], precision).overrides)
-        mixed = apply_plan(proto, table, plan, int8_biases=int8_biases)
+        mixed = apply_plan(proto, table, plan)
         metrics = dict(evaluate(mixed.model))
         steps.append(SearchStep(k, precision, metrics))
         log.info("%d group(s) in %s: %s", k, precision.value, metrics)
