@@ -22,7 +22,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from calibration.onnx_model import check_model, infer_types
-from quantize.graph import GraphIndex, copy_model, remove_unused_initializers
+from quantize.graph import GraphIndex, copy_model, insert_before, remove_unused_initializers
 from quantize.precision import FP16_MAX, NEVER_FP16
 from trtq.errors import QuantizationError
 
@@ -98,12 +98,7 @@ def convert_fp16(model: onnx.ModelProto, nodes: set[str] | frozenset[str]) -> on
                 node.input[i] = cast(name, FLOAT, index)
     for name, inner in renamed.items():
         graph.node.append(helper.make_node("Cast", [inner], [name], to=FLOAT, name=g.unique(f"{name}_Cast_fp32")))
-    nodes_out = []
-    for index, node in enumerate(graph.node):
-        nodes_out.extend(before.get(index, []))
-        nodes_out.append(node)
-    del graph.node[:]
-    graph.node.extend(nodes_out)
+    insert_before(graph, before)
     del graph.value_info[:]  # stale types; the checker re-infers them
     remove_unused_initializers(graph)
     check_model(out, "the fp16 model")

@@ -81,6 +81,16 @@ def get_attr(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
+def insert_before(graph: onnx.GraphProto, new_nodes: dict[int, list[onnx.NodeProto]]) -> None:
+    """Place each list of new nodes right before the node at that index (its first consumer)."""
+    nodes = []
+    for index, node in enumerate(graph.node):
+        nodes.extend(new_nodes.get(index, []))
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
 def remove_unused_initializers(graph: onnx.GraphProto) -> None:
     """Drop initializers (and their graph-input entries) that no node or output uses."""
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}

@@ -25,7 +25,7 @@ from onnx import helper
 from calibration import CalibrationTable
 from calibration.onnx_model import check_model, load_model, model_sha256
 from quantize.fold import fold_batchnorm
-from quantize.graph import GraphIndex, copy_model, remove_unused_initializers
+from quantize.graph import GraphIndex, copy_model, insert_before, remove_unused_initializers
 from quantize.rules import QDQ_RULES, InputQuant
 from trtq.errors import QuantizationError
 
@@ -192,7 +192,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable
             else:
                 node.input[iq.index] = writer.activation(name, table[name].amax, index)
         quantized += bool(wanted)
-    _insert_before_consumers(out.graph, writer.new_nodes)
+    insert_before(out.graph, writer.new_nodes)
     remove_unused_initializers(out.graph)
     for msg in skipped:
         log.warning("left in float: %s", msg)
@@ -202,16 +202,6 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable
                                  "trtq.calibration_method": table.method})
     check_model(out, "the quantized model")
     return out
-
-
-def _insert_before_consumers(graph: onnx.GraphProto, new_nodes: dict[int, list[onnx.NodeProto]]) -> None:
-    """Place the new Q/DQ nodes right before the node (by index) that first needs them."""
-    nodes = []
-    for index, node in enumerate(graph.node):
-        nodes.extend(new_nodes.get(index, []))
-        nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(nodes)
 
 
 def _upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
