@@ -243,6 +243,17 @@ def static_batch_size(specs: list[InputSpec]) -> int | None:
     return static.pop() if len(static) == 1 else None
 
 
+def collect_arrays(data: Any, specs: list[InputSpec], batch_size: int = 32,
+                   samples: int | None = None) -> dict[str, np.ndarray]:
+    """Every validated batch of ``data`` (at most ``samples`` samples) joined into one array
+    per input; ``{}`` when there is none. For small fixed sets that are run many times."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for _, feed in iter_batches(data, specs, batch_size, samples):
+        for k, v in feed.items():
+            parts.setdefault(k, []).append(np.asarray(v))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
 def count_samples(data: Any, cap: int | None = None) -> int | None:
     """Number of samples in array-like data (for progress bars), else ``None``."""
     n = None

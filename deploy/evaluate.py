@@ -103,16 +103,12 @@ class FidelityEvaluator:
 
 def _collect_inputs(model, data, batch_size: int, samples: int | None) -> dict[str, np.ndarray]:
     from calibration.onnx_model import input_specs, load_model
-    from calibration.readers import iter_batches
+    from calibration.readers import collect_arrays
 
-    specs = input_specs(load_model(model))
-    parts: dict[str, list[np.ndarray]] = {}
-    for _, feed in iter_batches(data, specs, batch_size, samples):
-        for k, v in feed.items():
-            parts.setdefault(k, []).append(np.asarray(v))
-    if not parts:
+    arrays = collect_arrays(data, input_specs(load_model(model)), batch_size, samples)
+    if not arrays:
         raise TrtqError("the evaluation data is empty")
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    return arrays
 
 
 __all__ = ["METRICS", "FidelityEvaluator", "Target"]

@@ -31,7 +31,7 @@ from onnx import numpy_helper
 
 from calibration.onnx_model import input_specs, load_model
 from calibration.progress import progress_bar
-from calibration.readers import iter_batches
+from calibration.readers import collect_arrays
 from quantize.graph import GraphIndex, copy_model
 from trtq.errors import QuantizationError, require
 
@@ -121,14 +121,9 @@ def correct_bias(reference: str | os.PathLike | onnx.ModelProto, quantized: onnx
     names must match); ``data`` are calibration inputs in any form the readers take.
     """
     ref = load_model(reference)
-    specs = input_specs(ref)
-    parts: dict[str, list[np.ndarray]] = {}
-    for _, feed in iter_batches(data, specs, batch_size, samples):
-        for k, v in feed.items():
-            parts.setdefault(k, []).append(np.asarray(v))
-    if not parts:
+    feed = collect_arrays(data, input_specs(ref), batch_size, samples)
+    if not feed:
         raise QuantizationError("bias correction needs calibration data; none was given")
-    feed = {k: np.concatenate(v) for k, v in parts.items()}
     n = len(next(iter(feed.values())))
     if n < 8:
         raise QuantizationError(f"bias correction needs at least 8 samples to tell shifts from noise, got {n}")
