@@ -30,14 +30,25 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class MixedModel:
-    """A mixed-precision model, what each node runs in, and the share of MACs left in int8."""
+    """A mixed-precision model, what each node runs in, and the MACs per sample of each node."""
 
     model: onnx.ModelProto
     assignments: Mapping[str, NodePrecision]
-    int8_mac_share: float
+    macs: Mapping[str, int]
 
     def summary(self) -> dict[str, int]:
         return plan_summary(self.assignments)
+
+    def mac_share(self, precision: Precision) -> float:
+        """The share of the model's MACs computed in ``precision``."""
+        total = sum(self.macs.values())
+        inside = sum(m for n, m in self.macs.items() if n in self.assignments
+                     and self.assignments[n].precision is precision)
+        return inside / total if total else 0.0
+
+    @property
+    def int8_mac_share(self) -> float:
+        return self.mac_share(Precision.INT8)
 
 
 def node_macs(model: onnx.ModelProto) -> dict[str, int]:
@@ -75,14 +86,12 @@ def apply_plan(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTab
     fp16 = {n for n, a in assignments.items() if a.precision is Precision.FP16}
     out = quantize(proto, table, force=force, nodes=int8)
     out = convert_fp16(out, fp16)
-    macs = node_macs(folded)
-    total = sum(macs.values())
-    share = sum(m for n, m in macs.items() if n in int8) / total if total else 0.0
-    summary = plan_summary(assignments)
+    mixed = MixedModel(out, assignments, node_macs(folded))
+    summary = mixed.summary()
     helper.set_model_props(out, {**{p.key: p.value for p in out.metadata_props},
                                  "trtq.precision": ",".join(f"{k}={v}" for k, v in summary.items())})
-    log.info("precision plan: %s; %.1f%% of MACs in int8", summary, 100 * share)
-    return MixedModel(out, assignments, share)
+    log.info("precision plan: %s; %.1f%% of MACs in int8", summary, 100 * mixed.int8_mac_share)
+    return mixed
 
 
 __all__ = ["MixedModel", "apply_plan", "node_macs"]

@@ -192,29 +192,21 @@ def _precision_plan(plan_path, default_precision, int8_rules, fp16_rules, fp32_r
 
 def _precision_table(result) -> Table:
     """Per precision: how many nodes, which op types, the share of MACs; then what moved."""
-    from quantize.mixed import node_macs
+    from quantize.precision import Precision
 
     mixed = result.mixed
-    macs = node_macs(onnx_load(result.files["fp32"]))
-    total = sum(macs.values()) or 1
     table = Table(title=f"precision ({mixed.int8_mac_share:.1%} of MACs in int8)", title_justify="left")
     for col in ("precision", "nodes", "MACs", "op types"):
         table.add_column(col, justify="right" if col in ("nodes", "MACs") else "left")
-    for precision in ("int8", "fp16", "fp32"):
-        rows = [a for a in mixed.assignments.values() if a.precision.value == precision]
+    for precision in Precision:
+        rows = [a for a in mixed.assignments.values() if a.precision is precision]
         ops = sorted({a.op_type for a in rows})
-        share = sum(macs.get(a.node, 0) for a in rows) / total
-        table.add_row(precision, str(len(rows)), f"{share:.1%}", ", ".join(ops[:8]) + (" ..." if len(ops) > 8 else ""))
+        share = mixed.mac_share(precision)
+        table.add_row(precision.value, str(len(rows)), f"{share:.1%}", ", ".join(ops[:8]) + (" ..." if len(ops) > 8 else ""))
     if result.search is not None:
         moved = ", ".join(result.search.moved) or "none"
         table.caption = f"target {result.search.target}: {'met' if result.search.met else 'NOT met'}; out of int8: {moved}"
     return table
-
-
-def onnx_load(path):
-    import onnx
-
-    return onnx.load(path)
 
 
 @main.command("calibrate")
