@@ -126,7 +126,8 @@ def correct_bias(reference: str | os.PathLike | onnx.ModelProto, quantized: onnx
         raise QuantizationError("bias correction needs calibration data; none was given")
     n = len(next(iter(feed.values())))
     if n < 8:
-        raise QuantizationError(f"bias correction needs at least 8 samples to tell shifts from noise, got {n}")
+        raise QuantizationError(f"bias correction needs at least 8 samples to tell shifts from noise, got {n}; "
+                                "give more calibration data, or turn it off (--no-bias-correction)")
     out = copy_model(quantized)
     produced = {o for node in ref.graph.node for o in node.output}
     targets = _targets(out, produced)

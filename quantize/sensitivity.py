@@ -39,7 +39,7 @@ from quantize.graph import GraphIndex
 from quantize.mixed import MixedModel, apply_plan, node_macs
 from quantize.precision import Precision, PrecisionPlan, PrecisionRule
 from quantize.rules import QDQ_RULES
-from trtq.errors import QuantizationError
+from trtq.errors import QuantizationError, require
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +98,8 @@ class SensitivityReport:
 
     def plot(self, path: str | os.PathLike, top: int = 30) -> Path:
         """A horizontal bar chart of the ``top`` most sensitive groups (PNG, needs matplotlib)."""
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise QuantizationError("the sensitivity chart needs matplotlib: pip install matplotlib") from None
+        require("matplotlib", "models").use("Agg")
+        import matplotlib.pyplot as plt
         rows = self.groups[:top][::-1]
         fig, ax = plt.subplots(figsize=(8, 0.28 * len(rows) + 1.2))
         ax.barh([g.group.name for g in rows], [g.loss(self.metric) for g in rows], color="#c0504d")

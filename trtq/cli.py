@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from trtq import __version__
-from trtq.errors import TrtqError
+from trtq.errors import TrtqError, require
 
 METHODS = ["minmax", "percentile", "entropy", "mse", "auto"]
 # Markup off: messages carry user text (paths, "trtq[gpu]") that must print as it is.
@@ -278,6 +278,7 @@ def sensitivity_cmd(model, calib_data, table, eval_data, method, samples, eval_s
     from trtq.fileio import atomic_write_text, staging_dir
     from trtq.pipeline import _as_array
 
+    require("matplotlib", "models")  # for sensitivity.png: fail before the slow part
     proto = fold_batchnorm(load_model(model))
     if table is not None:
         cal = load_table(table, proto)

@@ -31,7 +31,7 @@ from quantize.bias_correction import correct_bias
 from quantize.mixed import MixedModel, apply_plan
 from quantize.precision import Precision, PrecisionPlan, assignments_json
 from quantize.sensitivity import PrecisionSearchResult, SensitivityReport, analyze, search_precision
-from trtq.errors import DataError, ModelError
+from trtq.errors import DataError, ModelError, require
 from trtq.fileio import atomic_write_bytes, atomic_write_text, staging_dir
 from trtq.report import markdown_report
 
@@ -160,6 +160,8 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
     """Export (if needed), calibrate, quantize and compare; write the outputs atomically."""
     make_observer(job.method, "probe")  # an unknown method fails before any slow step
     target = Target.parse(job.target) if job.target else None
+    if target is not None:
+        require("matplotlib", "models")  # the sensitivity chart: say so before any slow step
     if job.engine:
         load_backend()  # no TensorRT installed: say so before any slow step
     with staging_dir(job.out_dir) as stage:

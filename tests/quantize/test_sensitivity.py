@@ -107,3 +107,21 @@ def test_cli_plan_flags_and_sensitivity(tmp_path):
     assert res.exit_code == 0, res.output
     data = json.loads((tmp_path / "s" / "sensitivity.json").read_text())
     assert [g["group"] for g in data["groups"]] and (tmp_path / "s" / "sensitivity.png").stat().st_size > 1000
+
+
+def test_missing_matplotlib_fails_before_any_work(tmp_path, monkeypatch):
+    import onnx
+
+    import trtq.pipeline
+    from trtq.errors import DependencyError
+
+    def missing(module, extra):
+        raise DependencyError(f"'{module}' is not installed; install it with: pip install 'trtq[{extra}]'")
+
+    monkeypatch.setattr(trtq.pipeline, "require", missing)
+    onnx.save(make_cnn(), tmp_path / "m.onnx")
+    np.save(tmp_path / "c.npy", np.zeros((8, 3, 8, 8), np.float32))
+    res = CliRunner().invoke(main, ["quantize", "--onnx", str(tmp_path / "m.onnx"), "--calib-data",
+                                    str(tmp_path / "c.npy"), "--target", "cosine>=0.99", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "pip install 'trtq[models]'" in res.stderr
+    assert not (tmp_path / "o").exists()
