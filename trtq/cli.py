@@ -457,6 +457,79 @@ def bench_cmd(model, batch, iterations, warmup, shape_specs, mode, as_json) -> N
     console.print(f"  throughput: {report.samples_per_s:.1f} samples/s")
 
 
+@main.command("serve")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. The default serves this machine only; 0.0.0.0 exposes the server to the network.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--name", help="Model name in URLs (/v2/models/NAME/infer) [default: MODEL's file name up to the first dot].")
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Rows per executed batch, and the largest batch one request may carry.")
+@click.option("--max-delay-ms", default=2.0, show_default=True, type=click.FloatRange(min=0),
+              help="How long the oldest waiting request may wait for others to batch with.")
+@click.option("--max-queue", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Waiting requests beyond which new ones get HTTP 503.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Threads running batches concurrently (each with its own TensorRT execution context).")
+@click.option("--max-request-mb", default=64.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Largest request body (after decompression); larger ones get HTTP 413.")
+@click.option("--mode", type=click.Choice(["qdq-float", "ort-int8"]), default="qdq-float", show_default=True,
+              help="For a Q/DQ .onnx on ONNX Runtime: Q/DQ executed in float (TensorRT's math) or ORT's int8 "
+              "kernels (faster, but not TensorRT's math on CPUs without VNNI).")
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="Log every inference request (one JSON line each).")
+@_fail_cleanly
+def serve_cmd(model, host, port, name, max_batch, max_delay_ms, max_queue, workers, max_request_mb, mode,
+              access_log) -> None:
+    """Serve MODEL (.onnx on ONNX Runtime's CPU, or .engine on a GPU) over HTTP with the KServe v2
+    protocol, the one Triton Inference Server speaks: tritonclient.http works against it.
+
+    Concurrent requests are batched (up to --max-batch rows, waiting at most
+    --max-delay-ms). Prometheus metrics are at /metrics; logs are JSON lines on stderr.
+    Ctrl-C or SIGTERM stops it after the requests in flight are answered.
+    """
+    from deploy.serving.server import JsonLogFormatter, ServeOptions, serve
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLogFormatter())
+    for logger_name, level in (("trtq.serve", logging.INFO), ("uvicorn", logging.WARNING)):
+        logger = logging.getLogger(logger_name)  # e.g. uvicorn's "address already in use"
+        logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err_console.print(_styled("warning: ", "yellow", f"binding {host}: the server has no authentication; "
+                                  "anyone who can reach this port can run the model"))
+    options = ServeOptions(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue, workers=workers,
+                           max_request_bytes=int(max_request_mb * (1 << 20)), mode=mode)
+    serve(model, host=host, port=port, name=name, options=options, access_log=access_log)
+
+
+@main.command("export-triton")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--repo", required=True, type=click.Path(path_type=Path), help="Triton model repository folder.")
+@click.option("--name", help="Model name (its folder in the repository) [default: MODEL's file name up to the first dot].")
+@click.option("--version", "version", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-batch", type=click.IntRange(min=0),
+              help="Triton's max_batch_size [default: 8 for ONNX, the optimization profile's max for an engine; "
+              "0 for a model without a dynamic batch dimension].")
+@click.option("--max-queue-delay-us", default=100, show_default=True, type=click.IntRange(min=0),
+              help="dynamic_batching max_queue_delay_microseconds.")
+@click.option("--instances", type=click.IntRange(min=1), help="instance_group count [default: Triton's choice].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing version folder.")
+@_fail_cleanly
+def export_triton_cmd(model, repo, name, version, max_batch, max_queue_delay_us, instances, overwrite) -> None:
+    """Write MODEL (.onnx, or an .engine built with full TensorRT) into a Triton Inference Server
+    model repository: REPO/NAME/config.pbtxt and REPO/NAME/VERSION/model.onnx|model.plan.
+    """
+    from deploy.serving.triton import export_triton
+
+    folder = export_triton(model, repo, name=name, version=version, max_batch=max_batch,
+                           max_queue_delay_us=max_queue_delay_us, instance_count=instances, overwrite=overwrite)
+    console.print((folder / "config.pbtxt").read_text(), end="")
+    console.print(f"wrote: {folder / 'config.pbtxt'}, " + ", ".join(str(p) for p in sorted((folder / str(version)).iterdir())))
+
+
 @main.command("models")
 def models_cmd() -> None:
     """List the registered models (usable with --model)."""

@@ -1,0 +1,184 @@
+"""Load test of `trtq serve`: throughput, latency and batch sizes with and without dynamic batching.
+
+EfficientNet-Lite0 int8 (trtq, minmax calibration) is served by `trtq serve` in its own
+process; C client threads (each its own `tritonclient.http` client, as real clients are)
+send R requests of one real photo crop each over loopback. Every scenario runs in this
+same invocation on the same machine:
+
+* in-process `OrtRunner.infer`, one request at a time, no HTTP: the runtime's own speed;
+* `trtq serve --max-batch 1`: the HTTP server without batching (the reference row);
+* `trtq serve --max-batch 8 --max-delay-ms D`: dynamic batching.
+
+Each served response is checked against the in-process single-request result.
+
+    python bench/serving.py [--clients 8] [--requests 200] [--mode qdq-float|ort-int8] [--model M.onnx]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+
+def build_model(folder: Path, calib_samples: int) -> Path:
+    from calibration import calibrate
+    from models import get_model_spec
+    from quantize import export, fold_batchnorm, quantize
+
+    spec = get_model_spec("efficientnet_lite0")
+    calib = spec.calibration_data(calib_samples)
+    fp32, _ = export(spec.factory(pretrained=True), calib[:8], input_name="images", output_name="logits")
+    fp32 = fold_batchnorm(fp32)
+    path = folder / "efficientnet_lite0.int8.onnx"
+    onnx.save(quantize(fp32, calibrate(fp32, calib, "minmax", progress=False)), path)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: Path, port: int, extra: list[str]) -> subprocess.Popen:
+    import tritonclient.http as th
+
+    proc = subprocess.Popen([sys.executable, "-m", "trtq.cli", "serve", str(model), "--port", str(port),
+                             "--name", "m", "--no-access-log", *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    client = th.InferenceServerClient(f"127.0.0.1:{port}")
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if client.is_model_ready("m"):
+                return proc
+        except Exception:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"trtq serve did not start: {proc.stderr.read() if proc.stderr else ''}")
+        time.sleep(0.2)
+
+
+def load(port: int, xs: np.ndarray, clients: int, requests: int, input_name: str):
+    """Each client sends ``requests`` single-sample requests; returns outputs, latencies, errors, seconds."""
+    import tritonclient.http as th
+
+    outputs = np.zeros((clients, requests), dtype=object)
+    latencies = np.zeros((clients, requests))
+    errors: list[str] = []
+    barrier = threading.Barrier(clients + 1)
+
+    def run(k: int) -> None:
+        client = th.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=120)
+        barrier.wait()
+        for i in range(requests):
+            x = xs[(k * requests + i) % len(xs)][None]
+            inp = th.InferInput(input_name, list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            t = time.perf_counter()
+            try:
+                outputs[k, i] = client.infer("m", [inp]).as_numpy("logits")[0]
+            except Exception as exc:  # counted, not fatal: the table reports them
+                errors.append(str(exc))
+                outputs[k, i] = None
+            latencies[k, i] = time.perf_counter() - t
+        client.close()
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    return outputs, latencies, errors, time.perf_counter() - start
+
+
+def batch_histogram(port: int) -> dict[float, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    cumulative = {float(s.labels["le"]): s.value for f in text_string_to_metric_families(text)
+                  for s in f.samples if s.name == "trtq_batch_size_bucket"}
+    hist, previous = {}, 0.0
+    for le in sorted(cumulative):
+        if cumulative[le] - previous > 0:
+            hist[le] = cumulative[le] - previous
+        previous = cumulative[le]
+    return hist
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=200, help="per client")
+    ap.add_argument("--mode", choices=["qdq-float", "ort-int8"], default="qdq-float")
+    ap.add_argument("--max-delay-ms", type=float, default=2.0)
+    ap.add_argument("--calib", type=int, default=64, help="calibration crops when building the model")
+    ap.add_argument("--model", type=Path, help="an int8 EfficientNet-Lite0 .onnx [default: built here]")
+    args = ap.parse_args()
+
+    from deploy import OrtRunner
+    from models import get_model_spec
+
+    spec = get_model_spec("efficientnet_lite0")
+    xs = spec.evaluation_data(256)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model or build_model(Path(tmp), args.calib)
+        runner = OrtRunner(model, mode=args.mode)
+        input_name = runner.inputs[0].name
+        total = args.clients * args.requests
+        reference = {}
+        t = time.perf_counter()
+        lat = []
+        for i in range(total):
+            x = xs[i % len(xs)][None]
+            s = time.perf_counter()
+            out = runner.infer({input_name: x})["logits"][0]
+            lat.append(time.perf_counter() - s)
+            reference.setdefault(i % len(xs), out)
+        direct_s = time.perf_counter() - t
+        runner.close()
+        rows = [("in-process OrtRunner, 1 at a time", total / direct_s, np.percentile(lat, 50) * 1e3,
+                 np.percentile(lat, 99) * 1e3, 0, "-", "-")]
+        for label, extra in [("trtq serve, batching off (max batch 1)", ["--max-batch", "1"]),
+                             (f"trtq serve, dynamic batching (max 8, {args.max_delay_ms:g} ms)",
+                              ["--max-batch", "8", "--max-delay-ms", str(args.max_delay_ms)])]:
+            port = free_port()
+            proc = start_server(model, port, ["--mode", args.mode, *extra])
+            try:
+                outputs, latencies, errors, seconds = load(port, xs, args.clients, args.requests, input_name)
+                hist = batch_histogram(port)
+            finally:
+                proc.terminate()
+                proc.wait(60)
+            diffs = [float(np.abs(outputs[k, i] - reference[(k * args.requests + i) % len(xs)]).max())
+                     for k in range(args.clients) for i in range(args.requests) if outputs[k, i] is not None]
+            hist_text = " ".join(f"<={int(le)}:{int(n)}" for le, n in hist.items())
+            rows.append((label, total / seconds, np.percentile(latencies, 50) * 1e3,
+                         np.percentile(latencies, 99) * 1e3, len(errors), f"{max(diffs):.1e}", hist_text))
+            if errors:
+                print(f"{label}: first error: {errors[0]}", file=sys.stderr)
+
+    base = rows[1][1]
+    print(f"EfficientNet-Lite0 int8 ({args.mode}), {args.clients} clients x {args.requests} requests of 1 "
+          f"photo crop, loopback, {os.cpu_count()} CPU cores")
+    print(f"{'setup':46s} {'req/s':>7s} {'vs no batching':>14s} {'p50 ms':>7s} {'p99 ms':>7s} {'errors':>6s} "
+          f"{'max |diff|':>10s}  executed batches (rows<=bucket:count)")
+    for label, rps, p50, p99, errs, diff, hist in rows:
+        print(f"{label:46s} {rps:7.1f} {rps / base:13.2f}x {p50:7.1f} {p99:7.1f} {errs:6d} {diff:>10s}  {hist}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,339 @@
+"""``trtq serve``: a KServe v2 (Triton-compatible) HTTP server for one model.
+
+Built on Starlette (ASGI) and served by Uvicorn. The event loop only parses, validates and
+encodes; inference runs on the :class:`DynamicBatcher`'s worker threads, so a slow batch
+never blocks health checks or metrics.
+
+Endpoints (the ones ``tritonclient.http`` uses)::
+
+    GET  /v2/health/live | /v2/health/ready            server liveness / readiness
+    GET  /v2                                          server metadata
+    GET  /v2/models/{name}[/versions/{v}]             model metadata
+    GET  /v2/models/{name}[/versions/{v}]/ready       model readiness
+    GET  /v2/models/{name}[/versions/{v}]/config      model configuration (Triton's JSON form)
+    POST /v2/models/{name}[/versions/{v}]/infer       inference (JSON or binary tensors)
+    GET  /metrics                                     Prometheus metrics
+
+Errors are ``{"error": "..."}`` with 400 (bad request), 404 (unknown model or version), 413
+(body over the size limit), 503 (queue full, or shutting down) or 500 (inference failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trtq import __version__
+from trtq.errors import TrtqError, require
+
+from deploy.serving.batcher import BatchStats, DynamicBatcher, Overloaded
+from deploy.serving.protocol import (InvalidRequest, ModelSignature, encode_infer_response, parse_infer_request,
+                                     signature_of)
+
+log = logging.getLogger("trtq.serve")
+
+DEFAULT_MAX_BATCH = 8
+DEFAULT_MAX_REQUEST_BYTES = 64 << 20
+_HEADER = "Inference-Header-Content-Length"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How the server batches and what it accepts.
+
+    ``max_batch``: rows per executed batch (and the largest batch one request may carry);
+    for an engine it may not exceed its optimization profile's maximum. ``max_delay_ms``:
+    how long the oldest request may wait for others. ``max_queue``: waiting requests
+    beyond which new ones get 503. ``workers``: threads running batches concurrently.
+    """
+
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_delay_ms: float = 2.0
+    max_queue: int = 256
+    workers: int = 1
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    mode: str = "qdq-float"  # for a Q/DQ .onnx; see deploy.runner.QdqMode
+
+
+class ServedModel:
+    """A model loaded for serving: its runner, signature, batcher and metrics."""
+
+    def __init__(self, path: str | os.PathLike, *, name: str | None = None, version: str = "1",
+                 options: ServeOptions = ServeOptions(), registry=None) -> None:
+        from deploy.runner import open_runner
+
+        path = Path(path)
+        self.path = path
+        self.name = name or path.name.split(".")[0]
+        self.version = version
+        self.options = options
+        self.signature: ModelSignature = signature_of(path)
+        self.max_batch = self._max_batch(options.max_batch)
+        self.metrics = _Metrics(registry, self.name)
+        self.runner = (open_runner(path, mode=options.mode, name=self.name) if path.suffix.lower() == ".onnx"
+                       else open_runner(path))
+        self.batcher = DynamicBatcher(self.runner.infer, max_batch=self.max_batch,
+                                      max_delay_s=options.max_delay_ms / 1000, max_queue=options.max_queue,
+                                      workers=options.workers, batched=self.signature.batched,
+                                      on_batch=self.metrics.observe_batch, name=self.name)
+        self.ready = True
+
+    def _max_batch(self, wanted: int) -> int:
+        if not self.signature.batched:
+            return 1
+        if self.signature.platform == "tensorrt_plan":
+            from deploy.build import load_sidecar
+
+            limits = [t["profile"]["max"][0] for t in load_sidecar(self.path)["inputs"] if t.get("profile")]
+            if limits and wanted > min(limits):
+                raise TrtqError(f"max batch {wanted} exceeds the engine's optimization profile (batch up to "
+                                f"{min(limits)}); pass --max-batch {min(limits)} or rebuild with a larger profile")
+        return wanted
+
+    def metadata(self) -> dict:
+        return {"name": self.name, "versions": [self.version], "platform": self.signature.platform,
+                "inputs": [t.to_json() for t in self.signature.inputs],
+                "outputs": [t.to_json() for t in self.signature.outputs]}
+
+    def config(self) -> dict:
+        """Triton's model configuration in its JSON form (dims without the batch dim when batched)."""
+        batched = self.signature.batched
+
+        def dims(t):
+            return {"name": t.name, "data_type": "TYPE_" + ("STRING" if t.datatype == "BYTES" else t.datatype),
+                    "dims": list(t.shape[1:] if batched else t.shape)}
+
+        config: dict[str, Any] = {"name": self.name, "platform": self.signature.platform,
+                                  "max_batch_size": self.max_batch if batched else 0,
+                                  "input": [dims(t) for t in self.signature.inputs],
+                                  "output": [dims(t) for t in self.signature.outputs]}
+        if batched:
+            config["dynamic_batching"] = {"max_queue_delay_microseconds": int(self.options.max_delay_ms * 1000)}
+        return config
+
+    def close(self) -> None:
+        """Stop taking requests, finish the queued ones, free the runtime."""
+        self.ready = False
+        self.batcher.close()
+        self.runner.close()
+
+
+class _Metrics:
+    """Prometheus metrics of one model, in their own registry (one per server)."""
+
+    def __init__(self, registry, model: str) -> None:
+        prom = require("prometheus_client", "serve")
+        self.registry = registry if registry is not None else prom.CollectorRegistry()
+        self.model = model
+        buckets = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
+        self.requests = prom.Counter("trtq_requests", "Inference requests by HTTP status code",
+                                     ["model", "code"], registry=self.registry)
+        self.latency = prom.Histogram("trtq_request_duration_seconds", "Inference request latency (server side)",
+                                      ["model"], buckets=buckets, registry=self.registry)
+        self.batch_rows = prom.Histogram("trtq_batch_size", "Rows (samples) per executed batch", ["model"],
+                                         buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128),
+                                         registry=self.registry)
+        self.batch_requests = prom.Histogram("trtq_batch_requests", "Requests merged into one executed batch",
+                                             ["model"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
+                                             registry=self.registry)
+        self.queue_wait = prom.Histogram("trtq_queue_wait_seconds", "Wait of a batch's oldest request",
+                                         ["model"], buckets=buckets, registry=self.registry)
+        self.compute = prom.Histogram("trtq_compute_seconds", "Model execution time per batch", ["model"],
+                                      buckets=buckets, registry=self.registry)
+        self.queue_depth = prom.Gauge("trtq_queue_depth", "Requests waiting to be batched", ["model"],
+                                      registry=self.registry)
+
+    def observe_batch(self, stats: BatchStats) -> None:
+        self.batch_rows.labels(self.model).observe(stats.rows)
+        self.batch_requests.labels(self.model).observe(stats.requests)
+        self.queue_wait.labels(self.model).observe(stats.queue_wait_s)
+        self.compute.labels(self.model).observe(stats.compute_s)
+
+    def observe_request(self, code: int, seconds: float) -> None:
+        self.requests.labels(self.model, str(code)).inc()
+        self.latency.labels(self.model).observe(seconds)
+
+
+def create_app(model: ServedModel, *, access_log: bool = True):
+    """The ASGI application serving ``model`` (closes it on shutdown)."""
+    require("starlette", "serve")
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    prom = require("prometheus_client", "serve")
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    def lookup(request: Request) -> ServedModel:
+        name = request.path_params["model"]
+        version = request.path_params.get("version")
+        if name != model.name:
+            raise InvalidRequest(f"unknown model '{name}'; this server serves '{model.name}'", 404)
+        if version not in (None, "", model.version):
+            raise InvalidRequest(f"model '{name}' has no version '{version}'; it has {model.version}", 404)
+        return model
+
+    async def live(request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def ready(request: Request) -> Response:
+        return Response(status_code=200 if model.ready else 503)
+
+    async def server_metadata(request: Request) -> Response:
+        return JSONResponse({"name": "trtq", "version": __version__, "extensions": ["binary_tensor_data"]})
+
+    async def model_metadata(request: Request) -> Response:
+        try:
+            return JSONResponse(lookup(request).metadata())
+        except InvalidRequest as exc:
+            return error(exc.status, str(exc))
+
+    async def model_ready(request: Request) -> Response:
+        try:
+            return Response(status_code=200 if lookup(request).ready else 503)
+        except InvalidRequest as exc:
+            return error(exc.status, str(exc))
+
+    async def model_config(request: Request) -> Response:
+        try:
+            return JSONResponse(lookup(request).config())
+        except InvalidRequest as exc:
+            return error(exc.status, str(exc))
+
+    async def infer(request: Request) -> Response:
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await _infer(request)
+            status = response.status_code
+            return response
+        except InvalidRequest as exc:
+            status = exc.status
+            return error(exc.status, str(exc))
+        except Overloaded as exc:
+            status = 503
+            return error(503, str(exc))
+        except Exception as exc:  # the runtime failed: the client learns why, the server goes on
+            log.exception("inference failed")
+            return error(500, f"inference failed: {exc}")
+        finally:
+            seconds = time.perf_counter() - start
+            model.metrics.observe_request(status, seconds)
+            model.metrics.queue_depth.labels(model.name).set(model.batcher.depth())
+            if access_log:
+                log.info("infer", extra={"fields": {"model": model.name, "status": status,
+                                                    "ms": round(seconds * 1000, 3),
+                                                    "client": request.client.host if request.client else None}})
+
+    async def _infer(request: Request) -> Response:
+        served = lookup(request)
+        if not served.ready:
+            raise Overloaded("the model is shutting down")
+        body = await _read_body(request, served.options.max_request_bytes)
+        header_length = request.headers.get(_HEADER)
+        if header_length is not None:
+            try:
+                header_length = int(header_length)
+            except ValueError:
+                raise InvalidRequest(f"{_HEADER} must be an integer, got {header_length!r}") from None
+        parsed_request = parse_infer_request(body, header_length, served.signature, served.max_batch)
+        future = served.batcher.submit(parsed_request.inputs, parsed_request.rows)
+        outputs = await asyncio.wrap_future(future)
+        payload, json_size = encode_infer_response(served.name, served.version, parsed_request, outputs)
+        if json_size is None:
+            return Response(payload, media_type="application/json")
+        return Response(payload, media_type="application/octet-stream", headers={_HEADER: str(json_size)})
+
+    async def metrics(request: Request) -> Response:
+        model.metrics.queue_depth.labels(model.name).set(model.batcher.depth())
+        return Response(prom.generate_latest(model.metrics.registry), media_type=prom.CONTENT_TYPE_LATEST)
+
+    async def not_found(request: Request, exc) -> Response:
+        return error(404, f"no such endpoint: {request.method} {request.url.path}")
+
+    async def not_allowed(request: Request, exc) -> Response:
+        return error(405, f"method {request.method} is not allowed on {request.url.path}")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        log.info("serving", extra={"fields": {"model": model.name, "path": str(model.path),
+                                              "platform": model.signature.platform, "max_batch": model.max_batch,
+                                              "batched": model.signature.batched}})
+        try:
+            yield
+        finally:
+            # Uvicorn has finished the in-flight requests by now; drain the batcher.
+            await asyncio.get_running_loop().run_in_executor(None, model.close)
+            log.info("stopped", extra={"fields": {"model": model.name}})
+
+    prefixes = ["/v2/models/{model}", "/v2/models/{model}/versions/{version}"]
+    routes = [Route("/v2/health/live", live), Route("/v2/health/ready", ready), Route("/v2", server_metadata),
+              Route("/metrics", metrics)]
+    for p in prefixes:
+        routes += [Route(p, model_metadata), Route(p + "/ready", model_ready), Route(p + "/config", model_config),
+                   Route(p + "/infer", infer, methods=["POST"])]
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_allowed})
+
+
+async def _read_body(request, limit: int) -> bytes:
+    """The request body, decompressed if gzip/deflate; 413 beyond ``limit`` bytes either way."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise InvalidRequest(f"request body of {declared} bytes exceeds the limit of {limit}", 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise InvalidRequest(f"request body exceeds the limit of {limit} bytes", 413)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise InvalidRequest(f"Content-Encoding {encoding!r} is not supported (gzip, deflate or none)")
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidRequest(f"the body is not valid {encoding} data: {exc}") from None
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise InvalidRequest(f"decompressed request body exceeds the limit of {limit} bytes", 413)
+    return data
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: UTC time, level, logger, message and the record's ``fields``."""
+
+    converter = time.gmtime
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+                 "level": record.levelname.lower(), "logger": record.name, "event": record.getMessage()}
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def serve(model: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
+          options: ServeOptions = ServeOptions(), access_log: bool = True, sockets=None,
+          graceful_timeout_s: float = 30.0) -> None:
+    """Load ``model`` and serve it until SIGINT/SIGTERM; in-flight requests are finished first."""
+    uvicorn = require("uvicorn", "serve")
+    served = ServedModel(model, name=name, options=options)
+    app = create_app(served, access_log=access_log)
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=graceful_timeout_s)
+    uvicorn.Server(config).run(sockets=sockets)

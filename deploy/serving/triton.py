@@ -1,0 +1,145 @@
+"""Export a model to a Triton Inference Server model repository.
+
+Layout written (Triton's)::
+
+    REPO/<name>/config.pbtxt
+    REPO/<name>/<version>/model.onnx     (ONNX Runtime backend, platform onnxruntime_onnx)
+    REPO/<name>/<version>/model.plan     (TensorRT backend, platform tensorrt_plan)
+
+The configuration is derived from the model itself: input/output names, data types and
+dims (``-1`` for dynamic ones), ``max_batch_size`` when every input and output has a
+dynamic first dimension (then ``dims`` leave the batch dimension out, as Triton wants),
+and a ``dynamic_batching`` block. Tests parse it with Triton's own ``ModelConfig`` protobuf
+schema (shipped in ``tritonclient``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import onnx
+
+from deploy.serving.protocol import ModelSignature, TensorSpec, signature_of
+from trtq.errors import ModelError, OutputError, TrtqError
+from trtq.fileio import atomic_write_text, staging_dir
+
+DEFAULT_MAX_BATCH = 8
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def model_config_text(name: str, signature: ModelSignature, max_batch: int, *,
+                      max_queue_delay_us: int = 100, instance_count: int | None = None,
+                      instance_kind: str | None = None) -> str:
+    """``config.pbtxt`` for ``signature``; ``max_batch`` 0 means no batching dimension."""
+    batched = max_batch > 0
+
+    def tensors(kind: str, specs: tuple[TensorSpec, ...]) -> list[str]:
+        lines = [f"{kind} ["]
+        for i, t in enumerate(specs):
+            dims = t.shape[1:] if batched else t.shape
+            lines += ["  {", f"    name: {_quote(t.name)}", f"    data_type: TYPE_{t.datatype}",
+                      f"    dims: [ {', '.join(str(d) for d in dims)} ]" if dims else "    dims: [ ]",
+                      "  }" + ("," if i < len(specs) - 1 else "")]
+        return lines + ["]"]
+
+    lines = [f"name: {_quote(name)}", f"platform: {_quote(signature.platform)}", f"max_batch_size: {max_batch}"]
+    lines += tensors("input", signature.inputs) + tensors("output", signature.outputs)
+    if batched:
+        lines += ["dynamic_batching {", f"  max_queue_delay_microseconds: {max_queue_delay_us}", "}"]
+    if instance_count is not None or instance_kind is not None:
+        group = [f"    count: {instance_count}"] if instance_count is not None else []
+        group += [f"    kind: {instance_kind}"] if instance_kind is not None else []
+        lines += ["instance_group [", "  {", *group, "  }", "]"]
+    return "\n".join(lines) + "\n"
+
+
+def export_triton(model: str | os.PathLike, repo: str | os.PathLike, *, name: str | None = None, version: int = 1,
+                  max_batch: int | None = None, max_queue_delay_us: int = 100, instance_count: int | None = None,
+                  overwrite: bool = False) -> Path:
+    """Write ``model`` (.onnx or .engine) into the Triton repository ``repo``; return the model folder.
+
+    ``max_batch``: Triton's ``max_batch_size``; default 8 for an ONNX model and the
+    optimization profile's maximum for an engine; 0 for models without a batch dimension
+    (the only value allowed then). An existing version folder is replaced only with
+    ``overwrite``. Nothing is left half-written on errors.
+    """
+    path = Path(model)
+    if not path.is_file():
+        raise ModelError(f"model {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in (".onnx", ".engine", ".plan"):
+        raise ModelError(f"cannot export {path}: expected an .onnx or .engine file")
+    name = name or path.name.split(".")[0]
+    if not _NAME.match(name):
+        raise TrtqError(f"model name {name!r} is not usable as a Triton model folder; use letters, digits, _ . -")
+    if version < 1:
+        raise TrtqError(f"version must be >= 1, got {version}")
+    signature = signature_of(path)
+    limit = _engine_batch_limit(path) if signature.platform == "tensorrt_plan" else None
+    if signature.batched:
+        if max_batch is None:
+            max_batch = limit if limit is not None else DEFAULT_MAX_BATCH
+        if limit is not None and max_batch > limit:
+            raise TrtqError(f"--max-batch {max_batch} exceeds the engine's optimization profile (batch up to "
+                            f"{limit}); rebuild it with trtq build --max-batch {max_batch}")
+        if max_batch < 0:
+            raise TrtqError(f"max batch must be >= 0, got {max_batch}")
+    elif max_batch:
+        dims = ", ".join(f"{t.name} {list(t.shape)}" for t in (*signature.inputs, *signature.outputs))
+        raise TrtqError(f"{path.name} has no dynamic batch dimension on every input and output ({dims}); "
+                        "Triton can only serve it with --max-batch 0")
+    else:
+        max_batch = 0
+    model_dir = Path(repo) / name
+    version_dir = model_dir / str(version)
+    if version_dir.exists() and any(version_dir.iterdir()) and not overwrite:
+        raise OutputError(f"{version_dir} already exists; pass overwrite (--overwrite) to replace it, "
+                          "or export as another --version")
+    kind = "KIND_GPU" if signature.platform == "tensorrt_plan" else None
+    text = model_config_text(name, signature, max_batch, max_queue_delay_us=max_queue_delay_us,
+                             instance_count=instance_count, instance_kind=kind if instance_count else None)
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {model_dir}: {exc.strerror or exc}") from exc
+    with staging_dir(version_dir) as stage:
+        if signature.platform == "tensorrt_plan":
+            shutil.copyfile(path, stage / "model.plan")
+        else:
+            _copy_onnx(path, stage / "model.onnx")
+        if version_dir.exists():
+            for old in version_dir.iterdir():
+                if old.is_dir():
+                    shutil.rmtree(old)
+                else:
+                    old.unlink()
+    atomic_write_text(model_dir / "config.pbtxt", text)
+    return model_dir
+
+
+def _engine_batch_limit(path: Path) -> int | None:
+    from deploy.build import load_sidecar
+
+    meta = load_sidecar(path)
+    if meta["backend"] == "tensorrt_rtx":
+        raise TrtqError(f"{path.name} was built with TensorRT-RTX; Triton's TensorRT backend loads engines of "
+                        "full TensorRT (the same version as the server's). Export the ONNX model instead, or "
+                        "build the engine with --backend tensorrt on a machine with the matching TensorRT")
+    limits = [t["profile"]["max"][0] for t in meta["inputs"] if t.get("profile")]
+    return min(limits) if limits else None
+
+
+def _copy_onnx(src: Path, dst: Path) -> None:
+    """One self-contained file (external data, if any, is read from inside the model's folder)."""
+    from calibration.onnx_model import load_model
+
+    proto = load_model(src)  # external data loaded, refused if it points outside src's folder
+    big = proto.ByteSize() > (1 << 31) - (64 << 20)  # protobuf's 2 GiB limit on one file
+    onnx.save_model(proto, dst, save_as_external_data=big, location="model.onnx.data")
