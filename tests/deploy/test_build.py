@@ -240,3 +240,31 @@ def test_unsupported_compute_capability_message_names_the_way_out():
                                             get_engine_validity=lambda header: (Validity.INVALID, 4))
     with pytest.raises(BuildError, match=r"cannot run here: unsupported cc \(built for SM80, SM86; .*pip install 'trtq\[gpu\]'"):
         engine._check_rtx_validity(trt, b"\0" * 16)
+
+
+@needs_trt
+def test_engine_signature_for_serving_and_triton(tmp_path, int8_model):
+    """Serving and Triton export read an engine's I/O and batch limit from its sidecar."""
+    pytest.importorskip("prometheus_client", reason="needs the serve extra: pip install 'trtq[serve]'")
+    from deploy.serving import ServedModel, ServeOptions, export_triton, signature_of
+
+    engine, meta = build_engine(int8_model, BuildOptions(max_batch=4, progress=False))
+    path, _ = save_engine(engine, meta, tmp_path / "tiny.engine")
+    sig = signature_of(path)
+    assert sig.platform == "tensorrt_plan" and sig.batched
+    assert [(t.name, t.datatype, t.shape) for t in sig.inputs] == [("input", "FP32", (-1, 3, 8, 8))]
+    assert [(t.name, t.datatype, t.shape) for t in sig.outputs] == [("logits", "FP32", (-1, 4))]
+    with pytest.raises(TrtqError, match="optimization profile"):
+        ServedModel(path, options=ServeOptions(max_batch=8))
+    if meta["backend"] == "tensorrt_rtx":
+        with pytest.raises(TrtqError, match="TensorRT-RTX"):
+            export_triton(path, tmp_path / "repo")
+    try:
+        served = ServedModel(path, options=ServeOptions(max_batch=4))
+    except TrtqError as exc:  # no usable GPU here: a clear error, not a crash
+        assert re.search(r"GPU|CUDA|cuda|cannot run", str(exc)), exc
+        return
+    x = np.random.default_rng(0).normal(size=(3, 3, 8, 8)).astype(np.float32)
+    out = served.batcher.submit({"input": x}, 3).result(60)["logits"]
+    served.close()
+    assert out.shape == (3, 4) and np.isfinite(out).all()

@@ -7,7 +7,6 @@ import gzip
 import http.client
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
