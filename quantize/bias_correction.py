@@ -32,8 +32,8 @@ from onnx import numpy_helper
 from calibration.onnx_model import input_specs, load_model
 from calibration.progress import progress_bar
 from calibration.readers import collect_arrays
-from quantize.graph import GraphIndex, copy_model
-from trtq.errors import QuantizationError, require
+from quantize.graph import GraphIndex, copy_model, float_session
+from trtq.errors import QuantizationError
 
 log = logging.getLogger(__name__)
 
@@ -48,43 +48,10 @@ class BiasShift:
     max_shift: float  # the largest |shift| removed
 
 
-def _truncated(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
-    """The model cut down to the nodes ``outputs`` depend on, with ``outputs`` as its outputs."""
-    producer = {o: n for n in model.graph.node for o in n.output}
-    needed, stack = set(), list(outputs)
-    while stack:
-        node = producer.get(stack.pop())
-        if node is not None and id(node) not in needed:
-            needed.add(id(node))
-            stack.extend(i for i in node.input if i)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    g = out.graph
-    keep = [n for n, original in zip(g.node, model.graph.node) if id(original) in needed]
-    del g.node[:]
-    g.node.extend(keep)
-    used = {i for n in keep for i in n.input}
-    inits = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    g.initializer.extend(inits)
-    del g.output[:]
-    g.output.extend(onnx.ValueInfoProto(name=o) for o in outputs)
-    return out
-
-
-def _session(model: onnx.ModelProto, outputs: list[str]):
-    ort = require("onnxruntime", "cpu")
-    exposed = _truncated(model, outputs)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.disable_quant_qdq", "1")  # Q/DQ in float: TensorRT's math
-    return ort.InferenceSession(exposed.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
 def _channel_means(model: onnx.ModelProto, outputs: list[str], feed: dict[str, np.ndarray],
                    batch_size: int) -> list[np.ndarray]:
     """Per output: an ``(N, C)`` array of the channel means (axis 1) of each sample."""
-    session = _session(model, outputs)
+    session = float_session(model, outputs)
     n = len(next(iter(feed.values())))
     parts: list[list[np.ndarray]] = [[] for _ in outputs]
     for i in range(0, n, batch_size):

@@ -101,3 +101,40 @@ def remove_unused_initializers(graph: onnx.GraphProto) -> None:
     graph.initializer.extend(keep)
     del graph.input[:]
     graph.input.extend(inputs)
+
+
+def truncated(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
+    """The model cut down to the nodes ``outputs`` depend on, with ``outputs`` as its outputs."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    needed, stack = set(), list(outputs)
+    while stack:
+        node = producer.get(stack.pop())
+        if node is not None and id(node) not in needed:
+            needed.add(id(node))
+            stack.extend(i for i in node.input if i)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    keep = [n for n, original in zip(g.node, model.graph.node) if id(original) in needed]
+    del g.node[:]
+    g.node.extend(keep)
+    used = {i for n in keep for i in n.input}
+    inits = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    del g.output[:]
+    g.output.extend(onnx.ValueInfoProto(name=o) for o in outputs)
+    return out
+
+
+def float_session(model: onnx.ModelProto, outputs: list[str]):
+    """An ONNX Runtime session computing ``outputs`` of ``model`` (truncated to what they need),
+    with any Q/DQ executed in float."""
+    from trtq.errors import require
+
+    ort = require("onnxruntime", "cpu")
+    exposed = truncated(model, outputs)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.disable_quant_qdq", "1")  # Q/DQ in float: TensorRT's math
+    return ort.InferenceSession(exposed.SerializeToString(), opts, providers=["CPUExecutionProvider"])

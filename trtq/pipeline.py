@@ -27,6 +27,7 @@ from deploy.compare import Thresholds
 from deploy.evaluate import FidelityEvaluator, Target
 from models import get_model_spec, resolve_factory
 from quantize import ExportParity, calibration_tensors, export, fold_batchnorm, load_checkpoint
+from quantize.smoothquant import smooth_quant
 from quantize.bias_correction import correct_bias
 from quantize.mixed import MixedModel, apply_plan
 from quantize.precision import Precision, PrecisionPlan, assignments_json
@@ -75,6 +76,7 @@ class QuantizeJob:
     command: str = ""  # how the job was started, for the report's "reproduce" line
     bias_correction: bool = True  # see quantize.bias_correction
     bias_samples: int = 64
+    smoothquant: bool = True  # see quantize.smoothquant (skipped with a given table)
 
     @property
     def mixed(self) -> bool:
@@ -96,6 +98,7 @@ class QuantizeResult:
     search: PrecisionSearchResult | None = None
     sensitivity: SensitivityReport | None = None
     bias_shifts: tuple = ()  # quantize.bias_correction.BiasShift per corrected layer
+    smoothed: tuple = ()  # quantize.smoothquant.SmoothedGroup per linear-layer group
 
 
 def _as_array(data: Any, what: str) -> Any:
@@ -166,7 +169,13 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
         load_backend()  # no TensorRT installed: say so before any slow step
     with staging_dir(job.out_dir) as stage:
         source, parity, calib, evald = _source_model(job)
-        fp32 = fold_batchnorm(source)
+        original = fp32 = fold_batchnorm(source)
+        smoothed = []
+        if job.smoothquant and job.table is None:
+            # The same function in fp32, with activation outliers moved into the weights
+            # where that lowers the int8 error; everything below starts from it.
+            fp32, smoothed = smooth_quant(fp32, calib, samples=job.samples, batch_size=min(job.batch_size, 16),
+                                          progress=job.progress)
         if job.table is not None:
             # The table belongs to the model as given; folding keeps every tensor name it needs.
             given = load_table(job.table, source)
@@ -181,7 +190,7 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
             evald, eval_source = calib, "the calibration data (no evaluation data given: not held out)"
         search = sensitivity = shifts = None
         if target is not None:
-            evaluator = FidelityEvaluator(fp32, evald, batch_size=job.batch_size,
+            evaluator = FidelityEvaluator(original, evald, batch_size=job.batch_size,
                                           samples=job.search_samples or job.eval_samples)
             # The ranking needs relative sensitivities only: at most RANK_SAMPLES samples.
             sensitivity = analyze(fp32, table, evaluator.head(RANK_SAMPLES), reverse=False, progress=job.progress)
@@ -208,7 +217,7 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
                                                  batch_size=job.batch_size, progress=job.progress)
         label = "mixed" if job.mixed else "int8"
         eval_n = job.eval_samples
-        ref = run_all(OrtRunner(fp32, name="fp32"), evald, job.batch_size, eval_n, job.progress)
+        ref = run_all(OrtRunner(original, name="fp32"), evald, job.batch_size, eval_n, job.progress)
         cand_name = f"{label} (Q/DQ in float)"
         cand = run_all(OrtRunner(quantized, name=cand_name), evald, job.batch_size, eval_n, job.progress)
         report = compare_outputs(ref, cand, reference_name="fp32", candidate_name=cand_name,
@@ -254,6 +263,7 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
             engine, meta = build_engine(quantized, BuildOptions(progress=job.progress))
             files["engine"], files["engine_metadata"] = save_engine(engine, meta, stage / f"model.{label}.engine")
         summary = {"export_parity": parity.__dict__ if parity else None, "evaluated_on": eval_source,
+                   "smoothquant": [g.to_json() for g in smoothed],
                    "calibration": {"method": table.method, "samples": table.samples, "tensors": len(table)},
                    "precision": {k: v for k, v in precision.items() if k != "nodes"},
                    "bias_correction": None if shifts is None else {
@@ -264,7 +274,7 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
         files["report"] = atomic_write_text(stage / "report.json", json.dumps(summary, indent=1) + "\n")
     files = {k: Path(job.out_dir) / v.name for k, v in files.items()}
     return QuantizeResult(Path(job.out_dir), files, table, report, kernels, parity, eval_source, tuple(warnings),
-                          mixed, search, sensitivity, tuple(shifts or ()))
+                          mixed, search, sensitivity, tuple(shifts or ()), tuple(smoothed))
 
 
 def _model_label(job: QuantizeJob) -> str:

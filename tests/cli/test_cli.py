@@ -43,6 +43,8 @@ def test_quantize_onnx_writes_all_outputs(workdir):
     assert report["fidelity"]["outputs"][0]["cosine"] > 0.95
     assert "top-1 agreement" in result.output
     assert "BatchNormalization" not in {n.op_type for n in onnx.load(out / "model.fp32.onnx").graph.node}
+    # SmoothQuant scored the one linear-layer group (the classifier); smoothed or not, it is recorded.
+    assert [g["nodes"] for g in report["smoothquant"]] == [["fc"]]
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "shape", "name", "nan", "dtype"])
@@ -166,6 +168,7 @@ def test_calibrate_writes_trt_cache_and_quantize_reuses_tables(workdir):
         assert res.exit_code == 0, res.stderr
         assert json.loads((out / "calibration.json").read_text())["method"].startswith(
             "entropy" if table == "t.json" else "trt-cache")
+        assert json.loads((out / "report.json").read_text())["smoothquant"] == []  # the table fixes the tensors
 
 
 def test_quantize_refuses_another_models_table(workdir):

@@ -1,0 +1,141 @@
+"""SmoothQuant: same function in fp32, lower int8 error where activations have outlier channels."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from calibration import calibrate
+from deploy import OrtRunner, compare_outputs, run_all
+from quantize import calibration_tensors, quantize
+from quantize.smoothquant import choose_alpha, linear_groups, smooth_factors, smooth_quant
+
+D, H = 16, 32
+OUTLIERS = (3, 11)  # input channels 30x larger than the rest, as in transformer LayerNorm outputs
+
+
+def make_block(seed: int = 0, gemm: bool = False) -> onnx.ModelProto:
+    """x (N,S,D) -> LayerNorm -> {MatMul Wa, MatMul Wb} -> Relu(a)+b -> MatMul W2 -> y (N,S,D).
+
+    Two layers read the LayerNorm output (one group, one shared factor); the last reads a
+    computed tensor. ``gemm``: 2-D input and ``Gemm(transB=1)`` layers instead of MatMul.
+    """
+    rng = np.random.default_rng(seed)
+    f = np.float32
+    gamma = np.ones(D, f)
+    gamma[list(OUTLIERS)] = 30.0
+    wa, wb, w2 = (rng.normal(0, 0.3, s).astype(f) for s in ((D, H), (D, H), (H, D)))
+    inits = [numpy_helper.from_array(gamma, "gamma"), numpy_helper.from_array(np.zeros(D, f), "beta")]
+    if gemm:
+        inits += [numpy_helper.from_array(wa.T.copy(), "wa"), numpy_helper.from_array(wb.T.copy(), "wb"),
+                  numpy_helper.from_array(w2.T.copy(), "w2"), numpy_helper.from_array(np.zeros(H, f), "bias")]
+        lin = [helper.make_node("Gemm", ["ln", "wa", "bias"], ["a"], name="fc_a", transB=1),
+               helper.make_node("Gemm", ["ln", "wb"], ["b"], name="fc_b", transB=1),
+               helper.make_node("Gemm", ["h", "w2"], ["y"], name="fc_2", transB=1)]
+        shape = ["N", D]
+    else:
+        inits += [numpy_helper.from_array(w, n) for w, n in ((wa, "wa"), (wb, "wb"), (w2, "w2"))]
+        lin = [helper.make_node("MatMul", ["ln", "wa"], ["a"], name="fc_a"),
+               helper.make_node("MatMul", ["ln", "wb"], ["b"], name="fc_b"),
+               helper.make_node("MatMul", ["h", "w2"], ["y"], name="fc_2")]
+        shape = ["N", 6, D]
+    nodes = [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["ln"], name="ln", axis=-1),
+             lin[0], lin[1],
+             helper.make_node("Relu", ["a"], ["ra"], name="relu"),
+             helper.make_node("Add", ["ra", "b"], ["h"], name="add"), lin[2]]
+    graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def data(n: int, gemm: bool = False, seed: int = 1) -> np.ndarray:
+    shape = (n, D) if gemm else (n, 6, D)
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("gemm", [False, True])
+def test_smoothed_model_computes_the_same_function(gemm):
+    model = make_block(gemm=gemm)
+    smoothed, report = smooth_quant(model, data(64, gemm), progress=False)
+    groups = {r.tensor: r for r in report}
+    assert set(groups) == {"ln", "h"} and groups["ln"].nodes == ("fc_a", "fc_b")
+    assert groups["ln"].alpha is not None  # the outlier channels make smoothing pay
+    assert groups["ln"].sqnr_after_db > groups["ln"].sqnr_before_db + 3
+    muls = [n for n in smoothed.graph.node if n.op_type == "Mul"]
+    assert [m.input[0] for m in muls if m.input[0] == "ln"] == ["ln"]  # one factor for the group
+    consumers = [n.name for n in smoothed.graph.node if "ln" in n.input]
+    assert "add" not in consumers  # only the linear layers read the smoothed tensor
+    onnx.checker.check_model(smoothed)
+    x = data(16, gemm, seed=7)
+    ref = OrtRunner(model).infer({"x": x})["y"]
+    got = OrtRunner(smoothed).infer({"x": x})["y"]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_weights_and_factors_match_a_numpy_reference():
+    model = make_block()
+    calib = data(64)
+    smoothed, report = smooth_quant(model, calib, progress=False)
+    alpha = next(r.alpha for r in report if r.tensor == "ln")
+    # NumPy reference: s_j = max|X_j|^a / max|W_j,:|^(1-a) over the calibration data.
+    gamma = np.ones(D, np.float32)
+    gamma[list(OUTLIERS)] = 30.0
+    mu, var = calib.mean(-1, keepdims=True), calib.var(-1, keepdims=True)
+    ln = (calib - mu) / np.sqrt(var + 1e-5) * gamma
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    w = np.concatenate([inits["wa"], inits["wb"]], axis=1)
+    s = np.abs(ln).reshape(-1, D).max(0) ** alpha / np.abs(w).max(1) ** (1 - alpha)
+    np.testing.assert_allclose(smooth_factors(np.abs(ln).reshape(-1, D).max(0), np.abs(w).max(1), alpha), s,
+                               rtol=1e-4)
+    new = {i.name: numpy_helper.to_array(i) for i in smoothed.graph.initializer}
+    mul = next(n for n in smoothed.graph.node if n.op_type == "Mul" and n.input[0] == "ln")
+    np.testing.assert_allclose(new[mul.input[1]], 1 / s, rtol=1e-3)
+    fc_a = next(n for n in smoothed.graph.node if n.name == "fc_a")
+    np.testing.assert_allclose(new[fc_a.input[1]], inits["wa"] * s[:, None], rtol=1e-3, atol=1e-6)
+
+
+def test_int8_error_drops_with_smoothing():
+    model = make_block()
+    calib, held_out = data(128), data(64, seed=9)
+    ref = run_all(OrtRunner(model), {"x": held_out})
+
+    def int8_error(fp32):
+        table = calibrate(fp32, calib, "minmax", tensors=calibration_tensors(fp32), progress=False)
+        out = run_all(OrtRunner(quantize(fp32, table)), {"x": held_out})
+        return compare_outputs(ref, out).outputs[0].sqnr_db
+
+    smoothed, _ = smooth_quant(model, calib, progress=False)
+    assert int8_error(smoothed) > int8_error(model) + 3
+
+
+def test_choose_alpha_leaves_flat_activations_alone():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (512, D))  # no outliers: every channel the same range
+    w = rng.normal(0, 0.3, (D, H))
+    alpha, before, after, s = choose_alpha(x, w, np.abs(x).max(0))
+    assert after >= before
+    if alpha is None:
+        assert s is None and after == before
+    # Outliers: smoothing wins, and the error really is lower for the factors returned.
+    x[:, 3] *= 40
+    alpha, before, after, s = choose_alpha(x, w, np.abs(x).max(0))
+    assert alpha is not None and after > before + 3 and s.shape == (D,)
+
+
+def test_models_without_linear_layers_come_back_unchanged(cnn_model, cnn_data):
+    # The tiny CNN's only linear layer is its Gemm classifier; a conv-only model has none.
+    conv_only = onnx.ModelProto()
+    conv_only.CopyFrom(cnn_model)
+    assert list(linear_groups(conv_only)) == ["flat"]
+    nodes = [n for n in conv_only.graph.node if n.op_type not in ("Gemm",)]
+    del conv_only.graph.node[:]
+    conv_only.graph.node.extend(nodes)
+    conv_only.graph.output[0].name = "flat"
+    del conv_only.graph.output[0].type.tensor_type.shape.dim[1:]
+    out, report = smooth_quant(conv_only, cnn_data, progress=False)
+    assert report == [] and out.graph == conv_only.graph
