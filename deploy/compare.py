@@ -76,6 +76,23 @@ class ComparisonReport:
                 "outputs": [o.to_json() for o in self.outputs]}
 
 
+def neighbour_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Share of samples whose nearest other sample (cosine similarity of the flattened
+    outputs, e.g. sentence embeddings) is the same in ``candidate`` as in ``reference``:
+    how often a retrieval built on the candidate returns what fp32 returns."""
+
+    def nearest(x: np.ndarray) -> np.ndarray:
+        x = x.reshape(len(x), -1).astype(np.float64)
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+        sim = x @ x.T
+        np.fill_diagonal(sim, -np.inf)
+        return sim.argmax(axis=1)
+
+    if len(reference) < 2:
+        raise ValueError("neighbour agreement needs at least 2 samples")
+    return float((nearest(reference) == nearest(candidate)).mean())
+
+
 def output_metrics(name: str, ref: np.ndarray, cand: np.ndarray, classifier: bool | None = None) -> OutputMetrics:
     """Metrics of one output (see the module docstring)."""
     if ref.shape != cand.shape:

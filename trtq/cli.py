@@ -478,8 +478,9 @@ def bench_cmd(model, batch, iterations, warmup, shape_specs, mode, as_json) -> N
               help="Address to bind. The default serves this machine only; 0.0.0.0 exposes the server to the network.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--name", help="Model name in URLs (/v2/models/NAME/infer) [default: MODEL's file name up to the first dot].")
-@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(min=1),
-              help="Rows per executed batch, and the largest batch one request may carry.")
+@click.option("--max-batch", type=click.IntRange(min=1),
+              help="Rows per executed batch, and the largest batch one request may carry. "
+              "[default: 8, or an engine's optimization profile maximum if smaller]")
 @click.option("--max-delay-ms", default=2.0, show_default=True, type=click.FloatRange(min=0),
               help="How long the oldest waiting request may wait for others to batch with.")
 @click.option("--max-queue", default=256, show_default=True, type=click.IntRange(min=1),

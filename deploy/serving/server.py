@@ -55,7 +55,7 @@ class ServeOptions:
     beyond which new ones get 503. ``workers``: threads running batches concurrently.
     """
 
-    max_batch: int = DEFAULT_MAX_BATCH
+    max_batch: int | None = None  # None: DEFAULT_MAX_BATCH, or an engine's profile maximum if smaller
     max_delay_ms: float = 2.0
     max_queue: int = 256
     workers: int = 1
@@ -86,17 +86,19 @@ class ServedModel:
                                       on_batch=self.metrics.observe_batch, name=self.name)
         self.ready = True
 
-    def _max_batch(self, wanted: int) -> int:
+    def _max_batch(self, wanted: int | None) -> int:
         if not self.signature.batched:
             return 1
         if self.signature.platform == "tensorrt_plan":
             from deploy.build import load_sidecar
 
             limits = [t["profile"]["max"][0] for t in load_sidecar(self.path)["inputs"] if t.get("profile")]
+            if wanted is None:
+                return min([DEFAULT_MAX_BATCH, *limits])
             if limits and wanted > min(limits):
                 raise TrtqError(f"max batch {wanted} exceeds the engine's optimization profile (batch up to "
                                 f"{min(limits)}); pass --max-batch {min(limits)} or rebuild with a larger profile")
-        return wanted
+        return DEFAULT_MAX_BATCH if wanted is None else wanted
 
     def metadata(self) -> dict:
         return {"name": self.name, "versions": [self.version], "platform": self.signature.platform,

@@ -260,11 +260,12 @@ def test_engine_signature_for_serving_and_triton(tmp_path, int8_model):
         with pytest.raises(TrtqError, match="TensorRT-RTX"):
             export_triton(path, tmp_path / "repo")
     try:
-        served = ServedModel(path, options=ServeOptions(max_batch=4))
+        served = ServedModel(path)  # max batch: the profile's 4, not the default 8
     except TrtqError as exc:  # no usable GPU here: a clear error, not a crash
         assert re.search(r"GPU|CUDA|cuda|cannot run", str(exc)), exc
         return
     x = np.random.default_rng(0).normal(size=(3, 3, 8, 8)).astype(np.float32)
+    assert served.max_batch == 4
     out = served.batcher.submit({"input": x}, 3).result(60)["logits"]
     served.close()
     assert out.shape == (3, 4) and np.isfinite(out).all()

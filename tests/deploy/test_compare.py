@@ -54,3 +54,20 @@ def test_compare_models_both_modes(tmp_path, cnn_model, cnn_data):
     with OrtRunner(tmp_path / "int8.onnx", mode=QdqMode.ORT_INT8) as fused:
         r2 = compare(tmp_path / "fp32.onnx", fused, cnn_data)
     assert r2.outputs[0].cosine > 0.9
+
+
+def test_neighbour_agreement_against_a_loop():
+    from deploy.compare import neighbour_agreement
+
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(40, 8))
+    cand = ref + rng.normal(scale=0.3, size=ref.shape)
+
+    def nearest(x, i):
+        sims = [(x[i] @ x[j]) / np.linalg.norm(x[i]) / np.linalg.norm(x[j]) if j != i else -np.inf
+                for j in range(len(x))]
+        return int(np.argmax(sims))
+
+    expected = np.mean([nearest(ref, i) == nearest(cand, i) for i in range(len(ref))])
+    assert neighbour_agreement(ref, cand) == pytest.approx(expected)
+    assert 0 < expected < 1 and neighbour_agreement(ref, ref) == 1.0
