@@ -71,14 +71,18 @@ def ort_quantize(model: onnx.ModelProto, calib: dict) -> onnx.ModelProto:
         return onnx.load(dst)
 
 
-def trtq_variants(model, calib, smoothquant: bool, bias_correction: bool, linear_only: bool = False):
+def trtq_variants(model, calib, smoothquant: bool, bias_correction: bool, linear_only: bool = False,
+                  clipping: bool = False):
     from calibration import calibrate
     from quantize import calibration_tensors, quantize
     from quantize.bias_correction import correct_bias
+    from quantize.clipping import refine_clipping
     from quantize.smoothquant import linear_groups, smooth_quant
 
     base = smooth_quant(model, calib, samples=256, progress=False)[0] if smoothquant else model
     table = calibrate(base, calib, "minmax", batch_size=16, tensors=calibration_tensors(base), progress=False)
+    if clipping:
+        table, _ = refine_clipping(base, table, calib, progress=False)
     nodes = [n.name for group in linear_groups(base).values() for n in group] if linear_only else None
     int8 = quantize(base, table, nodes=nodes)
     if bias_correction:
@@ -106,6 +110,8 @@ def main() -> None:
                 continue  # no Conv/Gemm biases in the exported transformer: nothing to correct
             label = "trtq minmax" + (" + SmoothQuant" if sq else "") + (" + bias correction" if bc else "")
             rows.append((label, lambda sq=sq, bc=bc: trtq_variants(model, calib, sq, bc)))
+        rows.append(("trtq, all of the above + layer clipping",
+                     lambda: trtq_variants(model, calib, True, classifier, clipping=True)))
         if not classifier:
             rows.append(("trtq + SmoothQuant, linear layers only",
                          lambda: trtq_variants(model, calib, True, False, linear_only=True)))

@@ -27,6 +27,7 @@ from deploy.compare import Thresholds
 from deploy.evaluate import FidelityEvaluator, Target
 from models import get_model_spec, resolve_factory
 from quantize import ExportParity, calibration_tensors, export, fold_batchnorm, load_checkpoint
+from quantize.clipping import refine_clipping
 from quantize.smoothquant import smooth_quant
 from quantize.bias_correction import correct_bias
 from quantize.mixed import MixedModel, apply_plan
@@ -79,6 +80,7 @@ class QuantizeJob:
     bias_correction: bool = True  # see quantize.bias_correction
     bias_samples: int = 64
     smoothquant: bool = True  # see quantize.smoothquant (skipped with a given table)
+    layer_clipping: bool = False  # see quantize.clipping (measured to buy little: off by default)
 
     @property
     def mixed(self) -> bool:
@@ -101,6 +103,7 @@ class QuantizeResult:
     sensitivity: SensitivityReport | None = None
     bias_shifts: tuple = ()  # quantize.bias_correction.BiasShift per corrected layer
     smoothed: tuple = ()  # quantize.smoothquant.SmoothedGroup per linear-layer group
+    clipping: tuple = ()  # quantize.clipping.ClipChoice per refined tensor
 
 
 def _as_array(data: Any, what: str) -> Any:
@@ -223,6 +226,10 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
             tensors = None if job.mixed else calibration_tensors(fp32)
             table = calibrate(fp32, calib, job.method, batch_size=job.batch_size, samples=job.samples,
                               tensors=tensors, progress=job.progress)
+        clipping = []
+        if job.layer_clipping:
+            table, clipping = refine_clipping(fp32, table, calib, batch_size=min(job.batch_size, 16),
+                                              progress=job.progress)
         eval_source = "held-out evaluation data"
         if evald is None:
             evald, eval_source = calib, "the calibration data (no evaluation data given: not held out)"
@@ -304,6 +311,7 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
             files["engine"], files["engine_metadata"] = save_engine(engine, meta, stage / f"model.{label}.engine")
         summary = {"export_parity": parity.__dict__ if parity else None, "evaluated_on": eval_source,
                    "smoothquant": [g.to_json() for g in smoothed],
+                   "layer_clipping": [c.to_json() for c in clipping] if job.layer_clipping else None,
                    "calibration": {"method": table.method, "samples": table.samples, "tensors": len(table)},
                    "precision": {k: v for k, v in precision.items() if k != "nodes"},
                    "bias_correction": None if shifts is None else {
@@ -314,7 +322,8 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
         files["report"] = atomic_write_text(stage / "report.json", json.dumps(summary, indent=1) + "\n")
     files = {k: Path(job.out_dir) / v.name for k, v in files.items()}
     return QuantizeResult(Path(job.out_dir), files, table, report, kernels, parity, eval_source, tuple(warnings),
-                          mixed, search, sensitivity, tuple(shifts or ()), tuple(smoothed))
+                          mixed, search, sensitivity, tuple(shifts or ()), tuple(smoothed),
+                          tuple(clipping))
 
 
 def _model_label(job: QuantizeJob) -> str:

@@ -201,3 +201,14 @@ def test_bench_command(workdir):
     assert report["latency_ms"]["min"] <= report["latency_ms"]["p50"] <= report["latency_ms"]["max"]
     res = run("bench", workdir / "cnn.onnx", "--shape", "input:bad")
     assert res.exit_code == 2 and "NAME:DIMS" in res.stderr
+
+
+def test_quantize_layer_clipping_is_recorded(workdir):
+    out = workdir / "out"
+    result = run("quantize", "--onnx", workdir / "cnn.onnx", "--calib-data", workdir / "calib.npz",
+                 "--layer-clipping", "--no-smoothquant", "--out", out, "--no-progress")
+    assert result.exit_code == 0, result.output + result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["smoothquant"] == [] and "layer clipping:" in result.output
+    choices = {c["tensor"]: c for c in report["layer_clipping"]}
+    assert "input" in choices and all(0.4 <= c["fraction"] <= 1.0 for c in choices.values())
