@@ -257,21 +257,29 @@ def test_size_limit_unknown_model_and_method_errors(server):
 
 def test_overload_gets_503_and_the_server_recovers(int8_path):
     served = ServedModel(int8_path, name="tiny", options=ServeOptions(max_queue=1, max_batch=1))
-    gate = threading.Event()
+    gate, started = threading.Event(), threading.Event()
     infer = served.runner.infer
 
     def slow(feed):
+        started.set()
         gate.wait(20)
         return infer(feed)
 
     served.batcher.close()
     served.batcher = DynamicBatcher(slow, max_batch=1, max_queue=1, on_batch=served.metrics.observe_batch)
     body = _infer_json(np.ones((1, 3, 8, 8), np.float32))
+
+    def wait_for(condition):
+        deadline = time.monotonic() + 20
+        while not condition():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
     with running(served) as (url, _), ThreadPoolExecutor(4) as pool:
         first = pool.submit(_request, url, "POST", "/v2/models/tiny/infer", body)  # runs, blocked
-        time.sleep(0.3)
+        assert started.wait(20)
         second = pool.submit(_request, url, "POST", "/v2/models/tiny/infer", body)  # waits in the queue
-        time.sleep(0.3)
+        wait_for(lambda: served.batcher.depth() == 1)
         status, data, _ = _request(url, "POST", "/v2/models/tiny/infer", body)
         assert status == 503 and "try again" in json.loads(data)["error"]
         assert _request(url, "GET", "/v2/health/live")[0] == 200  # the event loop is not blocked
@@ -344,19 +352,19 @@ def test_batcher_keeps_different_shapes_apart_and_in_order():
 
 
 def test_batcher_error_reaches_every_request_and_the_worker_survives():
-    calls = []
+    healthy = threading.Event()
 
     def infer(feed):
-        calls.append(len(feed["x"]))
-        if len(calls) == 1:
+        if not healthy.is_set():
             raise RuntimeError("device lost")
         return _double(feed)
 
     batcher = DynamicBatcher(infer, max_batch=4, max_delay_s=0.05)
     futures = [batcher.submit({"x": np.ones((1, 2), np.float32)}) for _ in range(3)]
-    for f in futures:
+    for f in futures:  # batched together or not, each request gets the runtime's error
         with pytest.raises(RuntimeError, match="device lost"):
             f.result(5)
+    healthy.set()
     assert batcher.submit({"x": np.ones((1, 2), np.float32)}).result(5)["y"].tolist() == [[2, 2]]
     batcher.close()
 
@@ -370,7 +378,10 @@ def test_batcher_refuses_when_full_and_drains_on_close():
 
     batcher = DynamicBatcher(infer, max_batch=1, max_queue=2)
     running_one = batcher.submit({"x": np.ones((1, 2))})
-    time.sleep(0.1)  # the worker takes it and blocks
+    deadline = time.monotonic() + 10
+    while batcher.depth():  # until the worker has taken it (and blocks)
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     queued = [batcher.submit({"x": np.ones((1, 2))}) for _ in range(2)]
     with pytest.raises(Overloaded):
         batcher.submit({"x": np.ones((1, 2))})
