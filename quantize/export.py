@@ -102,17 +102,25 @@ def export(module, sample: np.ndarray, *, input_name: str = "input", output_name
     return proto, parity
 
 
-def check_parity(module, proto: onnx.ModelProto, inputs: np.ndarray, *, rtol: float,
+def check_parity(module, proto: onnx.ModelProto, inputs: np.ndarray | dict[str, np.ndarray], *, rtol: float,
                  atol: float) -> ExportParity:
-    """Compare PyTorch and ONNX Runtime outputs on ``inputs``; raise above tolerance."""
+    """Compare PyTorch and ONNX Runtime outputs on ``inputs``; raise above tolerance.
+
+    ``inputs``: one float array (single-input models), or arrays by input name, passed to
+    the module positionally in the ONNX model's input order.
+    """
     torch = require("torch", "torch")
     ort = require("onnxruntime", "cpu")
-    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
-    with torch.no_grad():
-        ref = module(torch.from_numpy(inputs))
-    refs = [r.numpy() for r in (ref if isinstance(ref, (tuple, list)) else [ref])]
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    outs = sess.run(None, {sess.get_inputs()[0].name: inputs})
+    names = [i.name for i in sess.get_inputs()]
+    if isinstance(inputs, dict):
+        feed = {n: np.ascontiguousarray(inputs[n]) for n in names}
+    else:
+        feed = {names[0]: np.ascontiguousarray(inputs, dtype=np.float32)}
+    with torch.no_grad():
+        ref = module(*(torch.from_numpy(feed[n]) for n in names))
+    refs = [r.numpy() for r in (ref if isinstance(ref, (tuple, list)) else [ref])]
+    outs = sess.run(None, feed)
     max_abs = max_rel = 0.0
     for r, o in zip(refs, outs):
         err = np.abs(r.astype(np.float64) - o)
@@ -124,4 +132,4 @@ def check_parity(module, proto: onnx.ModelProto, inputs: np.ndarray, *, rtol: fl
                 f"the exported ONNX model differs from PyTorch: {int(bad.sum())} of {bad.size} output "
                 f"values exceed atol {atol} + rtol {rtol} (max abs error {max_abs:.3g}); "
                 "the export is not faithful")
-    return ExportParity(max_abs, max_rel, len(inputs))
+    return ExportParity(max_abs, max_rel, len(next(iter(feed.values()))))

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 
 from calibration.onnx_model import check_model
-from quantize.export import DEFAULT_OPSET, ExportParity
+from quantize.export import DEFAULT_OPSET, ExportParity, check_parity
 from trtq.errors import DataError, ExportError, ModelError, require
 
 log = logging.getLogger(__name__)
@@ -199,23 +199,9 @@ def export_hf(folder: str | os.PathLike, sample: dict[str, np.ndarray], *, opset
             raise ExportError(f"torch.onnx.export failed for {folder}: {str(exc).strip().splitlines()[0]}") from exc
         proto = onnx.load(str(target))
     check_model(proto, "the exported model")
-    parity = _parity(module, proto, sample, atol, rtol)
+    parity = check_parity(module, proto, {k: sample[k][:8] for k in ("input_ids", "attention_mask")},
+                          rtol=rtol, atol=atol)
     return proto, parity, info
-
-
-def _parity(module, proto: onnx.ModelProto, sample: dict[str, np.ndarray], atol: float, rtol: float) -> ExportParity:
-    import torch
-
-    from deploy.runner import OrtRunner
-
-    feed = {k: v[:8] for k, v in sample.items() if k in ("input_ids", "attention_mask")}
-    with torch.no_grad():
-        ref = module(torch.from_numpy(feed["input_ids"]), torch.from_numpy(feed["attention_mask"])).numpy()
-    got = next(iter(OrtRunner(proto, name="exported").infer(feed).values()))
-    diff = np.abs(got - ref)
-    if not np.all(diff <= atol + rtol * np.abs(ref)):
-        raise ExportError(f"the exported model differs from PyTorch by up to {diff.max():.3g}")
-    return ExportParity(float(diff.max()), float((diff / np.maximum(np.abs(ref), 1e-6)).max()), len(ref))
 
 
 __all__ = ["HfModelInfo", "MAX_LENGTH", "describe", "export_hf", "load_tokenizer", "read_lines", "tokenize"]
