@@ -110,7 +110,7 @@ class ServedModel:
         batched = self.signature.batched
 
         def dims(t):
-            return {"name": t.name, "data_type": "TYPE_" + ("STRING" if t.datatype == "BYTES" else t.datatype),
+            return {"name": t.name, "data_type": "TYPE_" + t.datatype,
                     "dims": list(t.shape[1:] if batched else t.shape)}
 
         config: dict[str, Any] = {"name": self.name, "platform": self.signature.platform,
@@ -196,22 +196,13 @@ def create_app(model: ServedModel, *, access_log: bool = True):
         return JSONResponse({"name": "trtq", "version": __version__, "extensions": ["binary_tensor_data"]})
 
     async def model_metadata(request: Request) -> Response:
-        try:
-            return JSONResponse(lookup(request).metadata())
-        except InvalidRequest as exc:
-            return error(exc.status, str(exc))
+        return JSONResponse(lookup(request).metadata())
 
     async def model_ready(request: Request) -> Response:
-        try:
-            return Response(status_code=200 if lookup(request).ready else 503)
-        except InvalidRequest as exc:
-            return error(exc.status, str(exc))
+        return Response(status_code=200 if lookup(request).ready else 503)
 
     async def model_config(request: Request) -> Response:
-        try:
-            return JSONResponse(lookup(request).config())
-        except InvalidRequest as exc:
-            return error(exc.status, str(exc))
+        return JSONResponse(lookup(request).config())
 
     async def infer(request: Request) -> Response:
         start = time.perf_counter()
@@ -261,6 +252,9 @@ def create_app(model: ServedModel, *, access_log: bool = True):
         model.metrics.queue_depth.labels(model.name).set(model.batcher.depth())
         return Response(prom.generate_latest(model.metrics.registry), media_type=prom.CONTENT_TYPE_LATEST)
 
+    async def invalid(request: Request, exc: InvalidRequest) -> Response:
+        return error(exc.status, str(exc))
+
     async def not_found(request: Request, exc) -> Response:
         return error(404, f"no such endpoint: {request.method} {request.url.path}")
 
@@ -285,7 +279,8 @@ def create_app(model: ServedModel, *, access_log: bool = True):
     for p in prefixes:
         routes += [Route(p, model_metadata), Route(p + "/ready", model_ready), Route(p + "/config", model_config),
                    Route(p + "/infer", infer, methods=["POST"])]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_allowed})
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_allowed,
+                                                                         InvalidRequest: invalid})
 
 
 async def _read_body(request, limit: int) -> bytes:
