@@ -29,7 +29,7 @@ from calibration.onnx_model import input_specs, load_model
 from calibration.progress import progress_bar
 from calibration.readers import collect_arrays
 from quantize.graph import GraphIndex, float_session
-from quantize.qdq import QMAX, quantize_weight, weight_params
+from quantize.qdq import fake_quantize, quantize_weight, weight_params
 from quantize.rules import QDQ_RULES
 from trtq.errors import QuantizationError, require
 
@@ -71,11 +71,6 @@ def _refinable(model: onnx.ModelProto) -> dict[str, list[tuple[onnx.NodeProto, i
         else:
             blocked.update(node.input[iq.index] for iq in acts)
     return {t: r for t, r in readers.items() if t not in blocked}
-
-
-def _fake_quant(x: np.ndarray, amax: float) -> np.ndarray:
-    scale = amax / QMAX if amax > 0 else 1.0 / QMAX
-    return (np.clip(np.rint(x / scale), -QMAX, QMAX) * scale).astype(np.float32)
 
 
 def _layer(node: onnx.NodeProto, act_index: int, weight_index: int, axis: int | None, g: GraphIndex,
@@ -142,7 +137,7 @@ def refine_clipping(model: str | os.PathLike | onnx.ModelProto, table: Calibrati
                 layers.append((_layer(node, ai, wi, axis, g, x, True, opset), ref, max((ref ** 2).mean(), 1e-30)))
             errors = []
             for f in fractions:
-                xq = _fake_quant(x, amax * f)
+                xq = fake_quantize(x, amax * f)
                 errors.append(sum(((s.run(["y"], {"x": xq})[0] - ref) ** 2).mean() / energy
                                   for s, ref, energy in layers) / len(layers))
             best = int(np.argmin(errors))

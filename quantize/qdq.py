@@ -73,6 +73,15 @@ def quantize_weight(w: np.ndarray, p: QuantParams) -> np.ndarray:
     return np.clip(np.rint(w / s), -QMAX, QMAX).astype(np.int8)
 
 
+def fake_quantize(x: np.ndarray, amax: np.ndarray | float) -> np.ndarray:
+    """``x`` quantized to symmetric int8 of magnitude ``amax`` (a scalar, or per channel
+    broadcastable to ``x``) and dequantized, in ``x``'s dtype: what Q/DQ computes in float.
+    A zero ``amax`` gets scale 1, as in :func:`weight_params`."""
+    amax = np.asarray(amax)
+    scale = np.where(amax > 0, amax / QMAX, 1.0)
+    return (np.clip(np.rint(x / scale), -QMAX, QMAX) * scale).astype(x.dtype, copy=False)
+
+
 class _QdqWriter:
     """Creates Q/DQ nodes and their constants; one shared Q/DQ pair per activation tensor."""
 

@@ -38,7 +38,7 @@ from calibration.onnx_model import input_specs, load_model
 from calibration.progress import progress_bar
 from calibration.readers import collect_arrays
 from quantize.graph import GraphIndex, copy_model, float_session, get_attr, insert_before, remove_unused_initializers
-from quantize.qdq import QMAX
+from quantize.qdq import fake_quantize
 from trtq.errors import QuantizationError
 
 log = logging.getLogger(__name__)
@@ -88,17 +88,12 @@ def linear_groups(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return groups
 
 
-def _fake_quant(x: np.ndarray, amax: np.ndarray | float) -> np.ndarray:
-    scale = np.where(np.asarray(amax) > 0, np.asarray(amax) / QMAX, 1.0)
-    return np.clip(np.rint(x / scale), -QMAX, QMAX) * scale
-
-
 def _group_error(x: np.ndarray, w: np.ndarray, ch_max: np.ndarray, s: np.ndarray) -> float:
     """Relative squared error of the int8 group output ``Q(x/s) Q(s w)`` vs ``x w``."""
     ref = x @ w
-    xq = _fake_quant(x / s, float((ch_max / s).max()))
+    xq = fake_quantize(x / s, float((ch_max / s).max()))
     ws = w * s[:, None]
-    wq = _fake_quant(ws, np.abs(ws).max(axis=0, keepdims=True))
+    wq = fake_quantize(ws, np.abs(ws).max(axis=0, keepdims=True))
     return float(((xq @ wq - ref) ** 2).mean() / max((ref ** 2).mean(), 1e-30))
 
 
