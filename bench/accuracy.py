@@ -19,56 +19,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import onnx
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def efficientnet():
-    from models import get_model_spec
-    from quantize import export, fold_batchnorm
-
-    spec = get_model_spec("efficientnet_lite0")
-    calib = spec.calibration_data(128)
-    proto, _ = export(spec.factory(pretrained=True), calib[:8], input_name="images", output_name="logits")
-    return fold_batchnorm(proto), {"images": calib}, {"images": spec.evaluation_data(256)}
-
-
-def minilm():
-    from models.text import minilm_dir, sentences
-    from quantize.hf import export_hf, load_tokenizer, tokenize
-
-    tok = load_tokenizer(minilm_dir())
-    calib, held_out = tokenize(tok, sentences(256)), tokenize(tok, sentences(256, skip=256))
-    proto, _, _ = export_hf(minilm_dir(), calib)
-    return proto, calib, held_out
-
-
-def ort_quantize(model: onnx.ModelProto, calib: dict) -> onnx.ModelProto:
-    """ONNX Runtime's quantize_static as people use it for TensorRT: its default op types."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            n = len(next(iter(calib.values())))
-            self.batches = iter([{k: v[i:i + 16] for k, v in calib.items()} for i in range(0, n, 16)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        onnx.save(model, src)
-        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
-        return onnx.load(dst)
+from mixed_precision import efficientnet, minilm  # noqa: E402  (the same data as that bench)
+from ort_peer import ort_quantize_static  # noqa: E402
 
 
 def trtq_variants(model, calib, smoothquant: bool, bias_correction: bool, linear_only: bool = False,
@@ -100,11 +57,11 @@ def main() -> None:
     from deploy.compare import neighbour_agreement
 
     for name in args.models:
-        model, calib, held_out = (efficientnet if name == "efficientnet_lite0" else minilm)()
+        model, calib, held_out = efficientnet() if name == "efficientnet_lite0" else minilm(held_out=256)
         classifier = name == "efficientnet_lite0"
         ref = run_all(OrtRunner(model), held_out, batch_size=32)
         out_name = next(iter(ref))
-        rows = [("onnxruntime quantize_static (MinMax)", lambda: ort_quantize(model, calib))]
+        rows = [("onnxruntime quantize_static (MinMax)", lambda: ort_quantize_static(model, calib))]
         for sq, bc in ((False, False), (True, False), (False, True), (True, True)):
             if bc and not classifier:
                 continue  # no Conv/Gemm biases in the exported transformer: nothing to correct

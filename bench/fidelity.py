@@ -11,12 +11,7 @@ the Q/DQ nodes executed in float (what TensorRT computes). Prints a table with r
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
-
-import numpy as np
-import onnx
 
 from calibration import calibrate
 from deploy import OrtRunner, compare_outputs, run_all
@@ -24,22 +19,7 @@ from models import get_model_spec
 from quantize import export, fold_batchnorm, quantize
 from quantize.bias_correction import correct_bias
 
-
-def ort_quantize(fp32_path: Path, out_path: Path, calib: np.ndarray, input_name: str) -> None:
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                          QuantType, quantize_static)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{input_name: calib[i:i + 32]} for i in range(0, len(calib), 32)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    quantize_static(str(fp32_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    calibrate_method=CalibrationMethod.MinMax,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+from ort_peer import ort_quantize_static
 
 
 def main() -> None:
@@ -52,25 +32,21 @@ def main() -> None:
     fp32, _ = export(spec.factory(pretrained=True), calib[:8], input_name="images", output_name="logits")
     fp32 = fold_batchnorm(fp32)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32_path = Path(tmp) / "fp32.onnx"
-        onnx.save(fp32, fp32_path)
-        ref = run_all(OrtRunner(fp32), evald)
-        t = time.perf_counter()
-        int8 = quantize(fp32, calibrate(fp32, calib, "minmax", progress=False))
-        rows.append(("trtq (minmax)", time.perf_counter() - t, int8))
-        base_seconds = rows[-1][1]
-        t = time.perf_counter()
-        corrected, _ = correct_bias(fp32, int8, calib, samples=64, progress=False)
-        rows.append(("trtq (minmax + bias correction)", base_seconds + time.perf_counter() - t, corrected))
-        t = time.perf_counter()
-        ort_path = Path(tmp) / "ort.onnx"
-        ort_quantize(fp32_path, ort_path, calib, "images")
-        rows.append(("onnxruntime quantize_static (MinMax)", time.perf_counter() - t, onnx.load(ort_path)))
-        results = []
-        for name, seconds, model in rows:
-            m = compare_outputs(ref, run_all(OrtRunner(model), evald)).outputs[0]
-            results.append((name, seconds, m))
+    ref = run_all(OrtRunner(fp32), evald)
+    t = time.perf_counter()
+    int8 = quantize(fp32, calibrate(fp32, calib, "minmax", progress=False))
+    rows.append(("trtq (minmax)", time.perf_counter() - t, int8))
+    base_seconds = rows[-1][1]
+    t = time.perf_counter()
+    corrected, _ = correct_bias(fp32, int8, calib, samples=64, progress=False)
+    rows.append(("trtq (minmax + bias correction)", base_seconds + time.perf_counter() - t, corrected))
+    t = time.perf_counter()
+    ort_int8 = ort_quantize_static(fp32, {"images": calib})
+    rows.append(("onnxruntime quantize_static (MinMax)", time.perf_counter() - t, ort_int8))
+    results = []
+    for name, seconds, model in rows:
+        m = compare_outputs(ref, run_all(OrtRunner(model), evald)).outputs[0]
+        results.append((name, seconds, m))
     base = results[2][2]
     print(f"EfficientNet-Lite0, {args.calib} calibration crops, {args.eval} held-out crops, Q/DQ run in float")
     print(f"{'tool':40s} {'top-1 agree':>11s} {'vs ORT':>7s} {'cosine':>7s} {'SQNR dB':>8s} {'time s':>7s}")

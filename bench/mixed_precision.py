@@ -32,12 +32,12 @@ def efficientnet():
     return fold_batchnorm(proto), {"images": spec.calibration_data(128)}, {"images": spec.evaluation_data(256)}
 
 
-def minilm():
+def minilm(held_out: int = 128):
     from models.text import minilm_dir, sentences
     from quantize.hf import export_hf, load_tokenizer, tokenize
 
     tok = load_tokenizer(minilm_dir())
-    calib, held_out = tokenize(tok, sentences(256)), tokenize(tok, sentences(128, skip=256))
+    calib, held_out = tokenize(tok, sentences(256)), tokenize(tok, sentences(held_out, skip=256))
     proto, _, _ = export_hf(minilm_dir(), calib)
     return proto, calib, held_out
 
