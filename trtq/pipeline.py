@@ -176,8 +176,9 @@ def _source_model(job: QuantizeJob) -> tuple[onnx.ModelProto, ExportParity | Non
 def _hf_source(job: QuantizeJob) -> tuple[onnx.ModelProto, ExportParity, Any, Any]:
     """Export a Hugging Face folder; sentences from text files (or the built-in ones), tokenized."""
     from models.text import sentences
-    from quantize.hf import export_hf, load_tokenizer, read_lines, tokenize
+    from quantize.hf import describe, export_hf, load_tokenizer, read_lines, tokenize
 
+    describe(job.hf)  # a missing folder, config or weights: say so before anything loads
     tokenizer = load_tokenizer(job.hf)
 
     def text_data(data: Any, count: int, skip: int, what: str) -> Any:

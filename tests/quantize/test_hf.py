@@ -130,3 +130,10 @@ def test_export_hf_hidden_state_model(tmp_path, minilm):
 
     out = OrtRunner(model).infer(feed)["last_hidden_state"]
     assert out.shape == (*feed["input_ids"].shape, 384) and np.isfinite(out).all()
+
+
+def test_quantize_hf_missing_folder_is_one_clear_line(tmp_path):
+    res = CliRunner().invoke(main, ["quantize", "--hf", str(tmp_path / "nope"), "--out", str(tmp_path / "out"),
+                                    "--no-progress"])
+    assert res.exit_code == 2 and "checkpoint folder" in res.stderr and "does not exist" in res.stderr
+    assert not (tmp_path / "out").exists()
