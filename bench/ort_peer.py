@@ -33,8 +33,12 @@ def ort_calibrate(model_path: str, op_types: list[str], method: str, batches: It
         return time.perf_counter() - t, ranges
 
 
-def ort_quantize_static(model: onnx.ModelProto, calib: dict) -> onnx.ModelProto:
-    """ONNX Runtime's quantize_static as people use it for TensorRT: its default op types."""
+def ort_quantize_static(model: onnx.ModelProto, calib: dict, *, for_cpu: bool = False,
+                        reduce_range: bool = False) -> onnx.ModelProto:
+    """ONNX Runtime's quantize_static as people use it for TensorRT (symmetric int8), or with
+    ``for_cpu`` as its documentation recommends for its own CPU kernels (uint8 activations
+    with zero points, int8 weights, ``reduce_range`` on CPUs without VNNI): its default op
+    types, MinMax, per-channel weights, QDQ format."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
@@ -50,7 +54,8 @@ def ort_quantize_static(model: onnx.ModelProto, calib: dict) -> onnx.ModelProto:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, src)
         quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        activation_type=QuantType.QUInt8 if for_cpu else QuantType.QInt8,
+                        weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range,
                         calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                        extra_options={"ActivationSymmetric": not for_cpu, "WeightSymmetric": True})
         return onnx.load(dst)

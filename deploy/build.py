@@ -220,11 +220,24 @@ def tensorrt_calls():
 def build_engine(model: str | os.PathLike | onnx.ModelProto, options: BuildOptions = BuildOptions()) -> tuple[bytes, dict]:
     """Build a serialized engine; return ``(engine bytes, sidecar metadata)``."""
     proto = load_model(model)
+    _check_tensorrt_qdq(proto)
     backend = load_backend(options.backend)
     profiles = _profiles(proto, options)
     with tensorrt_calls():
         engine, caps = _build(backend, proto, options, profiles)
     return engine, sidecar(proto, backend, options, profiles, caps)
+
+
+def _check_tensorrt_qdq(model: onnx.ModelProto) -> None:
+    """TensorRT takes int8 Q/DQ with zero point 0 only; say so for an ``ort-cpu`` model."""
+    inits = {i.name: i for i in model.graph.initializer}
+    uint8 = [n.name for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+             and len(n.input) > 2 and n.input[2] in inits
+             and inits[n.input[2]].data_type == onnx.TensorProto.UINT8]
+    if uint8:
+        raise BuildError(f"the model has {len(uint8)} uint8 Q/DQ nodes (e.g. '{uint8[0]}'): it was written for "
+                         "ONNX Runtime's CPU kernels (--target-runtime ort-cpu); TensorRT needs symmetric int8. "
+                         "Quantize again with --target-runtime tensorrt")
 
 
 def _build(backend: Backend, proto: onnx.ModelProto, options: BuildOptions, profiles) -> tuple[bytes, list[str]]:

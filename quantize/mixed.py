@@ -23,7 +23,8 @@ from quantize.fold import fold_batchnorm
 from quantize.fp16 import convert_fp16
 from quantize.graph import get_attr
 from quantize.precision import NodePrecision, Precision, PrecisionPlan, plan_summary
-from quantize.qdq import quantize
+from quantize.qdq import quantize, rules_for
+from quantize.targets import QuantTarget
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +78,16 @@ def node_macs(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def apply_plan(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable, plan: PrecisionPlan, *,
-               force: bool = False) -> MixedModel:
-    """The fp32 ``model`` with ``plan`` applied: int8 Q/DQ, fp16 regions, fp32 elsewhere."""
+               force: bool = False, target: QuantTarget | str | None = None) -> MixedModel:
+    """The fp32 ``model`` with ``plan`` applied: int8 Q/DQ, fp16 regions, fp32 elsewhere.
+    ``target``: the runtime the int8 part is written for (see :func:`quantize.quantize`)."""
+    target = QuantTarget.parse(target)
     proto = load_model(model)
     folded = fold_batchnorm(proto)
-    assignments = plan.resolve(folded, table)
+    assignments = plan.resolve(folded, table, rules_for(target))
     int8 = {n for n, a in assignments.items() if a.precision is Precision.INT8}
     fp16 = {n for n, a in assignments.items() if a.precision is Precision.FP16}
-    out = quantize(proto, table, force=force, nodes=int8)
+    out = quantize(proto, table, force=force, nodes=int8, target=target)
     out = convert_fp16(out, fp16)
     mixed = MixedModel(out, assignments, node_macs(folded))
     summary = mixed.summary()

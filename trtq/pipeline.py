@@ -32,8 +32,9 @@ from quantize.smoothquant import smooth_quant
 from quantize.bias_correction import correct_bias
 from quantize.mixed import MixedModel, apply_plan
 from quantize.precision import Precision, PrecisionPlan, assignments_json
+from quantize.targets import QuantTarget
 from quantize.sensitivity import PrecisionSearchResult, SensitivityReport, analyze, search_precision
-from trtq.errors import DataError, ModelError, require
+from trtq.errors import DataError, ModelError, QuantizationError, require
 from trtq.fileio import atomic_write_bytes, atomic_write_text, staging_dir
 from trtq.report import markdown_report
 
@@ -81,6 +82,8 @@ class QuantizeJob:
     bias_samples: int = 64
     smoothquant: bool = True  # see quantize.smoothquant (skipped with a given table)
     layer_clipping: bool = False  # see quantize.clipping (measured to buy little: off by default)
+    target_runtime: str = "tensorrt"  # or "ort-cpu" (see quantize.targets)
+    reduce_range: bool | None = None  # ort-cpu: 7-bit weights; None: detect this CPU (VNNI or not)
 
     @property
     def mixed(self) -> bool:
@@ -104,6 +107,7 @@ class QuantizeResult:
     bias_shifts: tuple = ()  # quantize.bias_correction.BiasShift per corrected layer
     smoothed: tuple = ()  # quantize.smoothquant.SmoothedGroup per linear-layer group
     clipping: tuple = ()  # quantize.clipping.ClipChoice per refined tensor
+    runtime: QuantTarget = QuantTarget()  # the runtime the int8 model is written for
 
 
 def _as_array(data: Any, what: str) -> Any:
@@ -199,6 +203,8 @@ def _hf_source(job: QuantizeJob) -> tuple[onnx.ModelProto, ExportParity, Any, An
 def run_quantize(job: QuantizeJob) -> QuantizeResult:
     """Export (if needed), calibrate, quantize and compare; write the outputs atomically."""
     make_observer(job.method, "probe")  # an unknown method fails before any slow step
+    runtime = QuantTarget.parse(job.target_runtime, job.reduce_range)
+    _check_runtime(job, runtime)
     target = Target.parse(job.target) if job.target else None
     if target is not None:
         require("matplotlib", "models")  # the sensitivity chart: say so before any slow step
@@ -224,7 +230,7 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
             table = CalibrationTable(given.ranges, given.method, model_sha256(fp32), given.samples)
         else:
             # fp16 regions are checked against every activation's range: calibrate them all.
-            tensors = None if job.mixed else calibration_tensors(fp32)
+            tensors = None if job.mixed else calibration_tensors(fp32, runtime)
             table = calibrate(fp32, calib, job.method, batch_size=job.batch_size, samples=job.samples,
                               tensors=tensors, progress=job.progress)
         clipping = []
@@ -256,7 +262,7 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
                     shifts = None
                     log.warning("bias correction was dropped: the corrected model missed %s", target)
         else:
-            mixed = apply_plan(fp32, table, job.plan)
+            mixed = apply_plan(fp32, table, job.plan, target=runtime)
             quantized = mixed.model
             if job.bias_correction:
                 quantized, shifts = correct_bias(fp32, quantized, calib, samples=job.bias_samples,
@@ -318,13 +324,30 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
                    "bias_correction": None if shifts is None else {
                        "layers": len(shifts), "channels_corrected": sum(x.corrected for x in shifts),
                        "channels": sum(x.channels for x in shifts), "samples": job.bias_samples},
+                   "target_runtime": {"runtime": runtime.runtime.value, "quantization": runtime.describe(),
+                                      "reduce_range": runtime.reduce_range},
                    "fidelity": report.to_json(), "ort_integer_kernels": kernels.to_json(),
                    "warnings": warnings}
         files["report"] = atomic_write_text(stage / "report.json", json.dumps(summary, indent=1) + "\n")
     files = {k: Path(job.out_dir) / v.name for k, v in files.items()}
     return QuantizeResult(Path(job.out_dir), files, table, report, kernels, parity, eval_source, tuple(warnings),
                           mixed, search, sensitivity, tuple(shifts or ()), tuple(smoothed),
-                          tuple(clipping))
+                          tuple(clipping), runtime)
+
+
+def _check_runtime(job: QuantizeJob, runtime: QuantTarget) -> None:
+    """Option combinations that ``--target-runtime ort-cpu`` cannot honour, before any slow step."""
+    if runtime.symmetric:
+        return
+    if job.engine:
+        raise QuantizationError("--engine builds a TensorRT engine, which needs TensorRT-style int8: "
+                                 "drop --target-runtime ort-cpu, or drop --engine")
+    if job.target is not None:
+        raise QuantizationError("--target searches fp16/fp32 layers for TensorRT; with --target-runtime ort-cpu "
+                                 "choose --fp32 layers by hand (see `trtq sensitivity`)")
+    if Precision.FP16 in (job.plan.default, *(r.precision for r in job.plan.overrides)):
+        raise QuantizationError("--target-runtime ort-cpu writes int8 and fp32 only: ONNX Runtime's CPU provider "
+                                 "has no fast fp16 kernels; use --fp32 for the layers to keep out of int8")
 
 
 def _model_label(job: QuantizeJob) -> str:

@@ -212,3 +212,28 @@ def test_quantize_layer_clipping_is_recorded(workdir):
     assert report["smoothquant"] == [] and "layer clipping:" in result.output
     choices = {c["tensor"]: c for c in report["layer_clipping"]}
     assert "input" in choices and all(0.4 <= c["fraction"] <= 1.0 for c in choices.values())
+
+
+def test_quantize_for_onnx_runtime_cpu(workdir):
+    out = workdir / "out"
+    result = run("quantize", "--onnx", workdir / "cnn.onnx", "--calib-data", workdir / "calib.npz",
+                 "--target-runtime", "ort-cpu", "--no-reduce-range", "--out", out, "--no-progress")
+    assert result.exit_code == 0, result.output + result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["target_runtime"]["runtime"] == "ort-cpu" and report["target_runtime"]["reduce_range"] is False
+    assert "written for: ort-cpu" in result.output
+    zero_points = [t for t in onnx.load(out / "model.int8.onnx").graph.initializer
+                   if t.name.endswith("_zero_point") and t.data_type == onnx.TensorProto.UINT8]
+    assert zero_points  # uint8 activations
+    kernels, simulated = report["ort_integer_kernels"]["outputs"][0], report["fidelity"]["outputs"][0]
+    assert abs(kernels["cosine"] - simulated["cosine"]) < 0.01
+
+
+@pytest.mark.parametrize("extra, match", [(["--engine"], "--engine builds a TensorRT engine"),
+                                          (["--fp16", "Gemm"], "int8 and fp32 only"),
+                                          (["--target", "cosine>=0.9"], "choose --fp32 layers by hand")])
+def test_ort_cpu_refuses_what_it_cannot_honour(workdir, extra, match):
+    out = workdir / "out"
+    result = run("quantize", "--onnx", workdir / "cnn.onnx", "--calib-data", workdir / "calib.npz",
+                 "--target-runtime", "ort-cpu", *extra, "--out", out, "--no-progress")
+    _assert_clean_failure(result, match, workdir, out)
