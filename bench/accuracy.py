@@ -29,14 +29,17 @@ from ort_peer import ort_quantize_static  # noqa: E402
 
 
 def trtq_variants(model, calib, smoothquant: bool, bias_correction: bool, linear_only: bool = False,
-                  clipping: bool = False):
+                  clipping: bool = False, equalize: bool = False):
     from calibration import calibrate
     from quantize import calibration_tensors, quantize
     from quantize.bias_correction import correct_bias
     from quantize.clipping import refine_clipping
+    from quantize.equalize import equalize as equalize_pairs
     from quantize.smoothquant import linear_groups, smooth_quant
 
     base = smooth_quant(model, calib, samples=256, progress=False)[0] if smoothquant else model
+    if equalize:
+        base = equalize_pairs(base, calib, progress=False)[0]
     table = calibrate(base, calib, "minmax", batch_size=16, tensors=calibration_tensors(base), progress=False)
     if clipping:
         table, _ = refine_clipping(base, table, calib, progress=False)
@@ -67,7 +70,12 @@ def main() -> None:
                 continue  # no Conv/Gemm biases in the exported transformer: nothing to correct
             label = "trtq minmax" + (" + SmoothQuant" if sq else "") + (" + bias correction" if bc else "")
             rows.append((label, lambda sq=sq, bc=bc: trtq_variants(model, calib, sq, bc)))
-        rows.append(("trtq, all of the above + layer clipping",
+        if classifier:
+            rows.append(("trtq + cross-layer equalization", lambda: trtq_variants(model, calib, True, False,
+                                                                                 equalize=True)))
+            rows.append(("trtq + cross-layer equalization + bias correction",
+                         lambda: trtq_variants(model, calib, True, True, equalize=True)))
+        rows.append(("trtq + SmoothQuant" + (" + bias correction" if classifier else "") + " + layer clipping",
                      lambda: trtq_variants(model, calib, True, classifier, clipping=True)))
         if not classifier:
             rows.append(("trtq + SmoothQuant, linear layers only",

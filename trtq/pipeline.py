@@ -28,6 +28,7 @@ from deploy.evaluate import FidelityEvaluator, Target
 from models import get_model_spec, resolve_factory
 from quantize import ExportParity, calibration_tensors, export, fold_batchnorm, load_checkpoint
 from quantize.clipping import refine_clipping
+from quantize.equalize import equalize
 from quantize.smoothquant import smooth_quant
 from quantize.bias_correction import correct_bias
 from quantize.mixed import MixedModel, apply_plan
@@ -82,6 +83,7 @@ class QuantizeJob:
     bias_samples: int = 64
     smoothquant: bool = True  # see quantize.smoothquant (skipped with a given table)
     layer_clipping: bool = False  # see quantize.clipping (measured to buy little: off by default)
+    equalize: bool = False  # see quantize.equalize (measured to buy little: off by default)
     target_runtime: str = "tensorrt"  # or "ort-cpu" (see quantize.targets)
     reduce_range: bool | None = None  # ort-cpu: 7-bit weights; None: detect this CPU (VNNI or not)
 
@@ -108,6 +110,7 @@ class QuantizeResult:
     smoothed: tuple = ()  # quantize.smoothquant.SmoothedGroup per linear-layer group
     clipping: tuple = ()  # quantize.clipping.ClipChoice per refined tensor
     runtime: QuantTarget = QuantTarget()  # the runtime the int8 model is written for
+    equalized: tuple = ()  # quantize.equalize.EqualizedPair per conv pair (with --equalize)
 
 
 def _as_array(data: Any, what: str) -> Any:
@@ -224,6 +227,9 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
             # where that lowers the int8 error; everything below starts from it.
             fp32, smoothed = smooth_quant(fp32, calib, samples=job.samples, batch_size=min(job.batch_size, 16),
                                           progress=job.progress)
+        equalized = []
+        if job.equalize:
+            fp32, equalized = equalize(fp32, calib, samples=min(job.samples, 64), progress=job.progress)
         if job.table is not None:
             # The table belongs to the model as given; folding keeps every tensor name it needs.
             given = load_table(job.table, source)
@@ -318,6 +324,7 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
             files["engine"], files["engine_metadata"] = save_engine(engine, meta, stage / f"model.{label}.engine")
         summary = {"export_parity": parity.__dict__ if parity else None, "evaluated_on": eval_source,
                    "smoothquant": [g.to_json() for g in smoothed],
+                   "equalization": [e.to_json() for e in equalized] if job.equalize else None,
                    "layer_clipping": [c.to_json() for c in clipping] if job.layer_clipping else None,
                    "calibration": {"method": table.method, "samples": table.samples, "tensors": len(table)},
                    "precision": {k: v for k, v in precision.items() if k != "nodes"},
@@ -332,13 +339,18 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
     files = {k: Path(job.out_dir) / v.name for k, v in files.items()}
     return QuantizeResult(Path(job.out_dir), files, table, report, kernels, parity, eval_source, tuple(warnings),
                           mixed, search, sensitivity, tuple(shifts or ()), tuple(smoothed),
-                          tuple(clipping), runtime)
+                          tuple(clipping), runtime, tuple(equalized))
 
 
 def _check_runtime(job: QuantizeJob, runtime: QuantTarget) -> None:
     """Option combinations that ``--target-runtime ort-cpu`` cannot honour, before any slow step."""
+    if job.equalize and job.table is not None:
+        raise QuantizationError("--equalize rescales the model before calibration, so it cannot use a given --table")
     if runtime.symmetric:
         return
+    if job.equalize:
+        raise QuantizationError("--equalize writes per-channel Min bounds that ONNX Runtime's CPU kernels cannot "
+                                "fuse; it is for --target-runtime tensorrt")
     if job.engine:
         raise QuantizationError("--engine builds a TensorRT engine, which needs TensorRT-style int8: "
                                  "drop --target-runtime ort-cpu, or drop --engine")

@@ -237,3 +237,20 @@ def test_ort_cpu_refuses_what_it_cannot_honour(workdir, extra, match):
     result = run("quantize", "--onnx", workdir / "cnn.onnx", "--calib-data", workdir / "calib.npz",
                  "--target-runtime", "ort-cpu", *extra, "--out", out, "--no-progress")
     _assert_clean_failure(result, match, workdir, out)
+
+
+def test_quantize_equalize_is_recorded(tmp_path):
+    from tests.quantize.test_equalize import make_separable
+
+    onnx.save(make_separable(spread=1000.0), tmp_path / "sep.onnx")
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).normal(0, 2, (16, 4, 8, 8)).astype(np.float32))
+    out = tmp_path / "out"
+    result = run("quantize", "--onnx", tmp_path / "sep.onnx", "--calib-data", tmp_path / "calib.npy",
+                 "--equalize", "--out", out, "--no-progress")
+    assert result.exit_code == 0, result.output + result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert [e["conv2"] for e in report["equalization"]] == ["dw", "project"]
+    assert "cross-layer equalization:" in result.output
+    res = run("quantize", "--onnx", tmp_path / "sep.onnx", "--calib-data", tmp_path / "calib.npy",
+              "--equalize", "--target-runtime", "ort-cpu", "--out", tmp_path / "out2", "--no-progress")
+    assert res.exit_code == 2 and "it is for --target-runtime tensorrt" in res.stderr
