@@ -29,12 +29,13 @@ from ort_peer import ort_quantize_static  # noqa: E402
 
 
 def trtq_variants(model, calib, smoothquant: bool, bias_correction: bool, linear_only: bool = False,
-                  clipping: bool = False, equalize: bool = False):
+                  clipping: bool = False, equalize: bool = False, gptq: bool = False):
     from calibration import calibrate
     from quantize import calibration_tensors, quantize
     from quantize.bias_correction import correct_bias
     from quantize.clipping import refine_clipping
     from quantize.equalize import equalize as equalize_pairs
+    from quantize.rounding import substitute_weights, gptq_weights
     from quantize.smoothquant import linear_groups, smooth_quant
 
     base = smooth_quant(model, calib, samples=256, progress=False)[0] if smoothquant else model
@@ -44,7 +45,8 @@ def trtq_variants(model, calib, smoothquant: bool, bias_correction: bool, linear
     if clipping:
         table, _ = refine_clipping(base, table, calib, progress=False)
     nodes = [n.name for group in linear_groups(base).values() for n in group] if linear_only else None
-    int8 = quantize(base, table, nodes=nodes)
+    rounded = substitute_weights(base, gptq_weights(base, calib, progress=False)[0]) if gptq else base
+    int8 = quantize(rounded, table, nodes=nodes, force=gptq)  # same activations: the table applies
     if bias_correction:
         int8, _ = correct_bias(base, int8, calib, samples=64, batch_size=16, progress=False)
     return int8
@@ -70,7 +72,10 @@ def main() -> None:
                 continue  # no Conv/Gemm biases in the exported transformer: nothing to correct
             label = "trtq minmax" + (" + SmoothQuant" if sq else "") + (" + bias correction" if bc else "")
             rows.append((label, lambda sq=sq, bc=bc: trtq_variants(model, calib, sq, bc)))
+        rows.append(("trtq + SmoothQuant + GPTQ", lambda: trtq_variants(model, calib, True, False, gptq=True)))
         if classifier:
+            rows.append(("trtq + SmoothQuant + GPTQ + bias correction",
+                         lambda: trtq_variants(model, calib, True, True, gptq=True)))
             rows.append(("trtq + cross-layer equalization", lambda: trtq_variants(model, calib, True, False,
                                                                                  equalize=True)))
             rows.append(("trtq + cross-layer equalization + bias correction",

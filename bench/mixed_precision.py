@@ -1,6 +1,7 @@
 """Mixed precision to an accuracy target: EfficientNet-Lite0 and all-MiniLM-L6-v2.
 
-For each model: calibrate (minmax), then measure all-int8, all-fp16 and the plan
+For each model: calibrate (minmax), round the int8 weights with GPTQ (``--no-gptq``:
+nearest), then measure all-int8, all-fp16 and the plan
 ``search_precision`` finds for the target, against fp32 on held-out data with Q/DQ run in
 float. Prints the metrics, how many layer groups left int8, the share of MACs still in
 int8 and the time the sensitivity ranking and the search took.
@@ -49,11 +50,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--target", help="override each model's default target")
+    ap.add_argument("--no-gptq", action="store_true", help="nearest rounding for int8 weights (trtq quantize --no-gptq)")
     args = ap.parse_args()
 
     from calibration import calibrate
     from deploy.evaluate import FidelityEvaluator, Target
     from quantize import Precision, PrecisionPlan, apply_plan
+    from quantize.rounding import gptq_weights
     from quantize.sensitivity import analyze, search_precision
 
     print(f"{'model':18} {'target':14} {'variant':9} {'top1':>6} {'cosine':>8} {'SQNR dB':>8} "
@@ -63,6 +66,7 @@ def main() -> None:
         target = Target.parse(args.target or default_target)
         model, calib, held_out = build()
         table = calibrate(model, calib, "minmax", batch_size=16, progress=False)
+        weights = {} if args.no_gptq else gptq_weights(model, calib, progress=False)[0]
         evaluate = FidelityEvaluator(model, held_out, batch_size=32,
                                      classifier=None if name == "efficientnet_lite0" else False)
 
@@ -73,12 +77,13 @@ def main() -> None:
                   f"{'-' if seconds is None else f'{seconds:.0f}':>7}", flush=True)
 
         for variant, plan in (("int8", PrecisionPlan(Precision.INT8)), ("fp16", PrecisionPlan(Precision.FP16))):
-            mixed = apply_plan(model, table, plan)
+            mixed = apply_plan(model, table, plan, weights=weights)
             row(variant, evaluate(mixed.model), share=mixed.int8_mac_share)
         t = time.perf_counter()
-        ranking = analyze(model, table, evaluate.head(128), reverse=False, progress=False).ranking()
+        ranking = analyze(model, table, evaluate.head(128), reverse=False, progress=False,
+                          weights=weights).ranking()
         found = search_precision(model, table, evaluate, target.met, ranking=ranking, target=str(target),
-                                 progress=False)
+                                 progress=False, weights=weights)
         row("mixed" if found.met else "MISSED", found.metrics, f"{len(found.moved)}/{len(ranking)}",
             found.mixed.int8_mac_share, time.perf_counter() - t)
 

@@ -25,6 +25,12 @@ class ProgressBar:
         speed = self._progress.tasks[0].speed
         self._progress.update(self._task, rate=f"{speed:.1f} {self._unit}/s" if speed else "")
 
+    def remaining(self, n: int) -> None:
+        """Re-estimate: ``n`` more steps from here."""
+        if self._progress is not None:
+            task = self._progress.tasks[0]
+            self._progress.update(self._task, total=task.completed + n)
+
 
 @contextlib.contextmanager
 def progress_bar(description: str, total: int | None, unit: str = "samples",

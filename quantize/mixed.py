@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from calibration.onnx_model import infer_types, load_model
+from calibration.onnx_model import infer_types, load_model, model_sha256
 from calibration.table import CalibrationTable
 from quantize.fold import fold_batchnorm
 from quantize.fp16 import convert_fp16
@@ -78,15 +78,24 @@ def node_macs(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def apply_plan(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable, plan: PrecisionPlan, *,
-               force: bool = False, target: QuantTarget | str | None = None) -> MixedModel:
+               force: bool = False, target: QuantTarget | str | None = None,
+               weights: Mapping[str, np.ndarray] | None = None) -> MixedModel:
     """The fp32 ``model`` with ``plan`` applied: int8 Q/DQ, fp16 regions, fp32 elsewhere.
-    ``target``: the runtime the int8 part is written for (see :func:`quantize.quantize`)."""
+    ``target``: the runtime the int8 part is written for (see :func:`quantize.quantize`).
+    ``weights``: int8-ready weights by node name (:func:`quantize.rounding.gptq_weights`),
+    used for the nodes the plan puts in int8; the others keep the model's own."""
     target = QuantTarget.parse(target)
     proto = load_model(model)
     folded = fold_batchnorm(proto)
     assignments = plan.resolve(folded, table, rules_for(target))
     int8 = {n for n, a in assignments.items() if a.precision is Precision.INT8}
     fp16 = {n for n, a in assignments.items() if a.precision is Precision.FP16}
+    if weights:
+        from quantize.rounding import substitute_weights
+
+        # The weights change, the activations' names do not: the table still applies.
+        force = force or table.model_sha256 == model_sha256(proto)
+        proto = substitute_weights(folded, weights, int8)
     out = quantize(proto, table, force=force, nodes=int8, target=target)
     out = convert_fp16(out, fp16)
     mixed = MixedModel(out, assignments, node_macs(folded))

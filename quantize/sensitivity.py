@@ -13,9 +13,11 @@ so each variant costs one model edit and one evaluation run.
 :func:`search_precision` starts from all-int8 and takes groups out of int8 in ranking order
 (by default the most int8 error per MAC first: on EfficientNet-Lite0 that kept 66% of the
 MACs in int8 where ranking by error alone kept 55%, for the same target), until the target
-is met: to fp16 first and, if every group in fp16 is
-still not enough, to fp32. It is deterministic: the order is the ranking (ties broken by
-graph order) and each step is one evaluation.
+is met: to fp16 first and, if every group in fp16 is still not enough, to fp32. Then it
+refines: the ranking measured each group alone, and together some of the moved groups are
+not needed, so each is tried back in int8 (largest first) and stays there if the target
+still holds. It is deterministic: the order is the ranking (ties broken by graph order),
+and each step is one evaluation.
 
 ``evaluate(model) -> {metric: value}`` is supplied by the caller
 (:class:`deploy.evaluate.FidelityEvaluator` on ONNX Runtime).
@@ -149,14 +151,14 @@ def _int8_only(groups: Sequence[LayerGroup]) -> PrecisionPlan:
 
 def analyze(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable, evaluate: Evaluate, *,
             metric: str = RANK_METRIC, groups: Sequence[LayerGroup] | None = None, reverse: bool = True,
-            progress: bool = True) -> SensitivityReport:
+            progress: bool = True, weights: Mapping | None = None) -> SensitivityReport:
     """Measure every group's sensitivity (see the module docstring); ranked, most sensitive first.
 
     ``reverse=False`` skips the all-but-one runs (the ranking needs only the one-at-a-time
-    runs), halving the time.
+    runs), halving the time. ``weights``: int8 weights by node (see :func:`apply_plan`).
     """
     def build(plan: PrecisionPlan) -> onnx.ModelProto:
-        return apply_plan(proto, table, plan).model
+        return apply_plan(proto, table, plan, weights=weights).model
 
     proto = load_model(model)
     groups = list(groups if groups is not None else layer_groups(proto))
@@ -208,50 +210,68 @@ class PrecisionSearchResult:
 def search_precision(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable, evaluate: Evaluate,
                      met: Callable[[Metrics], bool], *, ranking: Sequence[LayerGroup] | None = None,
                      base: PrecisionPlan = PrecisionPlan(Precision.INT8), target: str = "",
-                     progress: bool = True) -> PrecisionSearchResult:
+                     progress: bool = True, weights: Mapping | None = None,
+                     refine: bool = True) -> PrecisionSearchResult:
     """Fewest, most sensitive groups out of int8 until ``met(metrics)`` (see the module docstring).
 
     ``ranking`` defaults to :func:`analyze`'s. ``base`` holds the user's own overrides,
     which the search keeps (its overrides come after them, by exact node name).
+    ``weights``: int8 weights by node (see :func:`apply_plan`). ``refine``: after the
+    shortest ranking prefix that meets the target, put each moved group back in int8
+    (largest first) where the target still holds (one evaluation per moved group).
     """
     proto = load_model(model)
     if ranking is None:
-        ranking = analyze(proto, table, evaluate, reverse=False, progress=progress).ranking()
+        ranking = analyze(proto, table, evaluate, reverse=False, progress=progress, weights=weights).ranking()
     steps: list[SearchStep] = []
 
-    def attempt(k: int, precision: Precision) -> tuple[PrecisionPlan, MixedModel, Metrics]:
-        plan = base.with_overrides(_plan(Precision.INT8, ranking[:k], precision).overrides)
-        mixed = apply_plan(proto, table, plan)
+    order = {grp.name: i for i, grp in enumerate(ranking)}
+
+    def attempt(groups: Sequence[LayerGroup], precision: Precision) -> tuple[PrecisionPlan, MixedModel, Metrics]:
+        plan = base.with_overrides(_plan(Precision.INT8, groups, precision).overrides)
+        mixed = apply_plan(proto, table, plan, weights=weights)
         metrics = dict(evaluate(mixed.model))
-        steps.append(SearchStep(k, precision, metrics))
-        log.info("%d group(s) in %s: %s", k, precision.value, metrics)
+        steps.append(SearchStep(len(groups), precision, metrics))
+        log.info("%d group(s) in %s: %s", len(groups), precision.value, metrics)
         return plan, mixed, metrics
 
-    def result(k: int, ok: bool, plan, mixed, metrics) -> PrecisionSearchResult:
-        return PrecisionSearchResult(target, ok, plan, mixed, metrics, tuple(grp.name for grp in ranking[:k]),
+    def result(groups: Sequence[LayerGroup], ok: bool, plan, mixed, metrics) -> PrecisionSearchResult:
+        return PrecisionSearchResult(target, ok, plan, mixed, metrics, tuple(grp.name for grp in groups),
                                      tuple(steps))
 
     with progress_bar(f"precision search ({target or 'target'})", len(ranking) + 3, unit="runs",
                       enabled=progress) as bar:
-        first = attempt(0, Precision.FP16)  # all int8
+        first = attempt(ranking[:0], Precision.FP16)  # all int8
         bar.advance(1)
         if met(first[2]):
-            return result(0, True, *first)
+            return result(ranking[:0], True, *first)
         # Is the target reachable at all? Every group in fp16, then in fp32.
         for precision in (Precision.FP16, Precision.FP32):
-            bound = attempt(len(ranking), precision)
+            bound = attempt(ranking, precision)
             bar.advance(1)
             if met(bound[2]):
                 break
         else:
             log.warning("target %s is not reached even with every group out of int8: %s", target, bound[2])
-            return result(len(ranking), False, *bound)
+            return result(ranking, False, *bound)
+        found, moved = bound, list(ranking)
         for k in range(1, len(ranking)):
-            found = attempt(k, precision)
+            trial = attempt(ranking[:k], precision)
             bar.advance(1)
-            if met(found[2]):
-                return result(k, True, *found)
-        return result(len(ranking), True, *bound)
+            if met(trial[2]):
+                found, moved = trial, list(ranking[:k])
+                break
+        if refine and len(moved) > 1:
+            # The ranking measured each group alone; together some were not needed. Try each
+            # moved group back in int8, the largest first, and keep it there if the target holds.
+            bar.remaining(len(moved))
+            for grp in sorted(moved, key=lambda grp: (-grp.macs, order[grp.name])):
+                rest = [other for other in moved if other is not grp]
+                trial = attempt(rest, precision)
+                bar.advance(1)
+                if met(trial[2]):
+                    found, moved = trial, rest
+        return result(moved, True, *found)
 
 
 __all__ = ["GroupSensitivity", "LayerGroup", "PrecisionSearchResult", "SearchStep", "SensitivityReport",

@@ -29,6 +29,7 @@ from models import get_model_spec, resolve_factory
 from quantize import ExportParity, calibration_tensors, export, fold_batchnorm, load_checkpoint
 from quantize.clipping import refine_clipping
 from quantize.equalize import equalize
+from quantize.rounding import gptq_weights
 from quantize.smoothquant import smooth_quant
 from quantize.bias_correction import correct_bias
 from quantize.mixed import MixedModel, apply_plan
@@ -84,6 +85,8 @@ class QuantizeJob:
     smoothquant: bool = True  # see quantize.smoothquant (skipped with a given table)
     layer_clipping: bool = False  # see quantize.clipping (measured to buy little: off by default)
     equalize: bool = False  # see quantize.equalize (measured to buy little: off by default)
+    gptq: bool = True  # see quantize.rounding: error-compensating int8 weight rounding
+    gptq_samples: int = 64
     target_runtime: str = "tensorrt"  # or "ort-cpu" (see quantize.targets)
     reduce_range: bool | None = None  # ort-cpu: 7-bit weights; None: detect this CPU (VNNI or not)
 
@@ -111,6 +114,7 @@ class QuantizeResult:
     clipping: tuple = ()  # quantize.clipping.ClipChoice per refined tensor
     runtime: QuantTarget = QuantTarget()  # the runtime the int8 model is written for
     equalized: tuple = ()  # quantize.equalize.EqualizedPair per conv pair (with --equalize)
+    rounded: tuple = ()  # quantize.rounding.RoundedLayer per GPTQ-rounded layer
 
 
 def _as_array(data: Any, what: str) -> Any:
@@ -239,6 +243,11 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
             tensors = None if job.mixed else calibration_tensors(fp32, runtime)
             table = calibrate(fp32, calib, job.method, batch_size=job.batch_size, samples=job.samples,
                               tensors=tensors, progress=job.progress)
+        weights, rounded = {}, []
+        if job.gptq:
+            # Int8 weight levels chosen for each layer's output error (used for int8 nodes only).
+            weights, rounded = gptq_weights(fp32, calib, samples=min(job.samples, job.gptq_samples),
+                                            qmax=runtime.weight_qmax, progress=job.progress)
         clipping = []
         if job.layer_clipping:
             table, clipping = refine_clipping(fp32, table, calib, batch_size=min(job.batch_size, 16),
@@ -251,8 +260,10 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
             evaluator = FidelityEvaluator(original, evald, batch_size=job.batch_size, classifier=classifier,
                                           samples=job.search_samples or job.eval_samples)
             # The ranking needs relative sensitivities only: at most RANK_SAMPLES samples.
-            sensitivity = analyze(fp32, table, evaluator.head(RANK_SAMPLES), reverse=False, progress=job.progress)
+            sensitivity = analyze(fp32, table, evaluator.head(RANK_SAMPLES), reverse=False, progress=job.progress,
+                                  weights=weights)
             search = search_precision(fp32, table, evaluator, target.met, ranking=sensitivity.ranking(),
+                                      weights=weights,
                                       base=job.plan, target=str(target), progress=job.progress)
             mixed = search.mixed
             quantized = mixed.model
@@ -268,7 +279,7 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
                     shifts = None
                     log.warning("bias correction was dropped: the corrected model missed %s", target)
         else:
-            mixed = apply_plan(fp32, table, job.plan, target=runtime)
+            mixed = apply_plan(fp32, table, job.plan, target=runtime, weights=weights)
             quantized = mixed.model
             if job.bias_correction:
                 quantized, shifts = correct_bias(fp32, quantized, calib, samples=job.bias_samples,
@@ -283,7 +294,7 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
         variants = {}
         if job.mixed:  # the report compares the mixed model with plain int8 and plain fp16
             for variant, precision in (("int8", Precision.INT8), ("fp16", Precision.FP16)):
-                other = apply_plan(fp32, table, PrecisionPlan(precision)).model
+                other = apply_plan(fp32, table, PrecisionPlan(precision), weights=weights).model
                 out = run_all(OrtRunner(other, name=variant), evald, job.batch_size, eval_n, job.progress)
                 label_ = f"all {variant}" + (" (no bias correction)" if shifts and variant == "int8" else "")
                 variants[label_] = compare_outputs(ref, out, reference_name="fp32", candidate_name=variant,
@@ -325,6 +336,7 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
         summary = {"export_parity": parity.__dict__ if parity else None, "evaluated_on": eval_source,
                    "smoothquant": [g.to_json() for g in smoothed],
                    "equalization": [e.to_json() for e in equalized] if job.equalize else None,
+                   "gptq": [r.to_json() for r in rounded] if job.gptq else None,
                    "layer_clipping": [c.to_json() for c in clipping] if job.layer_clipping else None,
                    "calibration": {"method": table.method, "samples": table.samples, "tensors": len(table)},
                    "precision": {k: v for k, v in precision.items() if k != "nodes"},
@@ -339,7 +351,7 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
     files = {k: Path(job.out_dir) / v.name for k, v in files.items()}
     return QuantizeResult(Path(job.out_dir), files, table, report, kernels, parity, eval_source, tuple(warnings),
                           mixed, search, sensitivity, tuple(shifts or ()), tuple(smoothed),
-                          tuple(clipping), runtime, tuple(equalized))
+                          tuple(clipping), runtime, tuple(equalized), tuple(rounded))
 
 
 def _check_runtime(job: QuantizeJob, runtime: QuantTarget) -> None:

@@ -125,3 +125,22 @@ def test_missing_matplotlib_fails_before_any_work(tmp_path, monkeypatch):
                                     str(tmp_path / "c.npy"), "--target", "cosine>=0.99", "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "pip install 'trtq[models]'" in res.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_refinement_puts_back_groups_the_target_does_not_need(setup):
+    model, table, _ = setup
+    groups = {g.name: g for g in layer_groups(model)}
+
+    def evaluate(candidate):  # only the classifier matters: the target holds iff it is out of int8
+        producer = {o: n.op_type for n in candidate.graph.node for o in n.output}
+        fc = next(n for n in candidate.graph.node if n.name == "fc")
+        return {"cosine": 0.9 if producer.get(fc.input[1]) == "DequantizeLinear" else 1.0}
+
+    ranking = [groups["conv1"], groups["conv2"], groups["fc"]]  # a ranking that puts fc last
+    target = Target("cosine", 0.95)
+    coarse = search_precision(model, table, evaluate, target.met, ranking=ranking, progress=False, refine=False)
+    assert coarse.moved == ("conv1", "conv2", "fc")
+    fine = search_precision(model, table, evaluate, target.met, ranking=ranking, progress=False)
+    assert fine.met and fine.moved == ("fc",)
+    assert fine.mixed.int8_mac_share > coarse.mixed.int8_mac_share
+    assert [s.moved for s in fine.steps[-3:]] == [2, 1, 0]  # one try per moved group, each kept if met

@@ -1,0 +1,260 @@
+"""Error-compensating weight rounding (GPTQ) for int8 weights.
+
+Rounding each weight to the nearest int8 level ignores what the layer computes. GPTQ
+(Frantar et al., 2022) quantizes a layer's weight columns one at a time and spreads each
+column's rounding error over the columns not yet quantized, weighted by the inverse of
+``H = X^T X`` (``X``: the layer's inputs on calibration data), which minimizes the layer's
+output error ``||(W - Q) X||`` far better than nearest rounding. The per-output-channel
+scales stay those of :func:`quantize.qdq.weight_params` (``max|w| / qmax``); only which int8
+level each weight gets changes, so the result is still plain TensorRT-style int8.
+
+:func:`gptq_weights` returns, per layer, a float weight lying exactly on its int8 grid
+(``q * scale``, each channel's largest weight kept at ``±qmax``), so quantizing it
+reproduces the chosen levels exactly. :func:`substitute_weights` puts them into a model for
+the layers that run in int8 (``apply_plan(..., weights=...)`` does it for the plan's int8
+nodes, so fp16/fp32 layers keep their original weights); calibrate the original model.
+Layers: dense Conv (any kernel; ``X`` = im2col patches), depthwise Conv (one small ``H`` per
+channel), Gemm and 2-D constant-weight MatMul. Others keep nearest rounding.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import onnx
+
+from calibration.onnx_model import input_specs, load_model
+from calibration.progress import progress_bar
+from calibration.readers import collect_arrays
+from quantize.graph import GraphIndex, copy_model, float_session, get_attr, remove_unused_initializers
+from quantize.qdq import QMAX
+from trtq.errors import QuantizationError
+
+log = logging.getLogger(__name__)
+
+#: Relative damping added to H's diagonal (GPTQ's default): keeps the inverse stable.
+DAMP = 0.01
+#: Spatial positions sampled per sample and conv input (im2col rows).
+POSITIONS = 256
+#: A layer needs at least this many input rows per input column (``rows >= MIN_ROWS * D``):
+#: fewer, and GPTQ fits the calibration samples rather than the layer (the classifier of
+#: EfficientNet-Lite0 sees one row per sample: 64 rows for 1280 columns).
+MIN_ROWS = 4
+
+
+@dataclass(frozen=True)
+class RoundedLayer:
+    node: str
+    rows: int  # input rows H was built from
+    sqnr_nearest_db: float  # the layer's int8-weight output SQNR with nearest rounding (on H)
+    sqnr_db: float  # ... with GPTQ rounding
+
+    def to_json(self) -> dict:
+        return {"node": self.node, "rows": self.rows, "sqnr_nearest_db": round(self.sqnr_nearest_db, 2),
+                "sqnr_db": round(self.sqnr_db, 2)}
+
+
+# --- the GPTQ core --------------------------------------------------------------------------
+
+def gptq_levels(w: np.ndarray, h: np.ndarray, scale: np.ndarray, qmax: int = QMAX, damp: float = DAMP) -> np.ndarray:
+    """Integer levels for ``P`` independent problems: ``w`` ``[P, O, D]`` (rows: output
+    channels, columns: inputs), ``h`` ``[P, D, D]`` (``X^T X``), ``scale`` ``[P, O]``.
+
+    Columns are quantized in order; each one's error, divided by the Cholesky factor of
+    ``H^-1``, is subtracted from the remaining columns (GPTQ, Algorithm 1, without blocks).
+    """
+    w = w.astype(np.float64).copy()
+    h = h.astype(np.float64).copy()
+    p, o, d = w.shape
+    diag = np.einsum("pii->pi", h)
+    dead = diag <= 0
+    h[:, np.arange(d), np.arange(d)] += np.where(dead, 1.0, 0.0)
+    w[np.broadcast_to(dead[:, None, :], w.shape)] = 0.0
+    mean = np.einsum("pii->pi", h).mean(axis=1)
+    h[:, np.arange(d), np.arange(d)] += damp * mean[:, None]
+    upper = np.linalg.cholesky(np.linalg.inv(h)).transpose(0, 2, 1)  # H^-1 = U^T U
+    s = np.where(scale > 0, scale, 1.0).astype(np.float64)
+    q = np.empty(w.shape, np.float64)
+    for i in range(d):
+        col = w[:, :, i]
+        qi = np.clip(np.rint(col / s), -qmax, qmax)
+        q[:, :, i] = qi
+        err = (col - qi * s) / upper[:, i, i][:, None]
+        w[:, :, i + 1:] -= err[:, :, None] * upper[:, None, i, i + 1:]
+    return q
+
+
+def output_sqnr_db(w: np.ndarray, levels: np.ndarray, scale: np.ndarray, h: np.ndarray) -> float:
+    """``10 log10(tr(W H W^T) / tr(E H E^T))`` with ``E = W - levels * scale``, over all problems."""
+    e = w - levels * scale[..., None]
+    signal = np.einsum("pod,pde,poe->", w, h, w)
+    noise = np.einsum("pod,pde,poe->", e, h, e)
+    return 10 * math.log10(max(signal, 1e-30) / max(noise, 1e-30))
+
+
+# --- layers ---------------------------------------------------------------------------------
+
+@dataclass
+class _Layer:
+    node: onnx.NodeProto
+    kind: str  # "dense", "depthwise", "gemm"
+    matrix: np.ndarray  # [P, O, D]
+    h: np.ndarray  # [P, D, D] accumulated
+    rows: int = 0
+    geometry: tuple | None = None  # convs: kernel, strides, pads, dilations
+
+
+def _conv_geometry(node: onnx.NodeProto, w: np.ndarray):
+    if get_attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return None
+    kh, kw = w.shape[2:]
+    pads = list(get_attr(node, "pads", [0, 0, 0, 0]))
+    return (kh, kw), list(get_attr(node, "strides", [1, 1])), pads, list(get_attr(node, "dilations", [1, 1]))
+
+
+def _patches(x: np.ndarray, geometry, rng: np.random.Generator) -> np.ndarray:
+    """im2col at up to :data:`POSITIONS` sampled output positions: ``[N, C, M, kh * kw]``."""
+    (kh, kw), strides, pads, dil = geometry
+    n, c, height, width = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    oh = (height + pads[0] + pads[2] - dil[0] * (kh - 1) - 1) // strides[0] + 1
+    ow = (width + pads[1] + pads[3] - dil[1] * (kw - 1) - 1) // strides[1] + 1
+    m = min(POSITIONS, oh * ow)
+    idx = np.sort(rng.choice(oh * ow, m, replace=False))
+    oy, ox = idx // ow * strides[0], idx % ow * strides[1]
+    iy = oy[:, None, None] + (np.arange(kh) * dil[0])[None, :, None]
+    ix = ox[:, None, None] + (np.arange(kw) * dil[1])[None, None, :]
+    return xp[:, :, iy, ix].reshape(n, c, m, kh * kw)
+
+
+def _layers(model: onnx.ModelProto, g: GraphIndex) -> list[_Layer]:
+    layers = []
+    for node in model.graph.node:
+        w = g.constant(node.input[1]) if len(node.input) > 1 else None
+        if w is None or w.dtype != np.float32 or g.is_constant(node.input[0]):
+            continue
+        if node.op_type == "Conv" and w.ndim == 4 and _conv_geometry(node, w) is not None:
+            group, o = get_attr(node, "group", 1), w.shape[0]
+            geometry = _conv_geometry(node, w)
+            if group == 1:
+                layers.append(_Layer(node, "dense", w.reshape(1, o, -1), np.zeros((1, w[0].size, w[0].size)),
+                                     geometry=geometry))
+            elif w.shape[1] == 1 and o == group:  # depthwise, multiplier 1
+                d = w.shape[2] * w.shape[3]
+                layers.append(_Layer(node, "depthwise", w.reshape(o, 1, d), np.zeros((o, d, d)), geometry=geometry))
+        elif node.op_type == "Gemm" and w.ndim == 2 and not get_attr(node, "transA", 0):
+            m = w if get_attr(node, "transB", 0) else w.T
+            layers.append(_Layer(node, "gemm", m[None], np.zeros((1, m.shape[1], m.shape[1]))))
+        elif node.op_type == "MatMul" and w.ndim == 2:
+            layers.append(_Layer(node, "gemm", w.T[None], np.zeros((1, w.shape[0], w.shape[0]))))
+    return layers
+
+
+def _accumulate(layer: _Layer, x: np.ndarray, rng: np.random.Generator) -> None:
+    x = x.astype(np.float64)
+    if layer.kind == "gemm":
+        rows = x.reshape(-1, x.shape[-1])
+        layer.h[0] += rows.T @ rows
+        layer.rows += len(rows)
+        return
+    patches = _patches(x, layer.geometry, rng)  # [N, C, M, kk]
+    n, c, m, kk = patches.shape
+    if layer.kind == "dense":
+        rows = patches.transpose(0, 2, 1, 3).reshape(n * m, c * kk)
+        layer.h[0] += rows.T @ rows
+    else:
+        per_channel = patches.transpose(1, 0, 2, 3).reshape(c, n * m, kk)
+        layer.h += np.einsum("cri,crj->cij", per_channel, per_channel)
+    layer.rows += n * m
+
+
+def gptq_weights(model: str | os.PathLike | onnx.ModelProto, data: Any, *, samples: int = 64, batch_size: int = 8,
+                 qmax: int = QMAX, progress: bool = True,
+                 seed: int = 0) -> tuple[dict[str, np.ndarray], list[RoundedLayer]]:
+    """GPTQ-rounded weights of ``model``'s layers (BatchNorm folded), by node name.
+
+    ``data``: calibration inputs; ``samples`` of them build each layer's ``H`` from the
+    layer's fp32 inputs. ``qmax``: 127 (TensorRT), 63 for 7-bit weights. Layers with too
+    few input rows (see :data:`MIN_ROWS`) or where GPTQ does not beat nearest rounding on
+    the statistics are left out.
+    """
+    src = load_model(model)
+    g = GraphIndex(src.graph)
+    layers = _layers(src, g)
+    if not layers:
+        return {}, []
+    feed = collect_arrays(data, input_specs(src), batch_size, samples)
+    tensors = list(dict.fromkeys(layer.node.input[0] for layer in layers))
+    session = float_session(src, tensors)
+    rng = np.random.default_rng(seed)
+    n = len(next(iter(feed.values())))
+    with progress_bar("GPTQ statistics", n, enabled=progress) as bar:
+        for i in range(0, n, batch_size):
+            values = dict(zip(tensors, session.run(tensors, {k: v[i:i + batch_size] for k, v in feed.items()})))
+            for layer in layers:
+                _accumulate(layer, np.asarray(values[layer.node.input[0]]), rng)
+            bar.advance(len(next(iter(values.values()))))
+    weights, report = {}, []
+    with progress_bar("GPTQ rounding", len(layers), unit="layers", enabled=progress) as bar:
+        for layer in layers:
+            done = _round_layer(g, layer, qmax)
+            if done is None:
+                log.info("GPTQ: %s keeps nearest rounding (%d input rows for %d columns)", layer.node.name,
+                         layer.rows, layer.matrix.shape[2])
+            else:
+                weights[layer.node.name], row = done
+                report.append(row)
+            bar.advance(1)
+    log.info("GPTQ: %d of %d layers rounded", len(weights), len(layers))
+    return weights, report
+
+
+def substitute_weights(model: onnx.ModelProto, weights: Mapping[str, np.ndarray],
+                       nodes: Iterable[str] | None = None) -> onnx.ModelProto:
+    """A copy of ``model`` with ``weights[node]`` as the weight (input 1) of each named node
+    (only those in ``nodes``, when given)."""
+    out = copy_model(model)
+    g = GraphIndex(out.graph)
+    wanted = None if nodes is None else set(nodes)
+    for node in out.graph.node:
+        if node.name in weights and (wanted is None or node.name in wanted):
+            old = g.constant(node.input[1])
+            if old is None or old.shape != weights[node.name].shape:
+                raise QuantizationError(f"GPTQ weights for '{node.name}' do not fit this model; recompute them")
+            node.input[1] = g.add_initializer(f"{node.input[1]}_gptq", weights[node.name].astype(np.float32))
+    remove_unused_initializers(out.graph)
+    return out
+
+
+def _round_layer(g: GraphIndex, layer: _Layer, qmax: int) -> tuple[np.ndarray, RoundedLayer] | None:
+    node, w = layer.node, layer.matrix.astype(np.float64)
+    if layer.rows < MIN_ROWS * w.shape[2]:
+        return None
+    amax = np.abs(w).max(axis=2)
+    scale = np.where(amax > 0, amax / qmax, 1.0)
+    h = layer.h / max(layer.rows, 1)
+    nearest = np.clip(np.rint(w / scale[..., None]), -qmax, qmax)
+    levels = gptq_levels(w, h, scale, qmax)
+    # Keep each channel's largest weight at +-qmax, so the scale recomputed from the
+    # rounded weights is this scale and quantizing them gives these levels exactly.
+    top = np.abs(w).argmax(axis=2)
+    pp, oo = np.meshgrid(np.arange(w.shape[0]), np.arange(w.shape[1]), indexing="ij")
+    levels[pp, oo, top] = np.sign(w[pp, oo, top]) * qmax
+    before, after = output_sqnr_db(w, nearest, scale, h), output_sqnr_db(w, levels, scale, h)
+    if after <= before:  # never worse than nearest rounding on the statistics
+        return None
+    rounded = levels * scale[..., None]
+    original = g.constant(node.input[1])
+    if layer.kind == "gemm":
+        value = rounded[0] if (node.op_type == "Gemm" and get_attr(node, "transB", 0)) else rounded[0].T
+    else:
+        value = rounded.reshape(original.shape)
+    return value.astype(np.float32), RoundedLayer(node.name, layer.rows, before, after)
+
+
+__all__ = ["MIN_ROWS", "RoundedLayer", "gptq_levels", "gptq_weights", "output_sqnr_db", "substitute_weights"]
