@@ -8,8 +8,8 @@ from onnx import numpy_helper
 
 from calibration import calibrate
 from deploy import OrtRunner, compare_outputs
-from quantize import Precision, PrecisionPlan, apply_plan, quantize
-from quantize.rounding import gptq_levels, gptq_weights, output_sqnr_db, substitute_weights
+from quantize import PrecisionPlan, apply_plan, quantize
+from quantize.rounding import gptq_levels, gptq_weights, substitute_weights
 from tests.quantize.test_equalize import make_separable
 
 
