@@ -87,9 +87,9 @@ def main() -> None:
                          lambda: trtq_variants(model, calib, True, False, linear_only=True)))
         print(f"\n{name}: {len(next(iter(held_out.values())))} held-out samples, TensorRT-style int8, Q/DQ in float")
         if classifier:
-            print(f"{'variant':48s} {'top-1 agree':>11s} {'cosine':>7s} {'SQNR dB':>8s} {'time s':>7s}")
+            print(f"{'variant':52s} {'top-1 agree':>11s} {'cosine':>7s} {'SQNR dB':>8s} {'time s':>7s}")
         else:
-            print(f"{'variant':48s} {'cosine':>7s} {'min cos':>7s} {'retrieval':>9s} {'SQNR dB':>8s} {'time s':>7s}")
+            print(f"{'variant':52s} {'cosine':>7s} {'min cos':>7s} {'retrieval':>9s} {'SQNR dB':>8s} {'time s':>7s}")
         for label, make in rows:
             t = time.perf_counter()
             int8 = make()
@@ -97,10 +97,10 @@ def main() -> None:
             out = run_all(OrtRunner(int8), held_out, batch_size=32)
             m = compare_outputs(ref, out, classifier=classifier).outputs[0]
             if classifier:
-                print(f"{label:48s} {m.top1:11.1%} {m.cosine:7.4f} {m.sqnr_db:8.1f} {seconds:7.1f}", flush=True)
+                print(f"{label:52s} {m.top1:11.1%} {m.cosine:7.4f} {m.sqnr_db:8.1f} {seconds:7.1f}", flush=True)
             else:
                 nn = neighbour_agreement(ref[out_name], out[out_name])
-                print(f"{label:48s} {m.cosine:7.4f} {m.min_cosine:7.4f} {nn:9.1%} {m.sqnr_db:8.1f} {seconds:7.1f}",
+                print(f"{label:52s} {m.cosine:7.4f} {m.min_cosine:7.4f} {nn:9.1%} {m.sqnr_db:8.1f} {seconds:7.1f}",
                       flush=True)
 
 

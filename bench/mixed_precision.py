@@ -3,7 +3,7 @@
 For each model: calibrate (minmax), round the int8 weights with GPTQ (``--no-gptq``:
 nearest), then measure all-int8, all-fp16 and the plan
 ``search_precision`` finds for the target, against fp32 on held-out data with Q/DQ run in
-float. Prints the metrics, how many layer groups left int8, the share of MACs still in
+float. Prints the metrics, how many layer groups were taken out of int8, the share of MACs still in
 int8 and the time the sensitivity ranking and the search took.
 
     python bench/mixed_precision.py                    # both models

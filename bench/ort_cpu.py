@@ -10,7 +10,7 @@ Rows: fp32; ONNX Runtime's quantize_static configured for its CPU kernels (uint8
 activations, int8 per-channel weights, reduce_range as this CPU needs) and configured
 TensorRT-style (symmetric int8); trtq TensorRT-style; trtq ``ort-cpu`` (and, on a CPU
 with VNNI, with the 7-bit weights a CPU without VNNI gets). trtq rows use
-minmax calibration and bias correction, as ``trtq quantize`` does by default.
+minmax calibration and GPTQ weight rounding, as ``trtq quantize`` does by default.
 
     python bench/ort_cpu.py [--repeat 5] [--iterations 30]
 """
@@ -31,14 +31,14 @@ from ort_peer import ort_quantize_static  # noqa: E402
 def trtq_int8(model, calib, runtime: str, reduce_range: bool | None = None):
     from calibration import calibrate
     from quantize import calibration_tensors, quantize
-    from quantize.bias_correction import correct_bias
+    from quantize.rounding import gptq_weights, substitute_weights
     from quantize.targets import QuantTarget
 
     target = QuantTarget.parse(runtime, reduce_range)
     table = calibrate(model, calib, "minmax", batch_size=16, tensors=calibration_tensors(model, target),
                       progress=False)
-    return correct_bias(model, quantize(model, table, target=target), calib, samples=64, batch_size=16,
-                        progress=False)[0]
+    rounded = substitute_weights(model, gptq_weights(model, calib, qmax=target.weight_qmax, progress=False)[0])
+    return quantize(rounded, table, target=target, force=True)  # same activations: the table applies
 
 
 def main() -> None:

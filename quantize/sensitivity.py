@@ -182,7 +182,7 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable,
 
 @dataclass(frozen=True)
 class SearchStep:
-    moved: int  # how many groups (most sensitive first) left int8
+    moved: int  # how many groups were out of int8 in this step
     precision: Precision  # what they went to
     metrics: Metrics
 

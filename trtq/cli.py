@@ -129,9 +129,10 @@ def _metrics_table(title: str, reports) -> Table:
               "or 'cosine>=0.99' holds on the evaluation data (writes sensitivity.json/.png).")
 @click.option("--search-samples", type=click.IntRange(min=1),
               help="Evaluation samples the --target search uses (fewer: faster, coarser). [default: --eval-samples]")
-@click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
+@click.option("--bias-correction/--no-bias-correction", default=False, show_default=True,
               help="Remove the mean output shift int8 causes, layer by layer, on 64 calibration samples "
-              "(float biases only; with --target, on the model found, kept if the target still holds).")
+              "(float biases only; with --target, on the model found, kept if the target still holds). Off by "
+              "default: after GPTQ it lowers the output SQNR (bench/accuracy.py); it helps with --no-gptq.")
 @click.option("--smoothquant/--no-smoothquant", default=True, show_default=True,
               help="Move activation outliers of MatMul/Gemm inputs into their weights (SmoothQuant), per layer group "
               "with the strength that minimizes that group's int8 output error, and only where it lowers it. "

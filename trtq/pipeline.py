@@ -80,7 +80,7 @@ class QuantizeJob:
     target: str | None = None  # e.g. "top1>=0.97": search the plan (see quantize.sensitivity)
     search_samples: int | None = None  # evaluation samples the search uses (default: eval_samples)
     command: str = ""  # how the job was started, for the report's "reproduce" line
-    bias_correction: bool = True  # see quantize.bias_correction
+    bias_correction: bool = False  # see quantize.bias_correction (after GPTQ it lowers SQNR: off by default)
     bias_samples: int = 64
     smoothquant: bool = True  # see quantize.smoothquant (skipped with a given table)
     layer_clipping: bool = False  # see quantize.clipping (measured to buy little: off by default)

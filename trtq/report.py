@@ -43,7 +43,7 @@ def markdown_report(*, command: str, model_label: str, eval_source: str, samples
     if search is not None:
         verdict = "met" if search.met else "**not met** (out of reach)"
         out += [f"Target `{search.target}`: {verdict} after {len(search.steps)} evaluations; "
-                f"{len(search.moved)} layer group(s) left int8, most sensitive first:", ""]
+                f"{len(search.moved)} layer group(s) taken out of int8:", ""]
         out += [f"- `{name}`" for name in search.moved] or ["- none"]
         out.append("")
     if sensitivity is not None:

@@ -118,3 +118,17 @@ def test_weights_for_another_model_are_refused():
 
     with pytest.raises(QuantizationError, match="do not fit this model"):
         substitute_weights(make_separable(), {"dw": np.zeros((3, 1, 3, 3), np.float32)})
+
+
+def test_lazy_block_updates_give_the_same_levels(monkeypatch):
+    import quantize.rounding as rounding
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 40)) + rng.normal(size=(600, 1))
+    h = (x.T @ x / len(x))[None]
+    w = rng.normal(size=(1, 8, 40))
+    scale = np.abs(w).max(axis=2) / 127
+    monkeypatch.setattr(rounding, "BLOCK", 10**6)
+    whole = gptq_levels(w, h, scale)
+    monkeypatch.setattr(rounding, "BLOCK", 16)  # three blocks, the last one partial
+    np.testing.assert_array_equal(gptq_levels(w, h, scale), whole)
