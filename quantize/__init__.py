@@ -5,6 +5,9 @@ Public API::
     from quantize import export, quantize
     int8_model = quantize("model.fp32.onnx", table)   # -> onnx.ModelProto
     mixed = apply_plan("model.fp32.onnx", table, PrecisionPlan.from_flags("int8", fp16=["Gemm"]))
+    weights, _ = gptq_weights("model.fp32.onnx", "calib.npz")   # GPTQ-rounded int8 weights
+    # For ONNX Runtime on CPU; the table must cover calibration_tensors(model, "ort-cpu").
+    cpu_int8 = quantize("model.fp32.onnx", cpu_table, target="ort-cpu")
 """
 
 from quantize.export import ExportParity, export, load_checkpoint
@@ -13,8 +16,11 @@ from quantize.fp16 import convert_fp16
 from quantize.mixed import MixedModel, apply_plan
 from quantize.precision import NodePrecision, Precision, PrecisionPlan, PrecisionRule
 from quantize.qdq import QuantParams, activation_params, calibration_tensors, quantize, weight_params
+from quantize.rounding import gptq_weights, substitute_weights
 from quantize.rules import QDQ_RULES, InputQuant
+from quantize.targets import QuantTarget, TargetRuntime
 
 __all__ = ["QDQ_RULES", "ExportParity", "InputQuant", "MixedModel", "NodePrecision", "Precision", "PrecisionPlan",
-           "PrecisionRule", "QuantParams", "activation_params", "apply_plan", "calibration_tensors", "convert_fp16",
-           "export", "fold_batchnorm", "load_checkpoint", "quantize", "weight_params"]
+           "PrecisionRule", "QuantParams", "QuantTarget", "TargetRuntime", "activation_params", "apply_plan",
+           "calibration_tensors", "convert_fp16", "export", "fold_batchnorm", "gptq_weights", "load_checkpoint",
+           "quantize", "substitute_weights", "weight_params"]

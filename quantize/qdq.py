@@ -161,7 +161,8 @@ def _plan_node(node: onnx.NodeProto, g: GraphIndex, table: CalibrationTable,
         if name not in table:
             raise QuantizationError(
                 f"no calibrated range for tensor '{name}' (input {iq.index} of {node.op_type} "
-                f"'{node.name}'); the calibration table does not belong to this model — recalibrate")
+                f"'{node.name}'); the calibration table does not belong to this model — recalibrate"
+                + ("" if rules is QDQ_RULES else " with calibration_tensors(model, 'ort-cpu') (or all tensors)"))
         amax = table[name].amax
         if amax > MAX_ACTIVATION_AMAX:
             return [], f"input '{name}' has calibrated |range| {amax:.3g} > {MAX_ACTIVATION_AMAX:g}"

@@ -130,3 +130,9 @@ def test_tensorrt_build_refuses_an_ort_cpu_model(cnn_model, cnn_data):
     q, _ = _ort_cpu(cnn_model, cnn_data)
     with pytest.raises(BuildError, match="--target-runtime ort-cpu"):
         build_engine(q)
+
+
+def test_a_tensorrt_table_misses_ranges_ort_cpu_needs(cnn_model, cnn_data):
+    table = calibrate(cnn_model, cnn_data, tensors=calibration_tensors(cnn_model), progress=False)
+    with pytest.raises(QuantizationError, match="calibration_tensors\\(model, 'ort-cpu'\\)"):
+        quantize(cnn_model, table, target=ORT_CPU)
