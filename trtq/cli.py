@@ -306,13 +306,16 @@ def calibrate_cmd(model, data, method, samples, batch_size, all_tensors, out, tr
 @click.option("--metric", type=click.Choice(["cosine", "top1", "sqnr_db"]), default="cosine", show_default=True,
               help="What the ranking sorts by.")
 @click.option("--one-way", is_flag=True, help="Skip the all-but-one runs (half the time).")
+@click.option("--gptq/--no-gptq", default=True, show_default=True,
+              help="Int8 weights GPTQ-rounded as `trtq quantize` writes them (needs --calib-data; with only "
+              "--table, nearest rounding).")
 @click.option("--top", default=20, show_default=True, type=click.IntRange(min=1), help="Rows to print.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("trtq-sensitivity"),
               show_default=True, help="Folder for sensitivity.json and sensitivity.png.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @_fail_cleanly
-def sensitivity_cmd(model, calib_data, table, eval_data, method, samples, eval_samples, metric, one_way, top,
-                    out_dir, no_progress) -> None:
+def sensitivity_cmd(model, calib_data, table, eval_data, method, samples, eval_samples, metric, one_way, gptq,
+                    top, out_dir, no_progress) -> None:
     """Rank MODEL's layer groups by how much int8 costs each (fp32 ONNX model).
 
     Each group (a Conv/Gemm/MatMul and the residual Add TensorRT fuses into it) is
@@ -337,7 +340,13 @@ def sensitivity_cmd(model, calib_data, table, eval_data, method, samples, eval_s
     else:
         raise TrtqError("give --calib-data (to calibrate) or --table (a calibration table for the model)")
     evaluator = FidelityEvaluator(proto, _as_array(eval_data, "evaluation data"), samples=eval_samples)
-    report = analyze(proto, cal, evaluator, metric=metric, reverse=not one_way, progress=not no_progress)
+    weights = None
+    if gptq and calib_data is not None:
+        from quantize.rounding import gptq_weights
+
+        weights, _ = gptq_weights(proto, _as_array(calib_data, "calibration data"), progress=not no_progress)
+    report = analyze(proto, cal, evaluator, metric=metric, reverse=not one_way, progress=not no_progress,
+                     weights=weights)
     with staging_dir(out_dir) as stage:
         atomic_write_text(stage / "sensitivity.json", json.dumps(report.to_json(), indent=1) + "\n")
         report.plot(stage / "sensitivity.png")

@@ -107,6 +107,12 @@ def test_cli_plan_flags_and_sensitivity(tmp_path):
     assert res.exit_code == 0, res.output
     data = json.loads((tmp_path / "s" / "sensitivity.json").read_text())
     assert [g["group"] for g in data["groups"]] and (tmp_path / "s" / "sensitivity.png").stat().st_size > 1000
+    res = runner.invoke(main, ["sensitivity", str(tmp_path / "m.onnx"), "--calib-data", str(tmp_path / "c.npy"),
+                               "--eval-data", str(tmp_path / "e.npy"), "--no-gptq", "--no-progress",
+                               "--out", str(tmp_path / "s2")])
+    assert res.exit_code == 0, res.output
+    nearest = json.loads((tmp_path / "s2" / "sensitivity.json").read_text())
+    assert nearest["all_int8"] != data["all_int8"]  # the GPTQ-rounded weights change what int8 costs
 
 
 def test_missing_matplotlib_fails_before_any_work(tmp_path, monkeypatch):
