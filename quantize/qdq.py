@@ -251,6 +251,11 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable
     return out
 
 
+#: Ops ORT fuses into integer kernels only with a quantized output. A MatMul with
+#: dequantized inputs and a float output still becomes MatMulIntegerToFloat.
+_NEEDS_OUTPUT_Q = ("Conv", "ConvTranspose", "Gemm")
+
+
 def _drop_unfused(graph: onnx.GraphProto, plans: dict[int, list[InputQuant]]) -> dict[int, list[InputQuant]]:
     """For ORT's CPU kernels: leave in float every weighted node whose output no consumer
     quantizes (e.g. the classifier producing the logits). ORT fuses a node into an integer
@@ -273,7 +278,8 @@ def _drop_unfused(graph: onnx.GraphProto, plans: dict[int, list[InputQuant]]) ->
     while True:
         quantized_inputs = {graph.node[i].input[iq.index] for i, wanted in plans.items() for iq in wanted
                             if not iq.weight}
-        unfused = [i for i, wanted in plans.items() if any(iq.weight for iq in wanted)
+        unfused = [i for i, wanted in plans.items() if graph.node[i].op_type in _NEEDS_OUTPUT_Q
+                   and any(iq.weight for iq in wanted)
                    and not any(quantized(o, quantized_inputs) for o in graph.node[i].output)]
         if not unfused:
             return plans

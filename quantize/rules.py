@@ -103,9 +103,13 @@ QDQ_RULES: dict[str, Rule] = {
 # transposes: slower than the fp32 model.
 
 def add_both_rule(node: onnx.NodeProto, g: GraphIndex) -> list[InputQuant]:
+    """A CNN's skip connection (an input straight from a Conv): both inputs, for QLinearAdd.
+    Other Adds stay float, above all a transformer's residual stream, whose outlier
+    channels would leave everything else a few int8 levels (MiniLM: cosine 0.93)."""
     if len(node.input) != 2 or any(g.is_constant(i) for i in node.input):
         return []
-    return [InputQuant(0), InputQuant(1)]
+    from_conv = any(getattr(g.producer.get(i), "op_type", None) == "Conv" for i in node.input)
+    return [InputQuant(0), InputQuant(1)] if from_conv else []
 
 
 def pooling_rule(node: onnx.NodeProto, g: GraphIndex) -> list[InputQuant]:

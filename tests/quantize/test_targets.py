@@ -136,3 +136,31 @@ def test_a_tensorrt_table_misses_ranges_ort_cpu_needs(cnn_model, cnn_data):
     table = calibrate(cnn_model, cnn_data, tensors=calibration_tensors(cnn_model), progress=False)
     with pytest.raises(QuantizationError, match="calibration_tensors\\(model, 'ort-cpu'\\)"):
         quantize(cnn_model, table, target=ORT_CPU)
+
+
+def test_transformer_residual_stays_float_and_matmul_fuses(tmp_path):
+    """x -> MatMul(W) -> Add(bias) -> Add(x): the residual Add is not a CNN skip connection
+    (no Conv input), so it stays float; the MatMul keeps int8 and ORT runs it as
+    MatMulIntegerToFloat although its output is not quantized."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(16, 16)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.normal(size=16).astype(np.float32), "b")]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["mm"], name="mm"),
+             helper.make_node("Add", ["mm", "b"], ["h"], name="bias"),
+             helper.make_node("Add", ["h", "x"], ["y"], name="residual")]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 8, 16]) for n in ("x", "y")]
+    model = helper.make_model(helper.make_graph(nodes, "t", io[:1], io[1:], inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = rng.normal(size=(32, 8, 16)).astype(np.float32)
+    q, _ = _ort_cpu(model, x)
+    residual = next(n for n in q.graph.node if n.name == "residual")
+    assert list(residual.input) == ["h", "x"]  # float inputs, as in the fp32 model
+    matmul = next(n for n in q.graph.node if n.name == "mm")
+    assert all(i.endswith("_dequantized") for i in matmul.input)
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(q.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    assert "MatMulIntegerToFloat" in [n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node]
