@@ -44,7 +44,7 @@ from calibration.progress import progress_bar
 from calibration.readers import collect_arrays
 from quantize.graph import GraphIndex, copy_model, float_session, get_attr, remove_unused_initializers
 from quantize.qdq import fake_quantize
-from trtq.errors import QuantizationError
+from trtq.errors import QuantizationError, require
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class _Conv2:
     """conv2 alone, in ONNX Runtime: inputs and weights fed, for scoring candidates."""
 
     def __init__(self, node: onnx.NodeProto, bias: np.ndarray | None) -> None:
-        import onnxruntime as ort
+        ort = require("onnxruntime", "cpu")
 
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         conv = helper.make_node("Conv", ["x", "w"] + (["b"] if bias is not None else []), ["y"], **attrs)

@@ -229,7 +229,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable
         elif wanted:
             plans[index] = wanted
     if not target.symmetric:
-        plans = _drop_unfused(out.graph, plans)
+        plans = _drop_unfused(g, plans)
     for index, wanted in plans.items():
         node = out.graph.node[index]
         for iq in wanted:
@@ -256,21 +256,18 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable
 _NEEDS_OUTPUT_Q = ("Conv", "ConvTranspose", "Gemm")
 
 
-def _drop_unfused(graph: onnx.GraphProto, plans: dict[int, list[InputQuant]]) -> dict[int, list[InputQuant]]:
+def _drop_unfused(g: GraphIndex, plans: dict[int, list[InputQuant]]) -> dict[int, list[InputQuant]]:
     """For ORT's CPU kernels: leave in float every weighted node whose output no consumer
     quantizes (e.g. the classifier producing the logits). ORT fuses a node into an integer
     kernel only when its output is quantized; otherwise it would dequantize the int8
     weights on every call and run in float anyway: slower, and less accurate."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    graph = g.graph
 
     def quantized(tensor: str, into: set[str]) -> bool:
         """Quantized by a consumer, directly or behind a Relu/Clip that ORT folds into the Q."""
         if tensor in into:
             return True
-        after = consumers.get(tensor, [])
+        after = g.consumers.get(tensor, [])
         return (len(after) == 1 and after[0].op_type in ("Relu", "Clip")
                 and quantized(after[0].output[0], into))
 

@@ -332,19 +332,20 @@ def sensitivity_cmd(model, calib_data, table, eval_data, method, samples, eval_s
 
     require("matplotlib", "models")  # for sensitivity.png: fail before the slow part
     proto = fold_batchnorm(load_model(model))
+    calib = _as_array(calib_data, "calibration data") if calib_data is not None else None
     if table is not None:
         cal = load_table(table, proto)
-    elif calib_data is not None:
-        cal = calibrate(proto, _as_array(calib_data, "calibration data"), method, samples=samples,
-                        tensors=calibration_tensors(proto), progress=not no_progress)
+    elif calib is not None:
+        cal = calibrate(proto, calib, method, samples=samples, tensors=calibration_tensors(proto),
+                        progress=not no_progress)
     else:
         raise TrtqError("give --calib-data (to calibrate) or --table (a calibration table for the model)")
     evaluator = FidelityEvaluator(proto, _as_array(eval_data, "evaluation data"), samples=eval_samples)
     weights = None
-    if gptq and calib_data is not None:
+    if gptq and calib is not None:
         from quantize.rounding import gptq_weights
 
-        weights, _ = gptq_weights(proto, _as_array(calib_data, "calibration data"), progress=not no_progress)
+        weights, _ = gptq_weights(proto, calib, progress=not no_progress)
     report = analyze(proto, cal, evaluator, metric=metric, reverse=not one_way, progress=not no_progress,
                      weights=weights)
     with staging_dir(out_dir) as stage:

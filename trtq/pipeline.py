@@ -355,7 +355,8 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
 
 
 def _check_runtime(job: QuantizeJob, runtime: QuantTarget) -> None:
-    """Option combinations that ``--target-runtime ort-cpu`` cannot honour, before any slow step."""
+    """Option combinations that cannot be honoured (most with ``--target-runtime ort-cpu``),
+    refused before any slow step."""
     if job.equalize and job.table is not None:
         raise QuantizationError("--equalize rescales the model before calibration, so it cannot use a given --table")
     if runtime.symmetric:
@@ -365,13 +366,13 @@ def _check_runtime(job: QuantizeJob, runtime: QuantTarget) -> None:
                                 "fuse; it is for --target-runtime tensorrt")
     if job.engine:
         raise QuantizationError("--engine builds a TensorRT engine, which needs TensorRT-style int8: "
-                                 "drop --target-runtime ort-cpu, or drop --engine")
+                                "drop --target-runtime ort-cpu, or drop --engine")
     if job.target is not None:
         raise QuantizationError("--target searches fp16/fp32 layers for TensorRT; with --target-runtime ort-cpu "
-                                 "choose --fp32 layers by hand (see `trtq sensitivity`)")
+                                "choose --fp32 layers by hand (see `trtq sensitivity`)")
     if Precision.FP16 in (job.plan.default, *(r.precision for r in job.plan.overrides)):
         raise QuantizationError("--target-runtime ort-cpu writes int8 and fp32 only: ONNX Runtime's CPU provider "
-                                 "has no fast fp16 kernels; use --fp32 for the layers to keep out of int8")
+                                "has no fast fp16 kernels; use --fp32 for the layers to keep out of int8")
 
 
 def _model_label(job: QuantizeJob) -> str:
