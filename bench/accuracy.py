@@ -30,13 +30,13 @@ from ort_peer import ort_quantize_static  # noqa: E402
 
 def trtq_variants(model, calib, smoothquant: bool, bias_correction: bool, linear_only: bool = False,
                   clipping: bool = False, equalize: bool = False, gptq: bool = False):
-    from calibration import calibrate
-    from quantize import calibration_tensors, quantize
-    from quantize.bias_correction import correct_bias
-    from quantize.clipping import refine_clipping
-    from quantize.equalize import equalize as equalize_pairs
-    from quantize.rounding import substitute_weights, gptq_weights
-    from quantize.smoothquant import linear_groups, smooth_quant
+    from trtq.calibration import calibrate
+    from trtq.quantize import calibration_tensors, quantize
+    from trtq.quantize.bias_correction import correct_bias
+    from trtq.quantize.clipping import refine_clipping
+    from trtq.quantize.equalize import equalize as equalize_pairs
+    from trtq.quantize.rounding import substitute_weights, gptq_weights
+    from trtq.quantize.smoothquant import linear_groups, smooth_quant
 
     base = smooth_quant(model, calib, samples=256, progress=False)[0] if smoothquant else model
     if equalize:
@@ -58,8 +58,8 @@ def main() -> None:
                     choices=["efficientnet_lite0", "minilm"])
     args = ap.parse_args()
 
-    from deploy import OrtRunner, compare_outputs, run_all
-    from deploy.compare import neighbour_agreement
+    from trtq.deploy import OrtRunner, compare_outputs, run_all
+    from trtq.deploy.compare import neighbour_agreement
 
     for name in args.models:
         model, calib, held_out = efficientnet() if name == "efficientnet_lite0" else minilm(held_out=256)

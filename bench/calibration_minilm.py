@@ -29,16 +29,16 @@ def export(path: Path) -> None:
     """all-MiniLM-L6-v2 (mean-pooled, normalized embedding) as ONNX, via trtq's --hf export."""
     import onnx
 
-    from models.text import minilm_dir, sentences
-    from quantize.hf import export_hf, load_tokenizer, tokenize
+    from trtq.models.text import minilm_dir, sentences
+    from trtq.quantize.hf import export_hf, load_tokenizer, tokenize
 
     proto, _, _ = export_hf(minilm_dir(), tokenize(load_tokenizer(minilm_dir()), sentences(4)))
     onnx.save(proto, path)
 
 
 def batches(samples: int):
-    from models.text import minilm_dir, sentences
-    from quantize.hf import load_tokenizer, tokenize
+    from trtq.models.text import minilm_dir, sentences
+    from trtq.quantize.hf import load_tokenizer, tokenize
 
     # One padded length for all batches: ONNX Runtime's histogram calibrators stack every
     # batch's activations and fail on batches of different sequence lengths.
@@ -52,8 +52,8 @@ def child(tool: str, method: str, samples: int, model_path: str, all_tensors: bo
     import onnx
 
     if tool == "trtq":
-        from calibration import calibrate
-        from quantize import calibration_tensors
+        from trtq.calibration import calibrate
+        from trtq.quantize import calibration_tensors
 
         model = onnx.load(model_path)
         tensors = None if all_tensors else calibration_tensors(model)

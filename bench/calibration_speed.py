@@ -35,8 +35,8 @@ BATCH = 8
 def batches(samples: int, input_name: str, batch: int = BATCH):
     import numpy as np
 
-    from models.images import CALIBRATION_PHOTOS, iter_crops
-    from models.registry import EFFICIENTNET_PREPROCESS
+    from trtq.models.images import CALIBRATION_PHOTOS, iter_crops
+    from trtq.models.registry import EFFICIENTNET_PREPROCESS
 
     buf = []
     for crop in iter_crops(samples, 224, CALIBRATION_PHOTOS):
@@ -52,14 +52,14 @@ def child(tool: str, method: str, samples: int, model_path: str) -> dict:
     import onnx
     import onnxruntime  # noqa: F401  (imported before the clock starts, for both tools)
 
-    from models.images import CALIBRATION_PHOTOS, load_photo
+    from trtq.models.images import CALIBRATION_PHOTOS, load_photo
 
     for name in CALIBRATION_PHOTOS:  # the photos are decoded once (cached), outside the clock
         load_photo(name)
 
     if tool == "trtq":  # batches of 8 (trtq's default)
-        from calibration import calibrate
-        from quantize import calibration_tensors
+        from trtq.calibration import calibrate
+        from trtq.quantize import calibration_tensors
 
         model = onnx.load(model_path)
         tensors = calibration_tensors(model)
@@ -113,8 +113,8 @@ def main() -> None:
 
     import onnx
 
-    from models import get_model_spec
-    from quantize import export, fold_batchnorm
+    from trtq.models import get_model_spec
+    from trtq.quantize import export, fold_batchnorm
 
     spec = get_model_spec("efficientnet_lite0")
     with tempfile.TemporaryDirectory() as tmp:

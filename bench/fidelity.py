@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from calibration import calibrate
-from deploy import OrtRunner, compare_outputs, run_all
-from models import get_model_spec
-from quantize import export, fold_batchnorm, quantize
-from quantize.bias_correction import correct_bias
+from trtq.calibration import calibrate
+from trtq.deploy import OrtRunner, compare_outputs, run_all
+from trtq.models import get_model_spec
+from trtq.quantize import export, fold_batchnorm, quantize
+from trtq.quantize.bias_correction import correct_bias
 
 from ort_peer import ort_quantize_static
 

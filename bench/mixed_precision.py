@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def efficientnet():
-    from models import get_model_spec
-    from quantize import export, fold_batchnorm
+    from trtq.models import get_model_spec
+    from trtq.quantize import export, fold_batchnorm
 
     spec = get_model_spec("efficientnet_lite0")
     proto, _ = export(spec.factory(pretrained=True), spec.calibration_data(2), input_name="images",
@@ -34,8 +34,8 @@ def efficientnet():
 
 
 def minilm(held_out: int = 128):
-    from models.text import minilm_dir, sentences
-    from quantize.hf import export_hf, load_tokenizer, tokenize
+    from trtq.models.text import minilm_dir, sentences
+    from trtq.quantize.hf import export_hf, load_tokenizer, tokenize
 
     tok = load_tokenizer(minilm_dir())
     calib, held_out = tokenize(tok, sentences(256)), tokenize(tok, sentences(held_out, skip=256))
@@ -53,11 +53,11 @@ def main() -> None:
     ap.add_argument("--no-gptq", action="store_true", help="nearest rounding for int8 weights (trtq quantize --no-gptq)")
     args = ap.parse_args()
 
-    from calibration import calibrate
-    from deploy.evaluate import FidelityEvaluator, Target
-    from quantize import Precision, PrecisionPlan, apply_plan
-    from quantize.rounding import gptq_weights
-    from quantize.sensitivity import analyze, search_precision
+    from trtq.calibration import calibrate
+    from trtq.deploy.evaluate import FidelityEvaluator, Target
+    from trtq.quantize import Precision, PrecisionPlan, apply_plan
+    from trtq.quantize.rounding import gptq_weights
+    from trtq.quantize.sensitivity import analyze, search_precision
 
     print(f"{'model':18} {'target':14} {'variant':9} {'top1':>6} {'cosine':>8} {'SQNR dB':>8} "
           f"{'groups out':>10} {'int8 MACs':>9} {'time s':>7}")

@@ -29,10 +29,10 @@ from ort_peer import ort_quantize_static  # noqa: E402
 
 
 def trtq_int8(model, calib, runtime: str, reduce_range: bool | None = None):
-    from calibration import calibrate
-    from quantize import calibration_tensors, quantize
-    from quantize.rounding import gptq_weights, substitute_weights
-    from quantize.targets import QuantTarget
+    from trtq.calibration import calibrate
+    from trtq.quantize import calibration_tensors, quantize
+    from trtq.quantize.rounding import gptq_weights, substitute_weights
+    from trtq.quantize.targets import QuantTarget
 
     target = QuantTarget.parse(runtime, reduce_range)
     table = calibrate(model, calib, "minmax", batch_size=16, tensors=calibration_tensors(model, target),
@@ -47,9 +47,9 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=30, help="timed calls per model, batch and round")
     args = ap.parse_args()
 
-    from deploy import OrtRunner, QdqMode, compare_outputs, run_all
-    from deploy.benchmark import benchmark
-    from quantize.targets import needs_reduce_range
+    from trtq.deploy import OrtRunner, QdqMode, compare_outputs, run_all
+    from trtq.deploy.benchmark import benchmark
+    from trtq.quantize.targets import needs_reduce_range
 
     reduce_range = needs_reduce_range()
     model, calib, held_out = efficientnet()

@@ -32,9 +32,9 @@ import onnx
 
 
 def build_model(folder: Path, calib_samples: int) -> Path:
-    from calibration import calibrate
-    from models import get_model_spec
-    from quantize import export, fold_batchnorm, quantize
+    from trtq.calibration import calibrate
+    from trtq.models import get_model_spec
+    from trtq.quantize import export, fold_batchnorm, quantize
 
     spec = get_model_spec("efficientnet_lite0")
     calib = spec.calibration_data(calib_samples)
@@ -129,8 +129,8 @@ def main() -> None:
     ap.add_argument("--model", type=Path, help="an int8 EfficientNet-Lite0 .onnx [default: built here]")
     args = ap.parse_args()
 
-    from deploy import OrtRunner
-    from models import get_model_spec
+    from trtq.deploy import OrtRunner
+    from trtq.models import get_model_spec
 
     spec = get_model_spec("efficientnet_lite0")
     xs = spec.evaluation_data(256)

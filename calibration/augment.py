@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration.onnx_model import infer_types
+from trtq.core.onnx_model import infer_types
 
 FLOAT32 = TensorProto.FLOAT
 #: Values per tensor and batch that histogram calibration sees at most: 64K per batch of 8

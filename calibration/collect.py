@@ -24,13 +24,13 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import onnx
 
-from calibration.augment import DEFAULT_MAX_ELEMENTS, Probe, augment, expose
-from calibration.observers import check_finite, make_observer
-from calibration.onnx_model import infer_types, input_specs, load_model, model_sha256
-from calibration.progress import progress_bar
-from calibration.readers import count_samples, iter_batches
-from calibration.table import CalibrationTable
-from trtq.errors import CalibrationError, ModelError, require
+from trtq.calibration.augment import DEFAULT_MAX_ELEMENTS, Probe, augment, expose
+from trtq.calibration.observers import check_finite, make_observer
+from trtq.core.onnx_model import infer_types, input_specs, load_model, model_sha256
+from trtq.core.progress import progress_bar
+from trtq.core.readers import count_samples, iter_batches
+from trtq.calibration.table import CalibrationTable
+from trtq.core.errors import CalibrationError, ModelError, require
 
 log = logging.getLogger(__name__)
 

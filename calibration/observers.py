@@ -19,10 +19,10 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from calibration.histogram import DEFAULT_BINS, AbsHistogram
-from calibration.table import TensorRange
-from calibration.thresholds import entropy_threshold, mse_threshold, percentile_threshold, simulated_error
-from trtq.errors import CalibrationError
+from trtq.calibration.histogram import DEFAULT_BINS, AbsHistogram
+from trtq.calibration.table import TensorRange
+from trtq.calibration.thresholds import entropy_threshold, mse_threshold, percentile_threshold, simulated_error
+from trtq.core.errors import CalibrationError
 
 
 class Observer(Protocol):

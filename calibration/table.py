@@ -17,8 +17,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
-from trtq.errors import CalibrationError
-from trtq.fileio import atomic_write_text
+from trtq.core.errors import CalibrationError
+from trtq.core.fileio import atomic_write_text
 
 FORMAT = "trtq.calibration"
 VERSION = 1

@@ -17,9 +17,9 @@ import re
 import struct
 from pathlib import Path
 
-from calibration.table import CalibrationTable, TensorRange
-from trtq.errors import CalibrationError
-from trtq.fileio import atomic_write_text
+from trtq.calibration.table import CalibrationTable, TensorRange
+from trtq.core.errors import CalibrationError
+from trtq.core.fileio import atomic_write_text
 
 #: The TensorRT algorithm name written for each trtq method (TensorRT 10 knows these four).
 ALGORITHMS = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration"}
@@ -93,7 +93,7 @@ def load_table(path: str | os.PathLike, model=None, *, force: bool = False) -> C
     SHA-256 must match, and every tensor of a TensorRT cache (which records no hash) must
     exist in the model. ``force=True`` skips both checks.
     """
-    from calibration.onnx_model import load_model, model_sha256
+    from trtq.core.onnx_model import load_model, model_sha256
 
     path = Path(path)
     try:

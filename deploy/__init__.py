@@ -2,15 +2,15 @@
 
 Public API::
 
-    from deploy import OrtRunner, QdqMode, compare
+    from trtq.deploy import OrtRunner, QdqMode, compare
     report = compare("model.fp32.onnx", "model.int8.onnx", "eval.npz")
 """
 
-from deploy.compare import ComparisonReport, OutputMetrics, Thresholds, compare, compare_outputs
-from deploy.benchmark import BenchmarkReport, benchmark
-from deploy.build import BuildOptions, build_engine, save_engine
-from deploy.engine import Engine
-from deploy.runner import OrtRunner, QdqMode, Runner, open_runner, run_all
+from trtq.deploy.compare import ComparisonReport, OutputMetrics, Thresholds, compare, compare_outputs
+from trtq.deploy.benchmark import BenchmarkReport, benchmark
+from trtq.deploy.build import BuildOptions, build_engine, save_engine
+from trtq.deploy.engine import Engine
+from trtq.deploy.runner import OrtRunner, QdqMode, Runner, open_runner, run_all
 
 __all__ = ["BenchmarkReport", "BuildOptions", "benchmark", "ComparisonReport", "Engine", "OrtRunner", "build_engine", "save_engine", "OutputMetrics", "QdqMode", "Runner", "Thresholds",
            "compare", "compare_outputs", "open_runner", "run_all"]

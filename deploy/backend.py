@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from types import ModuleType
 
-from trtq.errors import DependencyError
+from trtq.core.errors import DependencyError
 
 MODULES = {"tensorrt": ("tensorrt",), "tensorrt_rtx": ("tensorrt_rtx", "tensorrt_rtx_bindings")}
 

@@ -8,8 +8,8 @@ from typing import Mapping
 
 import numpy as np
 
-from deploy.runner import Runner
-from trtq.errors import DataError
+from trtq.deploy.runner import Runner
+from trtq.core.errors import DataError
 
 
 @dataclass(frozen=True)

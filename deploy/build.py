@@ -19,11 +19,11 @@ from typing import Mapping
 
 import onnx
 
-from calibration.onnx_model import input_specs, load_model, model_sha256
-from deploy.backend import Backend, load_backend
-from deploy.plan import precision_plan
-from trtq.errors import BuildError
-from trtq.fileio import atomic_write_bytes, atomic_write_text
+from trtq.core.onnx_model import input_specs, load_model, model_sha256
+from trtq.deploy.backend import Backend, load_backend
+from trtq.deploy.plan import precision_plan
+from trtq.core.errors import BuildError
+from trtq.core.fileio import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 

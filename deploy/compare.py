@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from deploy.runner import Runner, open_runner, run_all
-from trtq.errors import TrtqError
+from trtq.deploy.runner import Runner, open_runner, run_all
+from trtq.core.errors import TrtqError
 
 
 @dataclass(frozen=True)

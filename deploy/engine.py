@@ -21,10 +21,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from calibration.onnx_model import InputSpec
-from deploy.backend import load_backend
-from deploy.build import _Logger, load_sidecar, tensorrt_calls
-from trtq.errors import BuildError, TrtqError, require
+from trtq.core.onnx_model import InputSpec
+from trtq.deploy.backend import load_backend
+from trtq.deploy.build import _Logger, load_sidecar, tensorrt_calls
+from trtq.core.errors import BuildError, TrtqError, require
 
 _ONNX_TO_NUMPY = {"float": np.float32, "float16": np.float16, "int8": np.int8, "int32": np.int32,
                   "int64": np.int64, "bool": np.bool_, "uint8": np.uint8, "double": np.float64}

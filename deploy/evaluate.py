@@ -17,9 +17,9 @@ from typing import Any, Mapping
 import numpy as np
 import onnx
 
-from deploy.compare import compare_outputs
-from deploy.runner import OrtRunner, QdqMode, run_all
-from trtq.errors import TrtqError
+from trtq.deploy.compare import compare_outputs
+from trtq.deploy.runner import OrtRunner, QdqMode, run_all
+from trtq.core.errors import TrtqError
 
 METRICS = ("top1", "cosine", "min_cosine", "sqnr_db")
 _TARGET = re.compile(r"^\s*(top1|cosine|min_cosine|sqnr|sqnr_db)\s*>=\s*([-+0-9.eE]+)\s*$")
@@ -102,8 +102,8 @@ class FidelityEvaluator:
 
 
 def _collect_inputs(model, data, batch_size: int, samples: int | None) -> dict[str, np.ndarray]:
-    from calibration.onnx_model import input_specs, load_model
-    from calibration.readers import collect_arrays
+    from trtq.core.onnx_model import input_specs, load_model
+    from trtq.core.readers import collect_arrays
 
     arrays = collect_arrays(data, input_specs(load_model(model)), batch_size, samples)
     if not arrays:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import onnx
 
-from calibration.onnx_model import infer_types
+from trtq.core.onnx_model import infer_types
 
 COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 

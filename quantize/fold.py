@@ -14,7 +14,7 @@ import logging
 import numpy as np
 import onnx
 
-from quantize.graph import GraphIndex, copy_model, get_attr, remove_unused_initializers
+from trtq.quantize.graph import GraphIndex, copy_model, get_attr, remove_unused_initializers
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from calibration.onnx_model import check_model, infer_types
-from quantize.graph import GraphIndex, copy_model, insert_before, remove_unused_initializers
-from quantize.precision import FP16_MAX, NEVER_FP16
-from trtq.errors import QuantizationError
+from trtq.core.onnx_model import check_model, infer_types
+from trtq.quantize.graph import GraphIndex, copy_model, insert_before, remove_unused_initializers
+from trtq.quantize.precision import FP16_MAX, NEVER_FP16
+from trtq.core.errors import QuantizationError
 
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 #: Inputs that stay float32 whatever the node's precision (by op type: input indices).

@@ -130,7 +130,7 @@ def truncated(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
 def float_session(model: onnx.ModelProto, outputs: list[str]):
     """An ONNX Runtime session computing ``outputs`` of ``model`` (truncated to what they need),
     with any Q/DQ executed in float."""
-    from trtq.errors import require
+    from trtq.core.errors import require
 
     ort = require("onnxruntime", "cpu")
     exposed = truncated(model, outputs)

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from calibration.onnx_model import check_model
-from quantize.export import DEFAULT_OPSET, ExportParity, check_parity
-from trtq.errors import DataError, ExportError, ModelError, require
+from trtq.core.onnx_model import check_model
+from trtq.quantize.export import DEFAULT_OPSET, ExportParity, check_parity
+from trtq.core.errors import DataError, ExportError, ModelError, require
 
 log = logging.getLogger(__name__)
 

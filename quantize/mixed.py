@@ -17,14 +17,14 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from calibration.onnx_model import infer_types, load_model, model_sha256
-from calibration.table import CalibrationTable
-from quantize.fold import fold_batchnorm
-from quantize.fp16 import convert_fp16
-from quantize.graph import get_attr
-from quantize.precision import NodePrecision, Precision, PrecisionPlan, plan_summary
-from quantize.qdq import quantize, rules_for
-from quantize.targets import QuantTarget
+from trtq.core.onnx_model import infer_types, load_model, model_sha256
+from trtq.calibration.table import CalibrationTable
+from trtq.quantize.fold import fold_batchnorm
+from trtq.quantize.fp16 import convert_fp16
+from trtq.quantize.graph import get_attr
+from trtq.quantize.precision import NodePrecision, Precision, PrecisionPlan, plan_summary
+from trtq.quantize.qdq import quantize, rules_for
+from trtq.quantize.targets import QuantTarget
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def apply_plan(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTab
     int8 = {n for n, a in assignments.items() if a.precision is Precision.INT8}
     fp16 = {n for n, a in assignments.items() if a.precision is Precision.FP16}
     if weights:
-        from quantize.rounding import substitute_weights
+        from trtq.quantize.rounding import substitute_weights
 
         # The weights change, the activations' names do not: the table still applies.
         force = force or table.model_sha256 == model_sha256(proto)

@@ -40,11 +40,11 @@ from typing import Iterable, Mapping
 import numpy as np
 import onnx
 
-from calibration.table import CalibrationTable
-from quantize.graph import GraphIndex
-from quantize.rules import QDQ_RULES, Rule
-from trtq.errors import QuantizationError
-from trtq.fileio import atomic_write_text
+from trtq.calibration.table import CalibrationTable
+from trtq.quantize.graph import GraphIndex
+from trtq.quantize.rules import QDQ_RULES, Rule
+from trtq.core.errors import QuantizationError
+from trtq.core.fileio import atomic_write_text
 
 PLAN_FORMAT = "trtq.precision-plan"
 PLAN_VERSION = 1

@@ -27,13 +27,13 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from calibration import CalibrationTable
-from calibration.onnx_model import check_model, load_model, model_sha256
-from quantize.fold import fold_batchnorm
-from quantize.graph import GraphIndex, copy_model, insert_before, remove_unused_initializers
-from quantize.rules import ORT_CPU_RULES, QDQ_RULES, InputQuant, Rule
-from quantize.targets import QuantTarget
-from trtq.errors import QuantizationError
+from trtq.calibration import CalibrationTable
+from trtq.core.onnx_model import check_model, load_model, model_sha256
+from trtq.quantize.fold import fold_batchnorm
+from trtq.quantize.graph import GraphIndex, copy_model, insert_before, remove_unused_initializers
+from trtq.quantize.rules import ORT_CPU_RULES, QDQ_RULES, InputQuant, Rule
+from trtq.quantize.targets import QuantTarget
+from trtq.core.errors import QuantizationError
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Callable
 
 import onnx
 
-from quantize.graph import GraphIndex, get_attr
+from trtq.quantize.graph import GraphIndex, get_attr
 
 
 @dataclass(frozen=True)

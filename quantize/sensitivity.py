@@ -33,15 +33,15 @@ from typing import Callable, Mapping, Sequence
 
 import onnx
 
-from calibration.onnx_model import load_model
-from calibration.progress import progress_bar
-from calibration.table import CalibrationTable
-from quantize.fold import fold_batchnorm
-from quantize.graph import GraphIndex
-from quantize.mixed import MixedModel, apply_plan, node_macs
-from quantize.precision import Precision, PrecisionPlan, PrecisionRule
-from quantize.rules import QDQ_RULES
-from trtq.errors import QuantizationError, require
+from trtq.core.onnx_model import load_model
+from trtq.core.progress import progress_bar
+from trtq.calibration.table import CalibrationTable
+from trtq.quantize.fold import fold_batchnorm
+from trtq.quantize.graph import GraphIndex
+from trtq.quantize.mixed import MixedModel, apply_plan, node_macs
+from trtq.quantize.precision import Precision, PrecisionPlan, PrecisionRule
+from trtq.quantize.rules import QDQ_RULES
+from trtq.core.errors import QuantizationError, require
 
 log = logging.getLogger(__name__)
 

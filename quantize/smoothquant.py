@@ -34,12 +34,12 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from calibration.onnx_model import input_specs, load_model
-from calibration.progress import progress_bar
-from calibration.readers import collect_arrays
-from quantize.graph import GraphIndex, copy_model, float_session, get_attr, insert_before, remove_unused_initializers
-from quantize.qdq import fake_quantize
-from trtq.errors import QuantizationError
+from trtq.core.onnx_model import input_specs, load_model
+from trtq.core.progress import progress_bar
+from trtq.core.readers import collect_arrays
+from trtq.quantize.graph import GraphIndex, copy_model, float_session, get_attr, insert_before, remove_unused_initializers
+from trtq.quantize.qdq import fake_quantize
+from trtq.core.errors import QuantizationError
 
 log = logging.getLogger(__name__)
 

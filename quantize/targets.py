@@ -31,7 +31,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-from trtq.errors import QuantizationError
+from trtq.core.errors import QuantizationError
 
 log = logging.getLogger(__name__)
 

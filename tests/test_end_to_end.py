@@ -48,8 +48,8 @@ def test_fidelity_on_held_out_crops(result):
 
 
 def test_int8_runs_in_onnx_runtime(result):
-    from deploy import OrtRunner
-    from models import get_model_spec
+    from trtq.deploy import OrtRunner
+    from trtq.models import get_model_spec
 
     x = get_model_spec("efficientnet_lite0").evaluation_data(2)
     with OrtRunner(result.files["int8"]) as runner:

@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from trtq import __version__
-from trtq.errors import TrtqError, require
+from trtq.core import __version__
+from trtq.core.errors import TrtqError, require
 
 METHODS = ["minmax", "percentile", "entropy", "mse", "auto"]
 # Markup off: messages carry user text (paths, "trtq[gpu]") that must print as it is.
@@ -231,7 +231,7 @@ def _command_line() -> str:
 
 
 def _precision_plan(plan_path, default_precision, int8_rules, fp16_rules, fp32_rules):
-    from quantize.precision import PrecisionPlan
+    from trtq.quantize.precision import PrecisionPlan
 
     base = PrecisionPlan.load(plan_path) if plan_path else PrecisionPlan()
     flags = PrecisionPlan.from_flags(default_precision or base.default.value, int8=int8_rules, fp16=fp16_rules,
@@ -241,7 +241,7 @@ def _precision_plan(plan_path, default_precision, int8_rules, fp16_rules, fp32_r
 
 def _precision_table(result) -> Table:
     """Per precision: how many nodes, which op types, the share of MACs; then what moved."""
-    from quantize.precision import Precision
+    from trtq.quantize.precision import Precision
 
     mixed = result.mixed
     table = Table(title=f"precision ({mixed.int8_mac_share:.1%} of MACs in int8)", title_justify="left")
@@ -277,8 +277,9 @@ def _precision_table(result) -> Table:
 @_fail_cleanly
 def calibrate_cmd(model, data, method, samples, batch_size, all_tensors, out, trt_cache, no_progress) -> None:
     """Compute activation ranges of MODEL.onnx and save them as a calibration table."""
-    from calibration import calibrate, load_model, save_trt_cache
-    from quantize import calibration_tensors
+    from trtq.calibration import calibrate, save_trt_cache
+    from trtq.core import load_model
+    from trtq.quantize import calibration_tensors
 
     proto = load_model(model)
     tensors = None if all_tensors else calibration_tensors(proto)
@@ -323,11 +324,12 @@ def sensitivity_cmd(model, calib_data, table, eval_data, method, samples, eval_s
     int8 but that group. Metrics are against the fp32 model on the evaluation data, with
     Q/DQ executed in float.
     """
-    from calibration import calibrate, load_model, load_table
-    from deploy.evaluate import FidelityEvaluator
-    from quantize import calibration_tensors, fold_batchnorm
-    from quantize.sensitivity import analyze
-    from trtq.fileio import atomic_write_text, staging_dir
+    from trtq.calibration import calibrate, load_table
+    from trtq.core import load_model
+    from trtq.deploy.evaluate import FidelityEvaluator
+    from trtq.quantize import calibration_tensors, fold_batchnorm
+    from trtq.quantize.sensitivity import analyze
+    from trtq.core.fileio import atomic_write_text, staging_dir
     from trtq.pipeline import _as_array
 
     require("matplotlib", "models")  # for sensitivity.png: fail before the slow part
@@ -343,7 +345,7 @@ def sensitivity_cmd(model, calib_data, table, eval_data, method, samples, eval_s
     evaluator = FidelityEvaluator(proto, _as_array(eval_data, "evaluation data"), samples=eval_samples)
     weights = None
     if gptq and calib is not None:
-        from quantize.rounding import gptq_weights
+        from trtq.quantize.rounding import gptq_weights
 
         weights, _ = gptq_weights(proto, calib, progress=not no_progress)
     report = analyze(proto, cal, evaluator, metric=metric, reverse=not one_way, progress=not no_progress,
@@ -382,7 +384,7 @@ def compare_cmd(reference, candidate, data, mode, samples, batch_size, min_cosin
 
     Exit code 0 when the thresholds are met, 1 when they are not, 2 on bad input.
     """
-    from deploy import Thresholds, compare, open_runner
+    from trtq.deploy import Thresholds, compare, open_runner
 
     def runner(path: Path, **onnx_options):
         return open_runner(path, name=str(path), **onnx_options) if path.suffix == ".onnx" else open_runner(path)
@@ -426,7 +428,7 @@ def build_cmd(model, out, shapes, max_batch, workspace, opt_level, timing_cache,
     Precision comes from the ONNX graph (strongly typed network): Q/DQ nodes make int8
     layers, fp16 tensors fp16 layers. TensorRT for RTX builds without a GPU.
     """
-    from deploy.build import BuildOptions, build_engine, parse_shapes, save_engine
+    from trtq.deploy.build import BuildOptions, build_engine, parse_shapes, save_engine
 
     options = BuildOptions(shapes=dict(parse_shapes(s) for s in shapes), max_batch=max_batch,
                            workspace_bytes=workspace * (1 << 20) if workspace else None,
@@ -458,7 +460,7 @@ def _print_sidecar(meta: dict) -> None:
 @_fail_cleanly
 def inspect_cmd(engine, layers) -> None:
     """Describe ENGINE from its sidecar: backend, targets, I/O, per-layer precision plan."""
-    from deploy.build import load_sidecar
+    from trtq.deploy.build import load_sidecar
 
     if not Path(engine).is_file():
         raise TrtqError(f"engine {engine} does not exist")
@@ -468,7 +470,7 @@ def inspect_cmd(engine, layers) -> None:
         for name, precision in meta["precision"].items():
             console.print(f"  {precision:5s} {name}")
         try:
-            from deploy.engine import Engine
+            from trtq.deploy.engine import Engine
 
             with Engine(engine) as loaded:
                 console.print("engine inspector (per-layer formats):")
@@ -491,8 +493,8 @@ def inspect_cmd(engine, layers) -> None:
 @_fail_cleanly
 def bench_cmd(model, batch, iterations, warmup, shape_specs, mode, as_json) -> None:
     """Latency and throughput of MODEL (.onnx on ONNX Runtime's CPU, or .engine on a GPU)."""
-    from deploy import open_runner
-    from deploy.benchmark import benchmark
+    from trtq.deploy import open_runner
+    from trtq.deploy.benchmark import benchmark
 
     shapes = {}
     for spec in shape_specs:
@@ -548,7 +550,7 @@ def serve_cmd(model, host, port, name, max_batch, max_delay_ms, max_queue, worke
     --max-delay-ms). Prometheus metrics are at /metrics; logs are JSON lines on stderr.
     Ctrl-C or SIGTERM stops it after the requests in flight are answered.
     """
-    from deploy.serving.server import JsonLogFormatter, ServeOptions, serve
+    from trtq.deploy.serving.server import JsonLogFormatter, ServeOptions, serve
 
     handler = logging.StreamHandler()
     handler.setFormatter(JsonLogFormatter())
@@ -582,7 +584,7 @@ def export_triton_cmd(model, repo, name, version, max_batch, max_queue_delay_us,
     """Write MODEL (.onnx, or an .engine built with full TensorRT) into a Triton Inference Server
     model repository: REPO/NAME/config.pbtxt and REPO/NAME/VERSION/model.onnx|model.plan.
     """
-    from deploy.serving.triton import export_triton
+    from trtq.deploy.serving.triton import export_triton
 
     folder = export_triton(model, repo, name=name, version=version, max_batch=max_batch,
                            max_queue_delay_us=max_queue_delay_us, instance_count=instances, overwrite=overwrite)
@@ -593,7 +595,7 @@ def export_triton_cmd(model, repo, name, version, max_batch, max_queue_delay_us,
 @main.command("models")
 def models_cmd() -> None:
     """List the registered models (usable with --model)."""
-    from models import MODELS
+    from trtq.models import MODELS
 
     for spec in MODELS.values():
         console.print(f"{spec.name:20s} input {spec.input_name} {spec.input_shape}  {spec.description}",

@@ -16,28 +16,29 @@ from typing import Any
 import numpy as np
 import onnx
 
-from calibration import CalibrationTable, calibrate, load_arrays, load_model, load_table, model_sha256
-from calibration.observers import make_observer
-from calibration.progress import progress_bar
-from calibration.readers import ImageFolderReader
-from deploy import ComparisonReport, OrtRunner, QdqMode, compare_outputs, run_all
-from deploy.backend import load_backend
-from deploy.build import BuildOptions, build_engine, save_engine
-from deploy.compare import Thresholds
-from deploy.evaluate import FidelityEvaluator, Target
-from models import get_model_spec, resolve_factory
-from quantize import ExportParity, calibration_tensors, export, fold_batchnorm, load_checkpoint
-from quantize.clipping import refine_clipping
-from quantize.equalize import equalize
-from quantize.rounding import gptq_weights
-from quantize.smoothquant import smooth_quant
-from quantize.bias_correction import correct_bias
-from quantize.mixed import MixedModel, apply_plan
-from quantize.precision import Precision, PrecisionPlan, assignments_json
-from quantize.targets import QuantTarget
-from quantize.sensitivity import PrecisionSearchResult, SensitivityReport, analyze, search_precision
-from trtq.errors import DataError, ModelError, QuantizationError, require
-from trtq.fileio import atomic_write_bytes, atomic_write_text, staging_dir
+from trtq.calibration import CalibrationTable, calibrate, load_table
+from trtq.core import load_arrays, load_model, model_sha256
+from trtq.calibration.observers import make_observer
+from trtq.core.progress import progress_bar
+from trtq.core.readers import ImageFolderReader
+from trtq.deploy import ComparisonReport, OrtRunner, QdqMode, compare_outputs, run_all
+from trtq.deploy.backend import load_backend
+from trtq.deploy.build import BuildOptions, build_engine, save_engine
+from trtq.deploy.compare import Thresholds
+from trtq.deploy.evaluate import FidelityEvaluator, Target
+from trtq.models import get_model_spec, resolve_factory
+from trtq.quantize import ExportParity, calibration_tensors, export, fold_batchnorm, load_checkpoint
+from trtq.quantize.clipping import refine_clipping
+from trtq.quantize.equalize import equalize
+from trtq.quantize.rounding import gptq_weights
+from trtq.quantize.smoothquant import smooth_quant
+from trtq.quantize.bias_correction import correct_bias
+from trtq.quantize.mixed import MixedModel, apply_plan
+from trtq.quantize.precision import Precision, PrecisionPlan, assignments_json
+from trtq.quantize.targets import QuantTarget
+from trtq.quantize.sensitivity import PrecisionSearchResult, SensitivityReport, analyze, search_precision
+from trtq.core.errors import DataError, ModelError, QuantizationError, require
+from trtq.core.fileio import atomic_write_bytes, atomic_write_text, staging_dir
 from trtq.report import markdown_report
 
 log = logging.getLogger(__name__)
@@ -186,8 +187,8 @@ def _source_model(job: QuantizeJob) -> tuple[onnx.ModelProto, ExportParity | Non
 
 def _hf_source(job: QuantizeJob) -> tuple[onnx.ModelProto, ExportParity, Any, Any]:
     """Export a Hugging Face folder; sentences from text files (or the built-in ones), tokenized."""
-    from models.text import sentences
-    from quantize.hf import describe, export_hf, load_tokenizer, read_lines, tokenize
+    from trtq.models.text import sentences
+    from trtq.quantize.hf import describe, export_hf, load_tokenizer, read_lines, tokenize
 
     describe(job.hf)  # a missing folder, config or weights: say so before anything loads
     tokenizer = load_tokenizer(job.hf)
@@ -221,7 +222,7 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
         source, parity, calib, evald = _source_model(job)
         classifier = None  # (N, classes) outputs count as a classifier's; embeddings do not
         if job.hf is not None:
-            from quantize.hf import describe
+            from trtq.quantize.hf import describe
 
             classifier = None if describe(job.hf).kind == "sequence-classification" else False
         original = fp32 = fold_batchnorm(source)

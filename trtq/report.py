@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from deploy.compare import ComparisonReport
+from trtq.deploy.compare import ComparisonReport
 
 
 def _fmt(value, pct: bool = False, digits: int = 4) -> str:

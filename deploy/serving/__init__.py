@@ -3,16 +3,16 @@ export of a Triton Inference Server model repository.
 
 Python API::
 
-    from deploy.serving import ServeOptions, serve
+    from trtq.deploy.serving import ServeOptions, serve
     serve("model.int8.onnx", port=8000, options=ServeOptions(max_batch=16))
 
 The server needs the ``serve`` extra (Starlette, Uvicorn, prometheus-client).
 """
 
-from deploy.serving.batcher import BatchStats, DynamicBatcher, Overloaded
-from deploy.serving.protocol import InvalidRequest, ModelSignature, TensorSpec, signature_of
-from deploy.serving.server import ServedModel, ServeOptions, create_app, serve
-from deploy.serving.triton import export_triton, model_config, model_config_text
+from trtq.deploy.serving.batcher import BatchStats, DynamicBatcher, Overloaded
+from trtq.deploy.serving.protocol import InvalidRequest, ModelSignature, TensorSpec, signature_of
+from trtq.deploy.serving.server import ServedModel, ServeOptions, create_app, serve
+from trtq.deploy.serving.triton import export_triton, model_config, model_config_text
 
 __all__ = ["BatchStats", "DynamicBatcher", "InvalidRequest", "ModelSignature", "Overloaded", "ServeOptions",
            "ServedModel", "TensorSpec", "create_app", "export_triton", "model_config", "model_config_text", "serve", "signature_of"]

@@ -27,7 +27,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from trtq.errors import TrtqError
+from trtq.core.errors import TrtqError
 
 log = logging.getLogger("trtq.serve")
 

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 import onnx
 
-from trtq.errors import ModelError, TrtqError
+from trtq.core.errors import ModelError, TrtqError
 
 # KServe v2 datatype <-> NumPy. BYTES (strings) is not supported: trtq models take tensors.
 DATATYPES: dict[str, np.dtype] = {
@@ -104,7 +104,7 @@ def signature_of(model: str | os.PathLike) -> ModelSignature:
     if path.suffix.lower() not in (".onnx", ".engine", ".plan", ".trt"):
         raise ModelError(f"cannot serve {path}: expected an .onnx or .engine file")
     if path.suffix.lower() == ".onnx":
-        from calibration.onnx_model import load_model
+        from trtq.core.onnx_model import load_model
 
         proto = load_model(path)
         inits = {i.name for i in proto.graph.initializer}
@@ -117,7 +117,7 @@ def signature_of(model: str | os.PathLike) -> ModelSignature:
 
         return ModelSignature(tuple(spec(v) for v in proto.graph.input if v.name not in inits),
                               tuple(spec(v) for v in proto.graph.output), "onnxruntime_onnx")
-    from deploy.build import load_sidecar
+    from trtq.deploy.build import load_sidecar
 
     meta = load_sidecar(path)
     return ModelSignature(

@@ -30,11 +30,11 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from trtq import __version__
-from trtq.errors import TrtqError, require
+from trtq.core import __version__
+from trtq.core.errors import TrtqError, require
 
-from deploy.serving.batcher import BatchStats, DynamicBatcher, Overloaded
-from deploy.serving.protocol import (InvalidRequest, ModelSignature, encode_infer_response, parse_infer_request,
+from trtq.deploy.serving.batcher import BatchStats, DynamicBatcher, Overloaded
+from trtq.deploy.serving.protocol import (InvalidRequest, ModelSignature, encode_infer_response, parse_infer_request,
                                      signature_of)
 
 log = logging.getLogger("trtq.serve")
@@ -67,7 +67,7 @@ class ServedModel:
 
     def __init__(self, path: str | os.PathLike, *, name: str | None = None, version: str = "1",
                  options: ServeOptions = ServeOptions(), registry=None) -> None:
-        from deploy.runner import open_runner
+        from trtq.deploy.runner import open_runner
 
         path = Path(path)
         self.path = path
@@ -89,7 +89,7 @@ class ServedModel:
         if not self.signature.batched:
             return 1
         if self.signature.platform == "tensorrt_plan":
-            from deploy.build import load_sidecar
+            from trtq.deploy.build import load_sidecar
 
             limits = [t["profile"]["max"][0] for t in load_sidecar(self.path)["inputs"] if t.get("profile")]
             if wanted is None:
@@ -106,7 +106,7 @@ class ServedModel:
 
     def config(self) -> dict:
         """Triton's model configuration in its JSON form (see :func:`deploy.serving.triton.model_config`)."""
-        from deploy.serving.triton import model_config
+        from trtq.deploy.serving.triton import model_config
 
         return model_config(self.name, self.signature, self.max_batch if self.signature.batched else 0,
                             max_queue_delay_us=int(self.options.max_delay_ms * 1000))

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import onnx
 
-from deploy.serving.protocol import ModelSignature, TensorSpec, signature_of
-from trtq.errors import ModelError, OutputError, TrtqError
-from trtq.fileio import atomic_write_text, staging_dir
+from trtq.deploy.serving.protocol import ModelSignature, TensorSpec, signature_of
+from trtq.core.errors import ModelError, OutputError, TrtqError
+from trtq.core.fileio import atomic_write_text, staging_dir
 
 DEFAULT_MAX_BATCH = 8
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -147,7 +147,7 @@ def export_triton(model: str | os.PathLike, repo: str | os.PathLike, *, name: st
 
 
 def _engine_batch_limit(path: Path) -> int | None:
-    from deploy.build import load_sidecar
+    from trtq.deploy.build import load_sidecar
 
     meta = load_sidecar(path)
     if meta["backend"] == "tensorrt_rtx":
@@ -160,7 +160,7 @@ def _engine_batch_limit(path: Path) -> int | None:
 
 def _copy_onnx(src: Path, dst: Path) -> None:
     """One self-contained file (external data, if any, is read from inside the model's folder)."""
-    from calibration.onnx_model import load_model
+    from trtq.core.onnx_model import load_model
 
     proto = load_model(src)  # external data loaded, refused if it points outside src's folder
     big = proto.ByteSize() > (1 << 31) - (64 << 20)  # protobuf's 2 GiB limit on one file

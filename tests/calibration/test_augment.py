@@ -2,8 +2,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from calibration import calibrate
-from calibration.augment import augment, row_step
+from trtq.calibration import calibrate
+from trtq.calibration.augment import augment, row_step
 
 
 def test_row_step():

@@ -3,8 +3,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from calibration import calibrate, float_activations, model_sha256
-from trtq.errors import CalibrationError, DataError, ModelError
+from trtq.calibration import calibrate, float_activations
+from trtq.core import model_sha256
+from trtq.core.errors import CalibrationError, DataError, ModelError
 
 
 def _relu_scale_model():

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from calibration.histogram import AbsHistogram
-from calibration.observers import (OBSERVERS, AutoObserver, EntropyObserver, MSEObserver,
+from trtq.calibration.histogram import AbsHistogram
+from trtq.calibration.observers import (OBSERVERS, AutoObserver, EntropyObserver, MSEObserver,
                                    PercentileObserver, make_observer)
-from trtq.errors import CalibrationError
+from trtq.core.errors import CalibrationError
 
 
 def _hist(*arrays, bins=256):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from calibration.observers import OBSERVERS, MinMaxObserver, make_observer
-from trtq.errors import CalibrationError
+from trtq.calibration.observers import OBSERVERS, MinMaxObserver, make_observer
+from trtq.core.errors import CalibrationError
 
 
 def test_minmax_matches_numpy_over_batches():

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from calibration import CalibrationTable, TensorRange
-from trtq.errors import CalibrationError
+from trtq.calibration import CalibrationTable, TensorRange
+from trtq.core.errors import CalibrationError
 
 
 def _table():

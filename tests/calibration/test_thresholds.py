@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from calibration.histogram import AbsHistogram
-from calibration.thresholds import (entropy_threshold, mse_objective, mse_threshold, percentile_threshold,
+from trtq.calibration.histogram import AbsHistogram
+from trtq.calibration.thresholds import (entropy_threshold, mse_objective, mse_threshold, percentile_threshold,
                                     simulated_error)
 
 

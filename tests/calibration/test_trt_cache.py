@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from calibration import CalibrationTable, TensorRange
-from calibration.trt_cache import from_trt_cache, hex_to_scale, load_trt_cache, save_trt_cache
-from trtq.errors import CalibrationError
+from trtq.calibration import CalibrationTable, TensorRange
+from trtq.calibration.trt_cache import from_trt_cache, hex_to_scale, load_trt_cache, save_trt_cache
+from trtq.core.errors import CalibrationError
 
 
 def test_documented_example():
@@ -48,7 +48,7 @@ def test_malformed_caches_are_refused(tmp_path):
 def test_load_table_checks_the_model(tmp_path, cnn_model, cnn_data):
     import onnx
 
-    from calibration import calibrate, load_table
+    from trtq.calibration import calibrate, load_table
     from tests.conftest import make_cnn
 
     onnx.save(cnn_model, tmp_path / "m.onnx")

@@ -110,8 +110,8 @@ def test_calibrate_and_compare_commands(workdir):
               workdir / "t.json", "--no-progress")
     assert res.exit_code == 0, res.stderr
     assert json.loads((workdir / "t.json").read_text())["samples"] == 24
-    from calibration import CalibrationTable
-    from quantize import quantize
+    from trtq.calibration import CalibrationTable
+    from trtq.quantize import quantize
 
     onnx.save(quantize(workdir / "cnn.onnx", CalibrationTable.load(workdir / "t.json")), workdir / "int8.onnx")
     res = run("compare", workdir / "cnn.onnx", workdir / "int8.onnx", "--data", workdir / "calib.npy")
@@ -132,7 +132,7 @@ def test_help_and_models():
 def test_quantize_checkpoint_with_registered_architecture(tmp_path):
     import torch
 
-    from models.digits import TRAIN_SAMPLES, digits_arrays, digits_cnn
+    from trtq.models.digits import TRAIN_SAMPLES, digits_arrays, digits_cnn
 
     torch.save(digits_cnn().state_dict(), tmp_path / "digits.pt")
     x, _ = digits_arrays()

@@ -9,14 +9,14 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from calibration import calibrate
-from deploy.backend import load_backend
-from deploy.build import BuildOptions, build_engine, load_sidecar, parse_shapes, save_engine
-from deploy.plan import precision_plan
-from quantize import quantize
+from trtq.calibration import calibrate
+from trtq.deploy.backend import load_backend
+from trtq.deploy.build import BuildOptions, build_engine, load_sidecar, parse_shapes, save_engine
+from trtq.deploy.plan import precision_plan
+from trtq.quantize import quantize
 from tests.conftest import has_module
 from trtq.cli import main
-from trtq.errors import BuildError, DependencyError, TrtqError
+from trtq.core.errors import BuildError, DependencyError, TrtqError
 
 needs_trt = pytest.mark.skipif(not (has_module("tensorrt") or has_module("tensorrt_rtx")
                                     or has_module("tensorrt_rtx_bindings")),
@@ -108,7 +108,7 @@ def test_quantize_engine_flag(tmp_path, cnn_model, cnn_data, monkeypatch):
 
 @needs_trt
 def test_engine_checks_before_touching_the_gpu(tmp_path, int8_model):
-    from deploy import Engine
+    from trtq.deploy import Engine
 
     engine, meta = build_engine(int8_model, BuildOptions(max_batch=4, progress=False))
     path, meta_path = save_engine(engine, meta, tmp_path / "m.engine")
@@ -131,7 +131,7 @@ def _gpu_present() -> bool:
 @pytest.mark.gpu
 @needs_trt
 def test_engine_matches_onnx_runtime_on_gpu(tmp_path, int8_model, cnn_data):
-    from deploy import Engine, OrtRunner, compare_outputs
+    from trtq.deploy import Engine, OrtRunner, compare_outputs
 
     caps = ("CURRENT",) if load_backend().is_rtx else ()  # TensorRT-RTX: this GPU, whatever it is
     engine, meta = build_engine(int8_model, BuildOptions(max_batch=16, compute_capabilities=caps, progress=False))
@@ -192,7 +192,7 @@ def test_unsupported_constructs_fail_with_the_node(tmp_path, model, match):
 
 @needs_trt
 def test_corrupt_or_truncated_engine_is_a_clear_error(tmp_path, int8_model):
-    from deploy import Engine
+    from trtq.deploy import Engine
 
     engine, meta = build_engine(int8_model, BuildOptions(max_batch=2, progress=False))
     save_engine(engine[: len(engine) // 3], meta, tmp_path / "cut.engine")
@@ -220,8 +220,8 @@ def test_unsupported_compute_capability_message_names_the_way_out():
     import enum
     import types
 
-    from deploy import Engine
-    from deploy.backend import Backend
+    from trtq.deploy import Engine
+    from trtq.deploy.backend import Backend
 
     class Validity(enum.Enum):
         VALID = 0
@@ -246,7 +246,7 @@ def test_unsupported_compute_capability_message_names_the_way_out():
 def test_engine_signature_for_serving_and_triton(tmp_path, int8_model):
     """Serving and Triton export read an engine's I/O and batch limit from its sidecar."""
     pytest.importorskip("prometheus_client", reason="needs the serve extra: pip install 'trtq[serve]'")
-    from deploy.serving import ServedModel, ServeOptions, export_triton, signature_of
+    from trtq.deploy.serving import ServedModel, ServeOptions, export_triton, signature_of
 
     engine, meta = build_engine(int8_model, BuildOptions(max_batch=4, progress=False))
     path, _ = save_engine(engine, meta, tmp_path / "tiny.engine")

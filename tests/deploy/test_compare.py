@@ -3,11 +3,11 @@ import math
 import numpy as np
 import pytest
 
-from calibration import calibrate
-from deploy import OrtRunner, QdqMode, Thresholds, compare, compare_outputs
-from deploy.compare import output_metrics
-from quantize import quantize
-from trtq.errors import TrtqError
+from trtq.calibration import calibrate
+from trtq.deploy import OrtRunner, QdqMode, Thresholds, compare, compare_outputs
+from trtq.deploy.compare import output_metrics
+from trtq.quantize import quantize
+from trtq.core.errors import TrtqError
 
 
 def test_metrics_against_numpy():
@@ -57,7 +57,7 @@ def test_compare_models_both_modes(tmp_path, cnn_model, cnn_data):
 
 
 def test_neighbour_agreement_against_a_loop():
-    from deploy.compare import neighbour_agreement
+    from trtq.deploy.compare import neighbour_agreement
 
     rng = np.random.default_rng(3)
     ref = rng.normal(size=(40, 8))

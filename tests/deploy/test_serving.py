@@ -19,17 +19,17 @@ import numpy as np
 import onnx
 import pytest
 
-from calibration import calibrate
-from deploy import OrtRunner
-from quantize import quantize
+from trtq.calibration import calibrate
+from trtq.deploy import OrtRunner
+from trtq.quantize import quantize
 
 pytest.importorskip("starlette", reason="needs the serve extra: pip install 'trtq[serve]'")
 pytest.importorskip("uvicorn", reason="needs the serve extra: pip install 'trtq[serve]'")
 pytest.importorskip("prometheus_client", reason="needs the serve extra: pip install 'trtq[serve]'")
 tritonhttp = pytest.importorskip("tritonclient.http", reason="needs tritonclient: pip install 'trtq[test]'")
 
-from deploy.serving import DynamicBatcher, Overloaded, ServedModel, ServeOptions, create_app  # noqa: E402
-from deploy.serving.protocol import InvalidRequest, encode_infer_response, parse_infer_request  # noqa: E402
+from trtq.deploy.serving import DynamicBatcher, Overloaded, ServedModel, ServeOptions, create_app  # noqa: E402
+from trtq.deploy.serving.protocol import InvalidRequest, encode_infer_response, parse_infer_request  # noqa: E402
 
 
 @pytest.fixture
@@ -410,7 +410,7 @@ def test_unbatched_model_runs_requests_one_by_one():
 
 
 def test_protocol_binary_and_nested_json_round_trip(cnn_path):
-    from deploy.serving import signature_of
+    from trtq.deploy.serving import signature_of
 
     sig = signature_of(cnn_path)
     x = np.random.default_rng(1).normal(size=(2, 3, 8, 8)).astype(np.float32)

@@ -8,11 +8,11 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from deploy.build import SIDECAR_FORMAT, SIDECAR_VERSION
-from deploy.serving import ModelSignature, TensorSpec, export_triton, model_config_text
+from trtq.deploy.build import SIDECAR_FORMAT, SIDECAR_VERSION
+from trtq.deploy.serving import ModelSignature, TensorSpec, export_triton, model_config_text
 from tests.conftest import make_matmul
 from trtq.cli import main
-from trtq.errors import OutputError, TrtqError
+from trtq.core.errors import OutputError, TrtqError
 
 pytest.importorskip("google.protobuf", reason="needs protobuf (tritonclient[grpc]): pip install 'trtq[test]'")
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",

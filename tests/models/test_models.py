@@ -6,7 +6,7 @@ from tests.conftest import needs_models, needs_torch
 
 @needs_models
 def test_crops_are_deterministic_and_held_out_photos_stay_out():
-    from models import images
+    from trtq.models import images
 
     a, b = images.calibration_crops(6, 32), images.calibration_crops(6, 32)
     np.testing.assert_array_equal(a, b)
@@ -22,9 +22,9 @@ def test_crops_are_deterministic_and_held_out_photos_stay_out():
 def test_efficientnet_lite0_recognises_photos(photo, classes):
     import torch
 
-    from calibration.readers import resize_rgb
-    from models import get_model_spec
-    from models.images import load_photo
+    from trtq.core.readers import resize_rgb
+    from trtq.models import get_model_spec
+    from trtq.models.images import load_photo
     from PIL import Image
 
     spec = get_model_spec("efficientnet_lite0")
@@ -39,7 +39,7 @@ def test_efficientnet_lite0_recognises_photos(photo, classes):
 def test_digits_cnn_is_really_trained():
     import torch
 
-    from models.digits import TRAIN_SAMPLES, digits_arrays, digits_cnn
+    from trtq.models.digits import TRAIN_SAMPLES, digits_arrays, digits_cnn
 
     x, y = digits_arrays()
     with torch.no_grad():

@@ -7,13 +7,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration import calibrate
-from deploy import OrtRunner
-from deploy.evaluate import FidelityEvaluator
-from quantize import quantize
-from quantize.bias_correction import correct_bias
+from trtq.calibration import calibrate
+from trtq.deploy import OrtRunner
+from trtq.deploy.evaluate import FidelityEvaluator
+from trtq.quantize import quantize
+from trtq.quantize.bias_correction import correct_bias
 from tests.conftest import make_cnn
-from trtq.errors import QuantizationError
+from trtq.core.errors import QuantizationError
 
 
 def _gemm(w: np.ndarray, b: np.ndarray) -> onnx.ModelProto:

@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration import calibrate
-from quantize.clipping import DEFAULT_FRACTIONS, refine_clipping
+from trtq.calibration import calibrate
+from trtq.quantize.clipping import DEFAULT_FRACTIONS, refine_clipping
 
 
 def _gemm_model(w: np.ndarray) -> onnx.ModelProto:
@@ -47,7 +47,7 @@ def test_choice_matches_numpy_brute_force():
 
 
 def test_tensors_read_by_a_residual_add_keep_their_range(cnn_model, cnn_data):
-    from quantize import fold_batchnorm
+    from trtq.quantize import fold_batchnorm
 
     model = fold_batchnorm(cnn_model)
     table = calibrate(model, cnn_data, "minmax", progress=False)

@@ -5,10 +5,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from deploy import OrtRunner
-from quantize.equalize import (_Conv2, conv_pairs, equalization_factors, equalize, input_channel_ranges,
+from trtq.deploy import OrtRunner
+from trtq.quantize.equalize import (_Conv2, conv_pairs, equalization_factors, equalize, input_channel_ranges,
                                pair_error)
-from quantize.qdq import fake_quantize
+from trtq.quantize.qdq import fake_quantize
 
 
 def make_separable(seed: int = 0, spread: float = 100.0) -> onnx.ModelProto:

@@ -2,21 +2,21 @@ import onnx
 import pytest
 
 from tests.conftest import needs_torch
-from trtq.errors import ExportError, ModelError
+from trtq.core.errors import ExportError, ModelError
 
 pytestmark = needs_torch
 
 
 @pytest.fixture(scope="module")
 def digits():
-    from models.digits import TRAIN_SAMPLES, digits_arrays, digits_cnn
+    from trtq.models.digits import TRAIN_SAMPLES, digits_arrays, digits_cnn
 
     x, _ = digits_arrays()
     return digits_cnn(), x[TRAIN_SAMPLES:TRAIN_SAMPLES + 16]
 
 
 def test_export_dynamic_batch_opset_and_parity(digits):
-    from quantize import export
+    from trtq.quantize import export
 
     module, x = digits
     proto, parity = export(module, x[:1], check_inputs=x)
@@ -30,7 +30,7 @@ def test_export_dynamic_batch_opset_and_parity(digits):
 def test_parity_failure_is_reported(digits):
     import torch
 
-    from quantize.export import check_parity, export
+    from trtq.quantize.export import check_parity, export
 
     module, x = digits
     proto, _ = export(module, x[:2])
@@ -47,8 +47,8 @@ def test_parity_failure_is_reported(digits):
 def test_checkpoint_loading_is_weights_only_and_strict(tmp_path, digits):
     import torch
 
-    from models import resolve_factory
-    from quantize import load_checkpoint
+    from trtq.models import resolve_factory
+    from trtq.quantize import load_checkpoint
 
     module, _ = digits
     torch.save({"state_dict": module.state_dict()}, tmp_path / "ok.pt")

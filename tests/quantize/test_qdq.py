@@ -3,12 +3,12 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from calibration import CalibrationTable, TensorRange, calibrate
-from deploy import OrtRunner, compare_outputs
-from quantize import activation_params, quantize, weight_params
-from quantize.qdq import MAX_ACTIVATION_AMAX
+from trtq.calibration import CalibrationTable, TensorRange, calibrate
+from trtq.deploy import OrtRunner, compare_outputs
+from trtq.quantize import activation_params, quantize, weight_params
+from trtq.quantize.qdq import MAX_ACTIVATION_AMAX
 from tests.conftest import make_cnn, make_matmul
-from trtq.errors import QuantizationError
+from trtq.core.errors import QuantizationError
 
 
 def _quantized(model, data):

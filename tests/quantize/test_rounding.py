@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from onnx import numpy_helper
 
-from calibration import calibrate
-from deploy import OrtRunner, compare_outputs
-from quantize import PrecisionPlan, apply_plan, quantize
-from quantize.rounding import gptq_levels, gptq_weights, substitute_weights
+from trtq.calibration import calibrate
+from trtq.deploy import OrtRunner, compare_outputs
+from trtq.quantize import PrecisionPlan, apply_plan, quantize
+from trtq.quantize.rounding import gptq_levels, gptq_weights, substitute_weights
 from tests.quantize.test_equalize import make_separable
 
 
@@ -114,14 +114,14 @@ def test_layers_with_too_few_rows_keep_nearest_rounding(cnn_model):
 
 
 def test_weights_for_another_model_are_refused():
-    from trtq.errors import QuantizationError
+    from trtq.core.errors import QuantizationError
 
     with pytest.raises(QuantizationError, match="do not fit this model"):
         substitute_weights(make_separable(), {"dw": np.zeros((3, 1, 3, 3), np.float32)})
 
 
 def test_lazy_block_updates_give_the_same_levels(monkeypatch):
-    import quantize.rounding as rounding
+    import trtq.quantize.rounding as rounding
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(600, 40)) + rng.normal(size=(600, 1))

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from calibration import calibrate
-from deploy.evaluate import FidelityEvaluator, Target
-from quantize.precision import Precision
-from quantize.sensitivity import analyze, layer_groups, search_precision
+from trtq.calibration import calibrate
+from trtq.deploy.evaluate import FidelityEvaluator, Target
+from trtq.quantize.precision import Precision
+from trtq.quantize.sensitivity import analyze, layer_groups, search_precision
 from tests.conftest import make_cnn
 from trtq.cli import main
-from trtq.errors import TrtqError
+from trtq.core.errors import TrtqError
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_missing_matplotlib_fails_before_any_work(tmp_path, monkeypatch):
     import onnx
 
     import trtq.pipeline
-    from trtq.errors import DependencyError
+    from trtq.core.errors import DependencyError
 
     def missing(module, extra):
         raise DependencyError(f"'{module}' is not installed; install it with: pip install 'trtq[{extra}]'")

@@ -7,10 +7,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration import calibrate
-from deploy import OrtRunner, compare_outputs, run_all
-from quantize import calibration_tensors, quantize
-from quantize.smoothquant import choose_alpha, linear_groups, smooth_factors, smooth_quant
+from trtq.calibration import calibrate
+from trtq.deploy import OrtRunner, compare_outputs, run_all
+from trtq.quantize import calibration_tensors, quantize
+from trtq.quantize.smoothquant import choose_alpha, linear_groups, smooth_factors, smooth_quant
 
 D, H = 16, 32
 OUTLIERS = (3, 11)  # input channels 30x larger than the rest, as in transformer LayerNorm outputs

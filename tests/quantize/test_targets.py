@@ -5,14 +5,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration import calibrate
-from deploy import OrtRunner, QdqMode, compare_outputs
-from quantize import calibration_tensors, quantize
-from quantize.graph import GraphIndex
-from quantize.qdq import asymmetric_params
-from quantize.rules import spatial_mean_rule
-from quantize.targets import QuantTarget, TargetRuntime, cpu_flags, needs_reduce_range
-from trtq.errors import BuildError, QuantizationError
+from trtq.calibration import calibrate
+from trtq.deploy import OrtRunner, QdqMode, compare_outputs
+from trtq.quantize import calibration_tensors, quantize
+from trtq.quantize.graph import GraphIndex
+from trtq.quantize.qdq import asymmetric_params
+from trtq.quantize.rules import spatial_mean_rule
+from trtq.quantize.targets import QuantTarget, TargetRuntime, cpu_flags, needs_reduce_range
+from trtq.core.errors import BuildError, QuantizationError
 
 ORT_CPU = QuantTarget(TargetRuntime.ORT_CPU, reduce_range=False)
 ORT_CPU_7BIT = QuantTarget(TargetRuntime.ORT_CPU, reduce_range=True)
@@ -125,7 +125,7 @@ def test_only_spatial_means_are_quantized(axes, quantized):
 
 
 def test_tensorrt_build_refuses_an_ort_cpu_model(cnn_model, cnn_data):
-    from deploy.build import build_engine
+    from trtq.deploy.build import build_engine
 
     q, _ = _ort_cpu(cnn_model, cnn_data)
     with pytest.raises(BuildError, match="--target-runtime ort-cpu"):

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from trtq.errors import OutputError
+from trtq.core.errors import OutputError
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from calibration import ImageFolderReader, PreprocessSpec, iter_batches
-from calibration.onnx_model import InputSpec
-from trtq.errors import DataError
+from trtq.core import ImageFolderReader, PreprocessSpec, iter_batches
+from trtq.core.onnx_model import InputSpec
+from trtq.core.errors import DataError
 
 SPECS = [InputSpec("images", np.dtype(np.float32), ("N", 3, 4, 4))]
 

@@ -24,8 +24,8 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from calibration.onnx_model import InputSpec
-from trtq.errors import DataError
+from trtq.core.onnx_model import InputSpec
+from trtq.core.errors import DataError
 
 Feed = dict[str, np.ndarray]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -45,6 +45,22 @@ def load_arrays(path: str | os.PathLike) -> np.ndarray | dict[str, np.ndarray]:
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"data file {path} cannot be read ({exc}); expected a NumPy .npy/.npz file") from exc
     raise DataError(f"data file {path} has suffix '{path.suffix}'; expected .npy or .npz")
+
+
+def open_data(data: Any, what: str = "data") -> Any:
+    """The data set a path names, or the data as given.
+
+    A folder is an :class:`ImageFolderReader` (read lazily, batch by batch); ``.npy``/``.npz``
+    files are loaded with :func:`load_arrays`. Arrays, mappings, readers and iterables are
+    returned unchanged (see :func:`iter_batches` for what they may be). ``None`` is refused
+    with a message naming ``what`` (e.g. "calibration data").
+    """
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        return ImageFolderReader(path) if path.is_dir() else load_arrays(path)
+    if data is None:
+        raise DataError(f"no {what} given")
+    return data
 
 
 @dataclass(frozen=True)

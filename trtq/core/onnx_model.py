@@ -16,7 +16,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
-from trtq.errors import ModelError
+from trtq.core.errors import ModelError
 
 
 
