@@ -32,6 +32,11 @@ SIDECAR_VERSION = 1
 Shape = tuple[int, ...]
 
 
+#: Largest batch of an engine's default optimization profile; also trtq serve's and the Triton
+#: export's default max batch, so that one number holds from build to deployment.
+DEFAULT_MAX_BATCH = 32
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     """How to build an engine.
@@ -44,7 +49,7 @@ class BuildOptions:
     """
 
     shapes: Mapping[str, tuple[Shape, Shape, Shape]] = field(default_factory=dict)
-    max_batch: int = 32
+    max_batch: int = DEFAULT_MAX_BATCH
     workspace_bytes: int | None = None
     optimization_level: int | None = None
     timing_cache: Path | None = None

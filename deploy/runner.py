@@ -94,14 +94,19 @@ def run_all(runner: Runner, data: Any, batch_size: int = 32, samples: int | None
     return {n: np.concatenate(v) for n, v in chunks.items()}
 
 
-def open_runner(model: str | os.PathLike | Runner, **kwargs: Any) -> Runner:
+def open_runner(model: str | os.PathLike | Runner, *, mode: QdqMode | str = QdqMode.FLOAT, **kwargs: Any) -> Runner:
     """A runner for a path (``.onnx``: :class:`OrtRunner`, ``.engine``: :class:`deploy.Engine`)
-    or the runner itself. ``kwargs`` go to :class:`OrtRunner`."""
+    or the runner itself.
+
+    ``mode`` says how ONNX Runtime runs a Q/DQ model (float Q/DQ, TensorRT's math, or its
+    int8 kernels); an engine runs as TensorRT built it, whatever the mode. ``kwargs`` go to
+    :class:`OrtRunner` (its ``name`` defaults to the path).
+    """
     if not isinstance(model, (str, os.PathLike)):
         return model
     suffix = os.fspath(model).rsplit(".", 1)[-1].lower()
     if suffix == "onnx":
-        return OrtRunner(model, **kwargs)
+        return OrtRunner(model, mode=mode, **{"name": os.fspath(model), **kwargs})
     if suffix in ("engine", "plan", "trt"):
         from trtq.deploy.engine import Engine
 

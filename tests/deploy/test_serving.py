@@ -117,7 +117,7 @@ def test_trtq_serve_answers_tritonclient_like_ortrunner(int8_path, cnn_data):
         meta = client.get_model_metadata("tiny")
         assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 8, 8]}]
         assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 4]}]
-        assert client.get_model_config("tiny")["max_batch_size"] == 8
+        assert client.get_model_config("tiny")["max_batch_size"] == 32
 
         x = cnn_data[:4]
         with OrtRunner(int8_path) as runner:
@@ -195,7 +195,7 @@ BAD_REQUESTS = {
     "string values": (json.dumps({"inputs": [dict(_GOOD, data=["a"] * 192)]}).encode(), {}),
     "ragged data": (json.dumps({"inputs": [dict(_GOOD, data=[[1.0], [1.0, 2.0]])]}).encode(), {}),
     "no data": (json.dumps({"inputs": [{k: v for k, v in _GOOD.items() if k != "data"}]}).encode(), {}),
-    "batch over max": (json.dumps({"inputs": [dict(_GOOD, shape=[9, 3, 8, 8], data=[0.5] * 192 * 9)]}).encode(), {}),
+    "batch over max": (json.dumps({"inputs": [dict(_GOOD, shape=[33, 3, 8, 8], data=[0.5] * 192 * 33)]}).encode(), {}),
     "unknown output": (json.dumps({"inputs": [_GOOD], "outputs": [{"name": "probs"}]}).encode(), {}),
     "binary size wrong": (json.dumps({"inputs": [{**{k: v for k, v in _GOOD.items() if k != "data"},
                                                   "parameters": {"binary_data_size": 100}}]}).encode() + b"\0" * 100,

@@ -36,9 +36,9 @@ def _io(config):
 def test_onnx_export_matches_the_model(tmp_path, cnn_path):
     folder = export_triton(cnn_path, tmp_path / "repo", name="tiny")
     config = parse((folder / "config.pbtxt").read_text())
-    assert config.name == "tiny" and config.platform == "onnxruntime_onnx" and config.max_batch_size == 8
+    assert config.name == "tiny" and config.platform == "onnxruntime_onnx" and config.max_batch_size == 32
     assert _io(config) == ([("input", "TYPE_FP32", [3, 8, 8])], [("logits", "TYPE_FP32", [4])])
-    assert config.dynamic_batching.max_queue_delay_microseconds == 100
+    assert config.dynamic_batching.max_queue_delay_microseconds == 2000
     copied = onnx.load(folder / "1" / "model.onnx")
     assert copied.graph == onnx.load(cnn_path).graph
     assert sorted(p.name for p in folder.iterdir()) == ["1", "config.pbtxt"]

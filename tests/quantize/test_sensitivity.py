@@ -118,13 +118,13 @@ def test_cli_plan_flags_and_sensitivity(tmp_path):
 def test_missing_matplotlib_fails_before_any_work(tmp_path, monkeypatch):
     import onnx
 
-    import trtq.pipeline
+    import trtq.pipeline.run
     from trtq.core.errors import DependencyError
 
     def missing(module, extra):
         raise DependencyError(f"'{module}' is not installed; install it with: pip install 'trtq[{extra}]'")
 
-    monkeypatch.setattr(trtq.pipeline, "require", missing)
+    monkeypatch.setattr(trtq.pipeline.run, "require", missing)
     onnx.save(make_cnn(), tmp_path / "m.onnx")
     np.save(tmp_path / "c.npy", np.zeros((8, 3, 8, 8), np.float32))
     res = CliRunner().invoke(main, ["quantize", "--onnx", str(tmp_path / "m.onnx"), "--calib-data",

@@ -1,0 +1,46 @@
+"""``trtq calibrate`` as one call: a model's calibration table, saved (and as a TensorRT cache)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trtq.calibration import CalibrationTable, calibrate, save_trt_cache
+from trtq.core import load_model
+from trtq.core.errors import OutputError
+from trtq.pipeline.job import DEFAULT_BATCH_SIZE
+from trtq.quantize import calibration_tensors
+
+__all__ = ["CalibrationRun", "run_calibration"]
+
+
+@dataclass(frozen=True)
+class CalibrationRun:
+    table: CalibrationTable
+    files: tuple[Path, ...]
+
+
+def run_calibration(model: Any, data: Any, *, method: str = "minmax", batch_size: int = DEFAULT_BATCH_SIZE,
+                    samples: int | None = None, all_tensors: bool = False, out: str | Path = "calibration.json",
+                    trt_cache: str | Path | None = None, progress: bool = True) -> CalibrationRun:
+    """Calibrate ``model`` on ``data``; save the table to ``out`` (and a TensorRT 10.x cache).
+
+    By default only the tensors ``trtq quantize`` quantizes are calibrated; ``all_tensors``
+    calibrates every float activation. Output folders are checked before any work, and each
+    file is written atomically.
+    """
+    targets = [Path(out)] + ([Path(trt_cache)] if trt_cache is not None else [])
+    for path in targets:
+        if path.is_dir():
+            raise OutputError(f"{path} is a folder; give a file path for the output")
+        if not path.parent.is_dir():
+            raise OutputError(f"cannot write {path}: the folder {path.parent} does not exist")
+    proto = load_model(model)
+    tensors = None if all_tensors else calibration_tensors(proto)
+    table = calibrate(proto, data, method, batch_size=batch_size, samples=samples, tensors=tensors,
+                      progress=progress)
+    table.save(targets[0])
+    if trt_cache is not None:
+        save_trt_cache(table, targets[1])
+    return CalibrationRun(table, tuple(targets))

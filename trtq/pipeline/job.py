@@ -1,0 +1,150 @@
+"""What a ``trtq quantize`` job is asked to do (:class:`QuantizeJob`) and what it produced
+(:class:`QuantizeResult`): typed values, the CLI's options parsed once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trtq.core.errors import QuantizationError
+from trtq.deploy.evaluate import Target
+from trtq.quantize.precision import Precision, PrecisionPlan
+from trtq.quantize.targets import QuantTarget
+
+if TYPE_CHECKING:  # the stage values; imported lazily at run time
+    from trtq.calibration import CalibrationTable
+    from trtq.pipeline.stages import Fidelity, Fp32Model, QuantizedModel, WeightRounding
+
+DEFAULT_MODEL = "efficientnet_lite0"
+#: Batch size of every stage that runs the model (calibration, evaluation); `trtq calibrate`,
+#: `trtq compare` and `trtq quantize` share it.
+DEFAULT_BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class QuantizeJob:
+    """What to quantize and where to write it; mirrors ``trtq quantize``'s options.
+
+    Model source, one of: ``onnx`` (an fp32 ONNX file); ``checkpoint`` + ``model`` (a
+    state dict and a registered name or ``package.module:callable``); ``model`` alone (a
+    registered model with its packaged weights); ``hf`` (a Hugging Face folder). Nothing:
+    the embedded default, EfficientNet-Lite0 on the sample photos.
+
+    ``target`` (e.g. ``Target.parse("top1>=0.97")``) and ``runtime`` (``QuantTarget``) may be
+    given as text; they are parsed here, so a job always holds typed values.
+    """
+
+    out_dir: Path = Path("trtq-output")
+    model: str | None = None
+    checkpoint: Path | None = None
+    onnx: Path | None = None
+    hf: Path | None = None  # a Hugging Face checkpoint folder (see quantize.hf)
+    max_length: int = 128  # tokens per sentence for hf models
+    calib_data: Any = None
+    eval_data: Any = None
+    method: str = "minmax"
+    table: Path | None = None
+    samples: int = 128
+    eval_samples: int = 256
+    batch_size: int = DEFAULT_BATCH_SIZE
+    engine: bool = False
+    progress: bool = True
+    plan: PrecisionPlan = field(default_factory=PrecisionPlan)
+    target: Target | None = None  # search the plan (see quantize.sensitivity)
+    search_samples: int | None = None  # evaluation samples the search uses (default: eval_samples)
+    command: str = ""  # how the job was started, for the report's "reproduce" line
+    bias_correction: bool = False  # see quantize.bias_correction (after GPTQ it lowers SQNR: off by default)
+    bias_samples: int = 64
+    smoothquant: bool = True  # see quantize.smoothquant (skipped with a given table)
+    layer_clipping: bool = False  # see quantize.clipping (measured to buy little: off by default)
+    equalize: bool = False  # see quantize.equalize (measured to buy little: off by default)
+    gptq: bool = True  # see quantize.rounding: error-compensating int8 weight rounding
+    gptq_samples: int = 64
+    runtime: QuantTarget = field(default_factory=QuantTarget)  # the runtime the int8 model is written for
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target, str):
+            object.__setattr__(self, "target", Target.parse(self.target))
+        if not isinstance(self.runtime, QuantTarget):
+            object.__setattr__(self, "runtime", QuantTarget.parse(self.runtime))
+        if not isinstance(self.plan, PrecisionPlan):
+            raise QuantizationError(f"plan must be a PrecisionPlan, got {type(self.plan).__name__}")
+        for name in ("out_dir", "checkpoint", "onnx", "hf", "table"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        self.check()
+
+    @property
+    def mixed(self) -> bool:
+        """Whether anything but plain all-int8 was asked for."""
+        return bool(self.plan.overrides) or self.plan.default is not Precision.INT8 or self.target is not None
+
+    def check(self) -> None:
+        """Option combinations that cannot be honoured (most with ``--target-runtime ort-cpu``)."""
+        if self.equalize and self.table is not None:
+            raise QuantizationError("--equalize rescales the model before calibration, so it cannot use a given "
+                                    "--table")
+        if self.runtime.symmetric:
+            return
+        if self.equalize:
+            raise QuantizationError("--equalize writes per-channel Min bounds that ONNX Runtime's CPU kernels "
+                                    "cannot fuse; it is for --target-runtime tensorrt")
+        if self.engine:
+            raise QuantizationError("--engine builds a TensorRT engine, which needs TensorRT-style int8: "
+                                    "drop --target-runtime ort-cpu, or drop --engine")
+        if self.target is not None:
+            raise QuantizationError("--target searches fp16/fp32 layers for TensorRT; with --target-runtime ort-cpu "
+                                    "choose --fp32 layers by hand (see `trtq sensitivity`)")
+        if Precision.FP16 in (self.plan.default, *(r.precision for r in self.plan.overrides)):
+            raise QuantizationError("--target-runtime ort-cpu writes int8 and fp32 only: ONNX Runtime's CPU "
+                                    "provider has no fast fp16 kernels; use --fp32 for the layers to keep out of int8")
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    """Every stage's value, and the files written (by kind: fp32, int8 or mixed, calibration, report...)."""
+
+    out_dir: Path
+    files: dict[str, Path]
+    fp32: "Fp32Model"
+    table: "CalibrationTable"
+    clipping: tuple | None  # quantize.clipping.ClipChoice per refined tensor (None: --layer-clipping off)
+    rounding: "WeightRounding"
+    quantized: "QuantizedModel"
+    fidelity: "Fidelity"
+    runtime: QuantTarget
+
+    # Shorthands for what callers read most.
+    @property
+    def report(self):
+        return self.fidelity.report
+
+    @property
+    def int8_kernels(self):
+        return self.fidelity.kernels
+
+    @property
+    def eval_source(self) -> str:
+        return self.fidelity.eval_source
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return self.fidelity.warnings
+
+    @property
+    def export_parity(self):
+        return self.fp32.parity
+
+    @property
+    def mixed(self):
+        return self.quantized.mixed
+
+    @property
+    def search(self):
+        return self.quantized.search
+
+    @property
+    def sensitivity(self):
+        return self.quantized.sensitivity

@@ -1,0 +1,48 @@
+"""``trtq quantize`` as one call: :func:`run_quantize` (a :class:`QuantizeJob`) and
+:func:`quantize_model` (the same, from keyword options)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trtq.calibration.observers import make_observer
+from trtq.core import require, staging_dir
+from trtq.deploy.backend import load_backend
+from trtq.pipeline.artifacts import write_artifacts
+from trtq.pipeline.job import QuantizeJob, QuantizeResult
+from trtq.pipeline.source import resolve_source
+from trtq.pipeline.stages import calibrate_model, measure_fidelity, prepare_fp32, quantize_fp32, round_weights
+
+__all__ = ["quantize_model", "run_quantize"]
+
+
+def run_quantize(job: QuantizeJob) -> QuantizeResult:
+    """Export (if needed), calibrate, quantize and compare; write the outputs atomically.
+
+    Everything is written into a private staging folder and moved into ``job.out_dir`` only
+    when the whole job has succeeded: a failure never leaves partial files or overwrites good ones.
+    """
+    make_observer(job.method, "probe")  # an unknown method fails before any slow step
+    if job.target is not None:
+        require("matplotlib", "models")  # the sensitivity chart: say so before any slow step
+    if job.engine:
+        load_backend()  # no TensorRT installed: say so before any slow step
+    with staging_dir(job.out_dir) as stage:
+        source = resolve_source(job)
+        fp32 = prepare_fp32(job, source)
+        table, clipping = calibrate_model(job, source, fp32)
+        rounding = round_weights(job, source, fp32)
+        quantized = quantize_fp32(job, source, fp32, table, rounding)
+        fidelity = measure_fidelity(job, source, fp32, table, rounding, quantized)
+        files = write_artifacts(stage, job, source, fp32, table, clipping, rounding, quantized, fidelity)
+    files = {kind: Path(job.out_dir) / path.name for kind, path in files.items()}
+    return QuantizeResult(Path(job.out_dir), files, fp32, table, clipping, rounding, quantized, fidelity, job.runtime)
+
+
+def quantize_model(out_dir: str | Path = "trtq-output", **options) -> QuantizeResult:
+    """``trtq quantize`` from Python: the whole job (export, SmoothQuant, calibration, GPTQ,
+    Q/DQ, fidelity report) with the CLI's defaults; ``options`` are :class:`QuantizeJob`'s fields.
+
+    >>> trtq.quantize_model(onnx="model.onnx", calib_data="calib.npy", out_dir="out", target="top1>=0.97")
+    """
+    return run_quantize(QuantizeJob(out_dir=Path(out_dir), **options))

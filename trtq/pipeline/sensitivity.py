@@ -1,0 +1,57 @@
+"""``trtq sensitivity`` as one call: rank a model's layer groups by what int8 costs each."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trtq.calibration import calibrate, load_table
+from trtq.core import atomic_write_text, load_model, open_data, require, staging_dir
+from trtq.core.errors import DataError
+from trtq.deploy.evaluate import FidelityEvaluator
+from trtq.quantize import calibration_tensors, fold_batchnorm
+from trtq.quantize.sensitivity import SensitivityReport, analyze
+
+__all__ = ["SensitivityRun", "run_sensitivity"]
+
+
+@dataclass(frozen=True)
+class SensitivityRun:
+    report: SensitivityReport
+    eval_samples: int  # evaluation samples every measurement used
+    files: tuple[Path, ...]  # sensitivity.json, sensitivity.png
+
+
+def run_sensitivity(model: Any, eval_data: Any, *, calib_data: Any = None, table: Any = None,
+                    method: str = "minmax", samples: int = 128, eval_samples: int = 128, metric: str = "cosine",
+                    reverse: bool = True, gptq: bool = True, out_dir: str | Path = "trtq-sensitivity",
+                    progress: bool = True) -> SensitivityRun:
+    """Each layer group of the fp32 ``model`` measured alone in int8 (and, with ``reverse``, all
+    but it in int8) against fp32 on ``eval_data``; writes ``sensitivity.json`` and ``.png``.
+
+    Ranges come from ``table`` or from calibrating on ``calib_data``; with ``gptq`` (and
+    calibration data), int8 weights are GPTQ-rounded as ``trtq quantize`` writes them.
+    """
+    require("matplotlib", "models")  # for sensitivity.png: fail before the slow part
+    proto = fold_batchnorm(load_model(model))
+    calib = open_data(calib_data, "calibration data") if calib_data is not None else None
+    if table is not None:
+        cal = load_table(table, proto)
+    elif calib is not None:
+        cal = calibrate(proto, calib, method, samples=samples, tensors=calibration_tensors(proto), progress=progress)
+    else:
+        raise DataError("give --calib-data (to calibrate) or --table (a calibration table for the model)")
+    evaluator = FidelityEvaluator(proto, open_data(eval_data, "evaluation data"), samples=eval_samples)
+    weights = None
+    if gptq and calib is not None:
+        from trtq.quantize.rounding import gptq_weights
+
+        weights, _ = gptq_weights(proto, calib, progress=progress)
+    report = analyze(proto, cal, evaluator, metric=metric, reverse=reverse, progress=progress, weights=weights)
+    out_dir = Path(out_dir)
+    with staging_dir(out_dir) as stage:
+        atomic_write_text(stage / "sensitivity.json", json.dumps(report.to_json(), indent=1) + "\n")
+        report.plot(stage / "sensitivity.png")
+    return SensitivityRun(report, evaluator.samples, (out_dir / "sensitivity.json", out_dir / "sensitivity.png"))

@@ -1,0 +1,124 @@
+"""Stage 1: resolve the model source and its data (:class:`SourceModel`).
+
+An ONNX file, a checkpoint + factory, a registered model, an importable factory or a
+Hugging Face folder become one value: the fp32 ONNX model as given (or exported, with its
+parity check), the calibration data and the evaluation data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from trtq.core import ImageFolderReader, load_model, open_data, progress_bar
+from trtq.core.errors import DataError, ModelError
+from trtq.models import get_model_spec, resolve_factory
+from trtq.pipeline.job import DEFAULT_MODEL, QuantizeJob
+from trtq.quantize import ExportParity, export, load_checkpoint
+
+__all__ = ["SourceModel", "resolve_source"]
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    """The fp32 model as the user gave it (exported if it was not ONNX) and the data to run it on.
+
+    ``classifier``: ``None`` lets the output shape decide ((N, classes) is a classifier's);
+    ``False`` for embedding models, whose 2-D outputs are not class scores.
+    """
+
+    kind: str  # onnx | checkpoint | registered | import | hf
+    label: str  # what the report calls the model
+    model: onnx.ModelProto
+    parity: ExportParity | None
+    calib: Any
+    evald: Any | None
+    classifier: bool | None = None
+
+
+def resolve_source(job: QuantizeJob) -> SourceModel:
+    """The job's model and data; exports PyTorch and Hugging Face models to ONNX."""
+    spec = _registered_spec(job)
+    if job.hf is not None:
+        return _hf_source(job)
+    for data in (job.calib_data, job.eval_data):
+        if data is not None and isinstance(data, (str, Path)) and Path(data).suffix.lower() == ".txt":
+            raise DataError(f"{data}: text files (one sentence per line) are for Hugging Face checkpoints (--hf DIR)")
+    if job.calib_data is not None:
+        calib = open_data(job.calib_data, "calibration data")
+    elif spec is not None:
+        calib = spec.calibration_data(job.samples)
+    else:
+        raise DataError("calibration data is required for this model: pass --calib-data DATA.npy|DATA.npz")
+    if job.eval_data is not None:
+        evald = open_data(job.eval_data, "evaluation data")
+    else:
+        evald = spec.evaluation_data(job.eval_samples) if spec is not None else None
+    if job.onnx is not None:
+        return SourceModel("onnx", str(job.onnx), load_model(job.onnx), None, calib, evald)
+    name = job.model or DEFAULT_MODEL
+    if job.checkpoint is not None:
+        module, kind = load_checkpoint(job.checkpoint, resolve_factory(job.model)), "checkpoint"
+    elif spec is not None:
+        module, kind = spec.factory(pretrained=True), "registered"
+    else:
+        module, kind = resolve_factory(name)(), "import"
+    with progress_bar("exporting to ONNX", None, enabled=job.progress):
+        proto, parity = export(module, _first_array(calib)[:8], input_name=spec.input_name if spec else "input",
+                               output_name="logits" if spec else "output")
+    label = name + (f" ({job.checkpoint})" if job.checkpoint else "")
+    return SourceModel(kind, label, proto, parity, calib, evald)
+
+
+def _registered_spec(job: QuantizeJob):
+    """The registered model the job uses, or ``None`` (an ONNX file, a Hugging Face folder or an import path)."""
+    if job.hf is not None:
+        if job.onnx or job.model or job.checkpoint:
+            raise ModelError("--hf cannot be combined with --onnx/--model/--checkpoint; give one model source")
+        return None
+    if job.onnx is not None:
+        if job.model or job.checkpoint:
+            raise ModelError("--onnx cannot be combined with --model/--checkpoint; give one model source")
+        return None
+    if job.checkpoint is not None and not job.model:
+        raise ModelError("--checkpoint needs --model NAME or --model package.module:callable")
+    name = job.model or DEFAULT_MODEL
+    return None if ":" in name else get_model_spec(name)
+
+
+def _first_array(data: Any) -> np.ndarray:
+    if isinstance(data, ImageFolderReader):
+        return next(data.batches(8))
+    if isinstance(data, np.ndarray):
+        return data
+    if isinstance(data, dict) and len(data) == 1:
+        return next(iter(data.values()))
+    raise DataError("exporting a PyTorch model needs single-input calibration data (.npy, or .npz with one key)")
+
+
+def _hf_source(job: QuantizeJob) -> SourceModel:
+    """Export a Hugging Face folder; sentences from text files (or the built-in ones), tokenized."""
+    from trtq.models.text import sentences
+    from trtq.quantize.hf import describe, export_hf, load_tokenizer, read_lines, tokenize
+
+    info = describe(job.hf)  # a missing folder, config or weights: say so before anything loads
+    tokenizer = load_tokenizer(job.hf)
+
+    def text_data(data: Any, count: int, skip: int, what: str) -> Any:
+        if data is None:
+            return tokenize(tokenizer, sentences(count, skip), job.max_length)
+        if isinstance(data, (str, Path)) and Path(data).suffix.lower() == ".txt":
+            return tokenize(tokenizer, read_lines(data)[:count], job.max_length)
+        return open_data(data, what)
+
+    calib = text_data(job.calib_data, job.samples, 0, "calibration data")
+    # Built-in evaluation sentences come after the calibration ones: held out.
+    evald = text_data(job.eval_data, job.eval_samples, job.samples, "evaluation data")
+    with progress_bar("exporting to ONNX", None, enabled=job.progress):
+        proto, parity, _ = export_hf(job.hf, calib if isinstance(calib, dict) else _first_array(calib))
+    classifier = None if info.kind == "sequence-classification" else False
+    return SourceModel("hf", f"Hugging Face checkpoint {job.hf}", proto, parity, calib, evald, classifier)

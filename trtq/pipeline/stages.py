@@ -1,0 +1,255 @@
+"""The stages of ``trtq quantize`` after the source: each takes values and returns one.
+
+``SourceModel`` -> :func:`prepare_fp32` -> :class:`Fp32Model` -> :func:`calibrate_model`
+-> ``CalibrationTable`` -> :func:`quantize_fp32` -> :class:`QuantizedModel` ->
+:func:`measure_fidelity` -> :class:`Fidelity`. Artifacts are written from the values
+(:mod:`trtq.pipeline.artifacts`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+
+from trtq.calibration import CalibrationTable, calibrate, load_table
+from trtq.core import model_sha256
+from trtq.deploy import ComparisonReport, OrtRunner, QdqMode, compare_outputs, run_all
+from trtq.deploy.compare import Thresholds
+from trtq.deploy.evaluate import FidelityEvaluator
+from trtq.pipeline.job import QuantizeJob
+from trtq.pipeline.source import SourceModel
+from trtq.quantize import ExportParity, calibration_tensors, fold_batchnorm
+from trtq.quantize.bias_correction import correct_bias
+from trtq.quantize.clipping import refine_clipping
+from trtq.quantize.equalize import equalize
+from trtq.quantize.mixed import MixedModel, apply_plan
+from trtq.quantize.precision import Precision, PrecisionPlan, assignments_json
+from trtq.quantize.rounding import gptq_weights
+from trtq.quantize.sensitivity import PrecisionSearchResult, SensitivityReport, analyze, search_precision
+from trtq.quantize.smoothquant import smooth_quant
+
+__all__ = ["Fidelity", "Fp32Model", "QuantizedModel", "WeightRounding", "calibrate_model", "measure_fidelity",
+           "prepare_fp32", "quantize_fp32", "round_weights"]
+
+log = logging.getLogger(__name__)
+
+#: Above these gaps between TensorRT-style float Q/DQ and ORT's integer kernels, warn.
+KERNEL_TOP1_GAP = 0.02
+KERNEL_COSINE_GAP = 0.01
+#: Evaluation samples the sensitivity ranking of a --target search uses (the search itself
+#: checks the target on every evaluation sample).
+RANK_SAMPLES = 128
+
+
+@dataclass(frozen=True)
+class Fp32Model:
+    """The fp32 reference (BatchNorm folded once) and the same function prepared for int8.
+
+    ``model`` differs from ``reference`` only by exact rescalings (SmoothQuant moves activation
+    outliers into weights, cross-layer equalization balances conv pairs); both compute the
+    same outputs.
+    """
+
+    reference: onnx.ModelProto
+    model: onnx.ModelProto
+    parity: ExportParity | None = None
+    smoothed: tuple = ()  # quantize.smoothquant.SmoothedGroup per linear-layer group
+    equalized: tuple | None = None  # quantize.equalize.EqualizedPair per conv pair (None: not asked for)
+
+    def to_json(self) -> dict:
+        return {"export_parity": self.parity.__dict__ if self.parity else None,
+                "smoothquant": [g.to_json() for g in self.smoothed],
+                "equalization": None if self.equalized is None else [e.to_json() for e in self.equalized]}
+
+
+@dataclass(frozen=True)
+class WeightRounding:
+    """GPTQ-rounded int8 weights by initializer name (empty: round to nearest) and per-layer records."""
+
+    weights: dict = field(default_factory=dict)
+    layers: tuple | None = None  # quantize.rounding.RoundedLayer per layer (None: GPTQ off)
+
+    def to_json(self) -> list | None:
+        return None if self.layers is None else [r.to_json() for r in self.layers]
+
+
+@dataclass(frozen=True)
+class QuantizedModel:
+    """The explicitly quantized ONNX model, the per-node precision it has, and how it was found."""
+
+    model: onnx.ModelProto
+    mixed: MixedModel
+    plan: PrecisionPlan
+    label: str  # "int8", or "mixed" when anything but all-int8 was asked for
+    search: PrecisionSearchResult | None = None
+    sensitivity: SensitivityReport | None = None
+    bias_shifts: tuple | None = None  # quantize.bias_correction.BiasShift per corrected layer
+    bias_samples: int = 0
+
+    def precision_json(self) -> dict:
+        out = {"plan": self.plan.to_json(), "summary": self.mixed.summary(),
+               "int8_mac_share": self.mixed.int8_mac_share, "nodes": assignments_json(self.mixed.assignments)}
+        if self.search is not None:
+            out["search"] = self.search.to_json()
+            out["plan"] = self.search.plan.to_json()
+        return out
+
+    def bias_json(self) -> dict | None:
+        if self.bias_shifts is None:
+            return None
+        return {"layers": len(self.bias_shifts), "channels_corrected": sum(x.corrected for x in self.bias_shifts),
+                "channels": sum(x.channels for x in self.bias_shifts), "samples": self.bias_samples}
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """The quantized model against fp32 on the evaluation data: Q/DQ in float (TensorRT's math),
+    ONNX Runtime's integer kernels, and (for mixed models) all-int8 and all-fp16 next to it."""
+
+    report: ComparisonReport
+    kernels: ComparisonReport
+    eval_source: str
+    variants: dict = field(default_factory=dict)  # label -> ComparisonReport
+    warnings: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        return {"evaluated_on": self.eval_source, "fidelity": self.report.to_json(),
+                "ort_integer_kernels": self.kernels.to_json(), "warnings": list(self.warnings)}
+
+
+def prepare_fp32(job: QuantizeJob, source: SourceModel) -> Fp32Model:
+    """Fold BatchNorm, then rescale for int8 (SmoothQuant, CLE) where the job asks for it."""
+    reference = model = fold_batchnorm(source.model)
+    smoothed, equalized = [], None
+    if job.smoothquant and job.table is None:
+        # The same function in fp32, with activation outliers moved into the weights where
+        # that lowers the int8 error; everything below starts from it.
+        model, smoothed = smooth_quant(model, source.calib, samples=job.samples,
+                                       batch_size=min(job.batch_size, 16), progress=job.progress)
+    if job.equalize:
+        model, equalized = equalize(model, source.calib, samples=min(job.samples, 64), progress=job.progress)
+    return Fp32Model(reference, model, source.parity, tuple(smoothed),
+                     None if equalized is None else tuple(equalized))
+
+
+def calibrate_model(job: QuantizeJob, source: SourceModel, fp32: Fp32Model) -> tuple[CalibrationTable, tuple | None]:
+    """The calibration table of ``fp32.model`` (or the job's table), and per-layer clipping records."""
+    if job.table is not None:
+        # The table belongs to the model as given; folding keeps every tensor name it needs.
+        given = load_table(job.table, source.model)
+        table = CalibrationTable(given.ranges, given.method, model_sha256(fp32.model), given.samples)
+    else:
+        # fp16 regions are checked against every activation's range: calibrate them all.
+        tensors = None if job.mixed else calibration_tensors(fp32.model, job.runtime)
+        table = calibrate(fp32.model, source.calib, job.method, batch_size=job.batch_size, samples=job.samples,
+                          tensors=tensors, progress=job.progress)
+    clipping = None
+    if job.layer_clipping:
+        table, clipping = refine_clipping(fp32.model, table, source.calib, batch_size=min(job.batch_size, 16),
+                                          progress=job.progress)
+        clipping = tuple(clipping)
+    return table, clipping
+
+
+def round_weights(job: QuantizeJob, source: SourceModel, fp32: Fp32Model) -> WeightRounding:
+    """Int8 weight levels chosen for each layer's output error (GPTQ; used for int8 nodes only)."""
+    if not job.gptq:
+        return WeightRounding()
+    weights, rounded = gptq_weights(fp32.model, source.calib, samples=min(job.samples, job.gptq_samples),
+                                    qmax=job.runtime.weight_qmax, progress=job.progress)
+    return WeightRounding(weights, tuple(rounded))
+
+
+def evaluation_data(source: SourceModel) -> tuple[Any, str]:
+    if source.evald is None:
+        return source.calib, "the calibration data (no evaluation data given: not held out)"
+    return source.evald, "held-out evaluation data"
+
+
+def quantize_fp32(job: QuantizeJob, source: SourceModel, fp32: Fp32Model, table: CalibrationTable,
+                  rounding: WeightRounding) -> QuantizedModel:
+    """Apply the job's plan, or search one that meets its target; then bias correction if asked."""
+    label = "mixed" if job.mixed else "int8"
+    if job.target is None:
+        mixed = apply_plan(fp32.model, table, job.plan, target=job.runtime, weights=rounding.weights)
+        quantized, shifts = mixed.model, None
+        if job.bias_correction:
+            quantized, shifts = correct_bias(fp32.model, quantized, source.calib, samples=job.bias_samples,
+                                             batch_size=job.batch_size, progress=job.progress)
+        return QuantizedModel(quantized, mixed, job.plan, label, bias_shifts=_tuple(shifts),
+                              bias_samples=job.bias_samples)
+    evald, _ = evaluation_data(source)
+    evaluator = FidelityEvaluator(fp32.reference, evald, batch_size=job.batch_size, classifier=source.classifier,
+                                  samples=job.search_samples or job.eval_samples)
+    # The ranking needs relative sensitivities only: at most RANK_SAMPLES samples.
+    sensitivity = analyze(fp32.model, table, evaluator.head(RANK_SAMPLES), reverse=False, progress=job.progress,
+                          weights=rounding.weights)
+    search = search_precision(fp32.model, table, evaluator, job.target.met, ranking=sensitivity.ranking(),
+                              weights=rounding.weights, base=job.plan, target=str(job.target),
+                              progress=job.progress)
+    quantized, shifts = search.mixed.model, None
+    if job.bias_correction:
+        # Corrected for the model the search chose (biases corrected for all-int8 and reused by
+        # every variant made the search worse here). Kept only if the target still holds.
+        corrected, shifts = correct_bias(fp32.model, quantized, source.calib, samples=job.bias_samples,
+                                         batch_size=job.batch_size, progress=job.progress)
+        if job.target.met(evaluator(corrected)) or not search.met:
+            quantized = corrected
+        else:
+            shifts = None
+            log.warning("bias correction was dropped: the corrected model missed %s", job.target)
+    return QuantizedModel(quantized, search.mixed, job.plan, label, search, sensitivity, _tuple(shifts),
+                          job.bias_samples)
+
+
+def _tuple(items) -> tuple | None:
+    return None if items is None else tuple(items)
+
+
+def measure_fidelity(job: QuantizeJob, source: SourceModel, fp32: Fp32Model, table: CalibrationTable,
+                     rounding: WeightRounding, quantized: QuantizedModel) -> Fidelity:
+    """Outputs of fp32 and the quantized model on the evaluation data, compared."""
+    evald, eval_source = evaluation_data(source)
+
+    def outputs(model: onnx.ModelProto, name: str, mode: QdqMode = QdqMode.FLOAT):
+        return run_all(OrtRunner(model, mode=mode, name=name), evald, job.batch_size, job.eval_samples, job.progress)
+
+    def versus(out, name: str, **kwargs) -> ComparisonReport:
+        return compare_outputs(ref, out, reference_name="fp32", candidate_name=name, classifier=source.classifier,
+                               **kwargs)
+
+    ref = outputs(fp32.reference, "fp32")
+    name = f"{quantized.label} (Q/DQ in float)"
+    report = versus(outputs(quantized.model, name), name, thresholds=Thresholds())
+    variants = {}
+    if job.mixed:  # the report compares the mixed model with plain int8 and plain fp16
+        for variant, precision in (("int8", Precision.INT8), ("fp16", Precision.FP16)):
+            other = apply_plan(fp32.model, table, PrecisionPlan(precision), weights=rounding.weights).model
+            label = f"all {variant}" + (" (no bias correction)" if quantized.bias_shifts and variant == "int8" else "")
+            variants[label] = versus(outputs(other, variant), variant)
+        variants["mixed"] = report
+    name = f"{quantized.label} (ORT integer kernels)"
+    kernels = versus(outputs(quantized.model, name, QdqMode.ORT_INT8), name)
+    warnings = list(_kernel_warnings(report, kernels))
+    search = quantized.search
+    if search is not None and not search.met:
+        warnings.append(f"the target {search.target} is out of reach: even with every layer group out of "
+                        f"int8 the search got {_metric_text(search.metrics)}; wrote that model anyway")
+    return Fidelity(report, kernels, eval_source, variants, tuple(warnings))
+
+
+def _metric_text(metrics) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if v is not None)
+
+
+def _kernel_warnings(qdq: ComparisonReport, kernels: ComparisonReport):
+    for a, b in zip(qdq.outputs, kernels.outputs):
+        top_gap = abs((a.top1 or 0) - (b.top1 or 0))
+        if top_gap > KERNEL_TOP1_GAP or abs(a.cosine - b.cosine) > KERNEL_COSINE_GAP:
+            yield (f"output '{a.name}': ONNX Runtime's integer kernels disagree with the TensorRT-style "
+                   f"float Q/DQ result (cosine {b.cosine:.4f} vs {a.cosine:.4f}"
+                   + (f", top-1 {b.top1:.1%} vs {a.top1:.1%}" if a.top1 is not None else "")
+                   + "); this CPU's int8 kernels are not a faithful TensorRT reference")
