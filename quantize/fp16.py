@@ -12,7 +12,9 @@ chosen node:
 Casts are always made from the original tensor, never from another Cast, so no pair of
 Casts cancels out. Graph inputs and outputs keep their types: an fp16 node producing a
 graph output writes an internal fp16 tensor, which one Cast turns into the output.
-Inputs that ONNX requires to stay float32 (``Resize`` roi/scales) are left alone.
+Inputs that ONNX requires to stay float32 (``Resize`` roi/scales) are left alone. Subgraphs
+(``If`` branches, ``Loop``/``Scan`` bodies) are never converted: an fp16 tensor they read from
+the outer graph is read through a Cast back to fp32.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from trtq.core.onnx_model import check_model, infer_types
-from trtq.quantize.graph import GraphIndex, copy_model, insert_before, remove_unused_initializers
+from trtq.quantize.graph import (GraphIndex, copy_model, insert_before, outer_reads, remove_unused_initializers,
+                                  rename_outer_reads)
 from trtq.quantize.precision import FP16_MAX, NEVER_FP16
 from trtq.core.errors import QuantizationError
 
@@ -33,9 +36,9 @@ FP32_INPUTS = {"Resize": {1, 2}, "Upsample": {1}}
 
 def convert_fp16(model: onnx.ModelProto, nodes: set[str] | frozenset[str]) -> onnx.ModelProto:
     """A copy of ``model`` with the nodes named in ``nodes`` computing in fp16."""
-    if not nodes:
-        return model
     out = copy_model(model)
+    if not nodes:
+        return out
     graph = out.graph
     types = {name: t.tensor_type.elem_type for name, t in infer_types(model).items()}
     known = {n.name for n in graph.node}
@@ -96,6 +99,13 @@ def convert_fp16(model: onnx.ModelProto, nodes: set[str] | frozenset[str]) -> on
                 node.input[i] = half_weight(name) if g.is_constant(name) else cast(name, HALF, index)
             elif name in half:
                 node.input[i] = cast(name, FLOAT, index)
+        # Subgraphs (If/Loop/Scan bodies) stay fp32: an fp16 tensor they read is cast back first.
+        reads = outer_reads(node)
+        mapping = {name: renamed.get(name, name) for name in reads if name in renamed}
+        mapping.update({name: cast(mapping.get(name, name), FLOAT, index) for name in reads
+                        if mapping.get(name, name) in half})
+        if mapping:
+            rename_outer_reads(node, mapping)
     for name, inner in renamed.items():
         graph.node.append(helper.make_node("Cast", [inner], [name], to=FLOAT, name=g.unique(f"{name}_Cast_fp32")))
     insert_before(graph, before)

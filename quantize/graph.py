@@ -13,6 +13,56 @@ import onnx
 from onnx import numpy_helper
 
 
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs held by ``node``'s attributes (``If`` branches, ``Loop``/``Scan`` bodies)."""
+    out = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            out.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            out.extend(attr.graphs)
+    return out
+
+
+def outer_reads(node: onnx.NodeProto) -> set[str]:
+    """Names ``node``'s subgraphs (at any depth) read from the enclosing scopes."""
+    reads: set[str] = set()
+    for graph in subgraphs(node):
+        local = {t.name for t in graph.initializer} | {i.name for i in graph.input}
+        for inner in graph.node:
+            reads |= {i for i in inner.input if i and i not in local}
+            reads |= {i for i in outer_reads(inner) if i not in local}
+            local |= set(inner.output)
+        reads |= {o.name for o in graph.output if o.name not in local}
+    return reads
+
+
+def rename_outer_reads(node: onnx.NodeProto, mapping: dict[str, str]) -> None:
+    """Make ``node``'s subgraphs read ``mapping[name]`` wherever they read the outer tensor ``name``
+    (a name a subgraph defines itself shadows the outer one and is left alone)."""
+    for graph in subgraphs(node):
+        local = {t.name for t in graph.initializer} | {i.name for i in graph.input}
+        for inner in graph.node:
+            for i, name in enumerate(inner.input):
+                if name in mapping and name not in local:
+                    inner.input[i] = mapping[name]
+            rename_outer_reads(inner, {k: v for k, v in mapping.items() if k not in local})
+            local |= set(inner.output)
+        for out in graph.output:
+            if out.name in mapping and out.name not in local:
+                raise ValueError(f"subgraph output {out.name} is an outer tensor; cannot rename it")
+
+
+def all_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor and node name in ``graph`` and its subgraphs (new names must avoid them all)."""
+    names = {t.name for t in graph.initializer} | {i.name for i in graph.input} | {o.name for o in graph.output}
+    for node in graph.node:
+        names |= set(node.output) | {node.name}
+        for sub in subgraphs(node):
+            names |= all_names(sub)
+    return names
+
+
 def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -20,7 +70,11 @@ def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 class GraphIndex:
-    """Lookups over ``graph``, rebuilt by calling :meth:`refresh` after edits."""
+    """Lookups over ``graph``, rebuilt by calling :meth:`refresh` after edits.
+
+    A node whose subgraphs read an outer tensor counts among that tensor's consumers, so no
+    transform treats the tensor as unused or as feeding only the nodes it rewrites.
+    """
 
     def __init__(self, graph: onnx.GraphProto) -> None:
         self.graph = graph
@@ -38,11 +92,12 @@ class GraphIndex:
             for i in node.input:
                 if i:
                     self.consumers[i].append(node)
+            for i in outer_reads(node) - set(node.input):
+                self.consumers[i].append(node)
             if node.op_type == "Constant":
                 self.constant_nodes[node.output[0]] = node
         self.graph_outputs = {o.name for o in g.output}
-        self.names = set(self.initializers) | set(self.producer) | {i.name for i in g.input}
-        self.names |= {n.name for n in g.node}
+        self.names = all_names(g)
 
     def is_constant(self, name: str) -> bool:
         return name in self.initializers or name in self.constant_nodes
@@ -92,8 +147,8 @@ def insert_before(graph: onnx.GraphProto, new_nodes: dict[int, list[onnx.NodePro
 
 
 def remove_unused_initializers(graph: onnx.GraphProto) -> None:
-    """Drop initializers (and their graph-input entries) that no node or output uses."""
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    """Drop initializers (and their graph-input entries) that no node, subgraph or output uses."""
+    used = {i for n in graph.node for i in (*n.input, *outer_reads(n))} | {o.name for o in graph.output}
     unused = {t.name for t in graph.initializer} - used
     keep = [t for t in graph.initializer if t.name not in unused]
     inputs = [i for i in graph.input if i.name not in unused]
@@ -111,14 +166,14 @@ def truncated(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
         node = producer.get(stack.pop())
         if node is not None and id(node) not in needed:
             needed.add(id(node))
-            stack.extend(i for i in node.input if i)
+            stack.extend(i for i in (*node.input, *outer_reads(node)) if i)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
     keep = [n for n, original in zip(g.node, model.graph.node) if id(original) in needed]
     del g.node[:]
     g.node.extend(keep)
-    used = {i for n in keep for i in n.input}
+    used = {i for n in keep for i in (*n.input, *outer_reads(n))}
     inits = [t for t in g.initializer if t.name in used]
     del g.initializer[:]
     g.initializer.extend(inits)
