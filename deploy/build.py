@@ -21,14 +21,13 @@ import onnx
 
 from trtq.core.onnx_model import input_specs, load_model, model_sha256
 from trtq.deploy.backend import Backend, load_backend
+from trtq.deploy.engine_info import BuiltEngine, EngineInfo, EngineTensor, save_engine
 from trtq.deploy.plan import precision_plan
 from trtq.core.errors import BuildError
-from trtq.core.fileio import atomic_write_bytes, atomic_write_text
+from trtq.core.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-SIDECAR_FORMAT = "trtq.engine"
-SIDECAR_VERSION = 1
 Shape = tuple[int, ...]
 
 
@@ -222,15 +221,16 @@ def tensorrt_calls():
             gc.enable()
 
 
-def build_engine(model: str | os.PathLike | onnx.ModelProto, options: BuildOptions = BuildOptions()) -> tuple[bytes, dict]:
-    """Build a serialized engine; return ``(engine bytes, sidecar metadata)``."""
+def build_engine(model: str | os.PathLike | onnx.ModelProto, options: BuildOptions = BuildOptions()) -> BuiltEngine:
+    """Build a serialized engine from an ONNX model; return it with its :class:`EngineInfo`
+    (``.save(path)`` writes the engine and its sidecar)."""
     proto = load_model(model)
     _check_tensorrt_qdq(proto)
     backend = load_backend(options.backend)
     profiles = _profiles(proto, options)
     with tensorrt_calls():
         engine, caps = _build(backend, proto, options, profiles)
-    return engine, sidecar(proto, backend, options, profiles, caps)
+    return BuiltEngine(engine, engine_info(proto, backend, options, profiles, caps))
 
 
 def _check_tensorrt_qdq(model: onnx.ModelProto) -> None:
@@ -276,8 +276,9 @@ def _build(backend: Backend, proto: onnx.ModelProto, options: BuildOptions, prof
         del monitor, config, parser, network, builder
 
 
-def sidecar(model: onnx.ModelProto, backend: Backend, options: BuildOptions, profiles, caps: list[str]) -> dict:
-    """Metadata that travels with an engine (see :func:`save_engine`)."""
+def engine_info(model: onnx.ModelProto, backend: Backend, options: BuildOptions, profiles,
+                caps: list[str]) -> EngineInfo:
+    """What travels with an engine built from ``model`` (its sidecar)."""
     static = {s.name: s.shape for s in input_specs(model)}
     elem = {vi.name: vi.type.tensor_type for vi in (*model.graph.input, *model.graph.output)}
 
@@ -287,34 +288,9 @@ def sidecar(model: onnx.ModelProto, backend: Backend, options: BuildOptions, pro
     def dims(name: str) -> list:
         return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in elem[name].shape.dim]
 
-    inputs = [{"name": n, "dtype": dtype(n), "shape": dims(n),
-               "profile": {"min": list(p[0]), "opt": list(p[1]), "max": list(p[2])} if (p := profiles.get(n)) else None}
-              for n in static]
-    outputs = [{"name": o.name, "dtype": dtype(o.name), "shape": dims(o.name)} for o in model.graph.output]
+    inputs = tuple(EngineTensor(n, dtype(n), tuple(dims(n)), profiles.get(n)) for n in static)
+    outputs = tuple(EngineTensor(o.name, dtype(o.name), tuple(dims(o.name))) for o in model.graph.output)
     options_json = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items() if k != "progress"}
-    return {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "backend": backend.name,
-            "backend_version": backend.version, "compute_capabilities": caps,
-            "onnx_sha256": model_sha256(model), "inputs": inputs, "outputs": outputs,
-            "precision": precision_plan(model), "build_options": options_json}
-
-
-def save_engine(engine: bytes, metadata: dict, path: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``path`` and its sidecar ``path + '.json'`` atomically."""
-    path = Path(path)
-    meta_path = path.with_name(path.name + ".json")
-    atomic_write_bytes(path, engine)
-    atomic_write_text(meta_path, json.dumps(metadata, indent=1) + "\n")
-    return path, meta_path
-
-
-def load_sidecar(engine_path: str | os.PathLike) -> dict:
-    meta_path = Path(str(engine_path) + ".json")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        raise BuildError(f"engine {engine_path} has no sidecar {meta_path.name}; rebuild it with trtq build") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BuildError(f"sidecar {meta_path} cannot be read: {exc}") from exc
-    if meta.get("format") != SIDECAR_FORMAT:
-        raise BuildError(f"{meta_path} is not a trtq engine sidecar")
-    return meta
+    options_json = json.loads(json.dumps(options_json))  # as the sidecar stores it (tuples become lists)
+    return EngineInfo(backend.name, backend.version, tuple(caps), model_sha256(model), inputs, outputs,
+                      precision_plan(model), options_json)

@@ -23,7 +23,8 @@ import numpy as np
 
 from trtq.core.onnx_model import InputSpec
 from trtq.deploy.backend import load_backend
-from trtq.deploy.build import _Logger, load_sidecar, tensorrt_calls
+from trtq.deploy.build import _Logger, tensorrt_calls
+from trtq.deploy.engine_info import EngineInfo
 from trtq.core.errors import BuildError, TrtqError, require
 
 _ONNX_TO_NUMPY = {"float": np.float32, "float16": np.float16, "int8": np.int8, "int32": np.int32,
@@ -132,15 +133,15 @@ class Engine:
         if not path.is_file():
             raise BuildError(f"engine {path} does not exist")
         self.name = str(path)
-        self.metadata = load_sidecar(path)
-        self.backend = load_backend(backend or self.metadata["backend"])
-        built = (self.metadata["backend"], self.metadata["backend_version"])
+        self.info = EngineInfo.load(path)
+        self.backend = load_backend(backend or self.info.backend)
+        built = (self.info.backend, self.info.backend_version)
         if built != (self.backend.name, self.backend.version):
             raise BuildError(f"engine {path} was built with {built[0]} {built[1]}, but {self.backend.name} "
                              f"{self.backend.version} is installed; rebuild it with trtq build")
-        self.inputs = [InputSpec(t["name"], np.dtype(_ONNX_TO_NUMPY.get(t["dtype"], np.float32)), tuple(t["shape"]))
-                       for t in self.metadata["inputs"]]
-        self.outputs = [t["name"] for t in self.metadata["outputs"]]
+        self.inputs = [InputSpec(t.name, np.dtype(_ONNX_TO_NUMPY.get(t.dtype, np.float32)), tuple(t.shape))
+                       for t in self.info.inputs]
+        self.outputs = [t.name for t in self.info.outputs]
         trt = self.backend.module
         self._logger = _Logger(trt)
         data = path.read_bytes()
@@ -170,7 +171,7 @@ class Engine:
             message = f"engine {self.name} cannot run here: " + (
                 ", ".join(reasons) if reasons else "no usable GPU (or its driver) was found")
             if "unsupported cc" in reasons:
-                built = ", ".join(self.metadata.get("compute_capabilities") or []) or "unknown targets"
+                built = ", ".join(self.info.compute_capabilities) or "unknown targets"
                 message += (f" (built for {built}; {self.backend.name} {self.backend.version} runs only on the "
                             "compute capabilities its ComputeCapability enum lists, which leaves out data-center "
                             "GPUs such as the H100/H200 (9.0): use full TensorRT there, pip install 'trtq[gpu]')")

@@ -94,14 +94,16 @@ def run_all(runner: Runner, data: Any, batch_size: int = 32, samples: int | None
     return {n: np.concatenate(v) for n, v in chunks.items()}
 
 
-def open_runner(model: str | os.PathLike | Runner, *, mode: QdqMode | str = QdqMode.FLOAT, **kwargs: Any) -> Runner:
-    """A runner for a path (``.onnx``: :class:`OrtRunner`, ``.engine``: :class:`deploy.Engine`)
-    or the runner itself.
+def open_runner(model: str | os.PathLike | onnx.ModelProto | Runner, *, mode: QdqMode | str = QdqMode.FLOAT, **kwargs: Any) -> Runner:
+    """A runner for a path (``.onnx``: :class:`OrtRunner`, ``.engine``: :class:`trtq.deploy.Engine`),
+    an ONNX ModelProto (:class:`OrtRunner`), or the runner itself.
 
     ``mode`` says how ONNX Runtime runs a Q/DQ model (float Q/DQ, TensorRT's math, or its
     int8 kernels); an engine runs as TensorRT built it, whatever the mode. ``kwargs`` go to
     :class:`OrtRunner` (its ``name`` defaults to the path).
     """
+    if isinstance(model, onnx.ModelProto):
+        return OrtRunner(model, mode=mode, **kwargs)
     if not isinstance(model, (str, os.PathLike)):
         return model
     suffix = os.fspath(model).rsplit(".", 1)[-1].lower()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -77,9 +78,16 @@ def _free_port() -> int:
 def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     """The regular (non-editable) install: build the wheel, install it into a fresh virtual
     environment, and use it from a folder outside the checkout."""
-    dist = tmp_path / "dist"
+    # Built from a copy: an in-tree build would leave build/ in the checkout, and setuptools
+    # never deletes stale files there (a removed module would ship again).
+    source, dist = tmp_path / "source", tmp_path / "dist"
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, source / name)
+    for folder in ("trtq", "calibration", "quantize", "deploy", "models"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
-                    str(ROOT)], check=True, capture_output=True, timeout=600)
+                    str(source)], check=True, capture_output=True, timeout=600)
     (wheel,) = dist.glob("trtq-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"trtq", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1]

@@ -426,29 +426,28 @@ def build_cmd(model, out, shapes, max_batch, workspace, opt_level, timing_cache,
     Precision comes from the ONNX graph (strongly typed network): Q/DQ nodes make int8
     layers, fp16 tensors fp16 layers. TensorRT for RTX builds without a GPU.
     """
-    from trtq.deploy.build import BuildOptions, build_engine, parse_shapes, save_engine
+    from trtq.deploy.build import BuildOptions, build_engine, parse_shapes
 
     options = BuildOptions(shapes=dict(parse_shapes(s) for s in shapes), max_batch=max_batch,
                            workspace_bytes=workspace * (1 << 20) if workspace else None,
                            optimization_level=opt_level, timing_cache=timing_cache,
                            compute_capabilities=tuple(caps), backend=backend, progress=not no_progress)
-    engine, meta = build_engine(model, options)
-    paths = save_engine(engine, meta, out or Path(model).with_suffix(".engine"))
-    _print_sidecar(meta)
+    built = build_engine(model, options)
+    paths = built.save(out or Path(model).with_suffix(".engine"))
+    _print_engine_info(built.info)
     console.print("wrote: " + ", ".join(str(p) for p in paths))
 
 
-def _print_sidecar(meta: dict) -> None:
+def _print_engine_info(info) -> None:
     from collections import Counter
 
-    caps = ", ".join(meta["compute_capabilities"]) or "the build machine's GPU"
-    console.print(f"{meta['backend']} {meta['backend_version']}, targets: {caps}")
-    for kind in ("inputs", "outputs"):
-        for t in meta[kind]:
-            prof = t.get("profile")
-            extra = f"  profile {prof['min']} / {prof['opt']} / {prof['max']}" if prof else ""
-            console.print(f"  {kind[:-1]} {t['name']}: {t['dtype']} {t['shape']}{extra}")
-    counts = Counter(meta["precision"].values())
+    caps = ", ".join(info.compute_capabilities) or "the build machine's GPU"
+    console.print(f"{info.backend} {info.backend_version}, targets: {caps}")
+    for kind, tensors in (("input", info.inputs), ("output", info.outputs)):
+        for t in tensors:
+            extra = "  profile " + " / ".join(str(list(s)) for s in t.profile) if t.profile else ""
+            console.print(f"  {kind} {t.name}: {t.dtype} {list(t.shape)}{extra}")
+    counts = Counter(info.precision.values())
     console.print("  compute layers: " + ", ".join(f"{n} {p}" for p, n in sorted(counts.items())))
 
 
@@ -458,14 +457,14 @@ def _print_sidecar(meta: dict) -> None:
 @_fail_cleanly
 def inspect_cmd(engine, layers) -> None:
     """Describe ENGINE from its sidecar: backend, targets, I/O, per-layer precision plan."""
-    from trtq.deploy.build import load_sidecar
+    from trtq.deploy.engine_info import EngineInfo
 
     if not Path(engine).is_file():
         raise TrtqError(f"engine {engine} does not exist")
-    meta = load_sidecar(engine)
-    _print_sidecar(meta)
+    info = EngineInfo.load(engine)
+    _print_engine_info(info)
     if layers:
-        for name, precision in meta["precision"].items():
+        for name, precision in info.precision.items():
             console.print(f"  {precision:5s} {name}")
         try:
             from trtq.deploy.engine import Engine

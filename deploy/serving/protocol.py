@@ -117,12 +117,12 @@ def signature_of(model: str | os.PathLike) -> ModelSignature:
 
         return ModelSignature(tuple(spec(v) for v in proto.graph.input if v.name not in inits),
                               tuple(spec(v) for v in proto.graph.output), "onnxruntime_onnx")
-    from trtq.deploy.build import load_sidecar
+    from trtq.deploy.engine_info import EngineInfo
 
-    meta = load_sidecar(path)
+    info = EngineInfo.load(path)
     return ModelSignature(
-        tuple(TensorSpec(t["name"], _v2_type(t["dtype"], t["name"]), _dims(t["shape"])) for t in meta["inputs"]),
-        tuple(TensorSpec(t["name"], _v2_type(t["dtype"], t["name"]), _dims(t["shape"])) for t in meta["outputs"]),
+        tuple(TensorSpec(t.name, _v2_type(t.dtype, t.name), _dims(list(t.shape))) for t in info.inputs),
+        tuple(TensorSpec(t.name, _v2_type(t.dtype, t.name), _dims(list(t.shape))) for t in info.outputs),
         "tensorrt_plan")
 
 

@@ -89,14 +89,14 @@ class ServedModel:
         if not self.signature.batched:
             return 1
         if self.signature.platform == "tensorrt_plan":
-            from trtq.deploy.build import load_sidecar
+            from trtq.deploy.engine_info import EngineInfo
 
-            limits = [t["profile"]["max"][0] for t in load_sidecar(self.path)["inputs"] if t.get("profile")]
+            limit = EngineInfo.load(self.path).max_batch
             if wanted is None:
-                return min([DEFAULT_MAX_BATCH, *limits])
-            if limits and wanted > min(limits):
+                return DEFAULT_MAX_BATCH if limit is None else min(DEFAULT_MAX_BATCH, limit)
+            if limit is not None and wanted > limit:
                 raise TrtqError(f"max batch {wanted} exceeds the engine's optimization profile (batch up to "
-                                f"{min(limits)}); pass --max-batch {min(limits)} or rebuild with a larger profile")
+                                f"{limit}); pass --max-batch {limit} or rebuild with a larger profile")
         return DEFAULT_MAX_BATCH if wanted is None else wanted
 
     def metadata(self) -> dict:

@@ -151,15 +151,14 @@ def export_triton(model: str | os.PathLike, repo: str | os.PathLike, *, name: st
 
 
 def _engine_batch_limit(path: Path) -> int | None:
-    from trtq.deploy.build import load_sidecar
+    from trtq.deploy.engine_info import EngineInfo
 
-    meta = load_sidecar(path)
-    if meta["backend"] == "tensorrt_rtx":
+    info = EngineInfo.load(path)
+    if info.backend == "tensorrt_rtx":
         raise TrtqError(f"{path.name} was built with TensorRT-RTX; Triton's TensorRT backend loads engines of "
                         "full TensorRT (the same version as the server's). Export the ONNX model instead, or "
                         "build the engine with --backend tensorrt on a machine with the matching TensorRT")
-    limits = [t["profile"]["max"][0] for t in meta["inputs"] if t.get("profile")]
-    return min(limits) if limits else None
+    return info.max_batch
 
 
 def _copy_onnx(src: Path, dst: Path) -> None:

@@ -1,5 +1,6 @@
 """Engine builds with whatever TensorRT is installed (TensorRT-RTX builds without a GPU)."""
 
+import dataclasses
 import json
 import os
 import re
@@ -11,7 +12,8 @@ from click.testing import CliRunner
 
 from trtq.calibration import calibrate
 from trtq.deploy.backend import load_backend
-from trtq.deploy.build import BuildOptions, build_engine, load_sidecar, parse_shapes, save_engine
+from trtq.deploy.build import BuildOptions, build_engine, parse_shapes
+from trtq.deploy.engine_info import EngineInfo, save_engine
 from trtq.deploy.plan import precision_plan
 from trtq.quantize import quantize
 from tests.conftest import has_module
@@ -46,10 +48,13 @@ def test_unknown_backend_is_a_clear_error():
 
 @needs_trt
 def test_build_int8_engine_with_sidecar(tmp_path, int8_model):
-    engine, meta = build_engine(int8_model, BuildOptions(max_batch=8, progress=True))  # via IProgressMonitor
+    built = build_engine(int8_model, BuildOptions(max_batch=8, progress=True))  # via IProgressMonitor
+    engine = built.engine
     assert len(engine) > 1000
-    paths = save_engine(engine, meta, tmp_path / "m.engine")
-    assert load_sidecar(paths[0]) == json.loads(paths[1].read_text())
+    paths = built.save(tmp_path / "m.engine")
+    assert EngineInfo.load(paths[0]) == built.info
+    meta = json.loads(paths[1].read_text())
+    assert EngineInfo.from_json(meta) == built.info and built.info.max_batch == 8
     assert meta["inputs"][0]["profile"] == {"min": [1, 3, 8, 8], "opt": [8, 3, 8, 8], "max": [8, 3, 8, 8]}
     assert meta["outputs"][0]["name"] == "logits" and set(meta["precision"].values()) == {"int8"}
     if meta["backend"] == "tensorrt_rtx":
@@ -110,12 +115,13 @@ def test_quantize_engine_flag(tmp_path, cnn_model, cnn_data, monkeypatch):
 def test_engine_checks_before_touching_the_gpu(tmp_path, int8_model):
     from trtq.deploy import Engine
 
-    engine, meta = build_engine(int8_model, BuildOptions(max_batch=4, progress=False))
-    path, meta_path = save_engine(engine, meta, tmp_path / "m.engine")
+    built = build_engine(int8_model, BuildOptions(max_batch=4, progress=False))
+    engine, info = built.engine, built.info
+    path, meta_path = built.save(tmp_path / "m.engine")
     (tmp_path / "bare.engine").write_bytes(engine)
     with pytest.raises(BuildError, match="has no sidecar"):
         Engine(tmp_path / "bare.engine")
-    stale = dict(meta, backend_version="0.0.1")
+    stale = dataclasses.replace(info, backend_version="0.0.1")
     save_engine(engine, stale, tmp_path / "old.engine")
     with pytest.raises(BuildError, match="was built with .* 0.0.1.*rebuild it"):
         Engine(tmp_path / "old.engine")
@@ -134,8 +140,8 @@ def test_engine_matches_onnx_runtime_on_gpu(tmp_path, int8_model, cnn_data):
     from trtq.deploy import Engine, OrtRunner, compare_outputs
 
     caps = ("CURRENT",) if load_backend().is_rtx else ()  # TensorRT-RTX: this GPU, whatever it is
-    engine, meta = build_engine(int8_model, BuildOptions(max_batch=16, compute_capabilities=caps, progress=False))
-    path, _ = save_engine(engine, meta, tmp_path / "m.engine")
+    path, _ = build_engine(int8_model, BuildOptions(max_batch=16, compute_capabilities=caps,
+                                                    progress=False)).save(tmp_path / "m.engine")
     with Engine(path) as eng, OrtRunner(int8_model) as ort_runner:
         for batch in (1, 7, 16):
             x = {"input": cnn_data[:batch]}
@@ -194,9 +200,9 @@ def test_unsupported_constructs_fail_with_the_node(tmp_path, model, match):
 def test_corrupt_or_truncated_engine_is_a_clear_error(tmp_path, int8_model):
     from trtq.deploy import Engine
 
-    engine, meta = build_engine(int8_model, BuildOptions(max_batch=2, progress=False))
-    save_engine(engine[: len(engine) // 3], meta, tmp_path / "cut.engine")
-    save_engine(b"\x00" * 4096, meta, tmp_path / "zero.engine")
+    built = build_engine(int8_model, BuildOptions(max_batch=2, progress=False))
+    save_engine(built.engine[: len(built.engine) // 3], built.info, tmp_path / "cut.engine")
+    save_engine(b"\x00" * 4096, built.info, tmp_path / "zero.engine")
     for name in ("cut.engine", "zero.engine"):
         with pytest.raises(TrtqError) as info:
             Engine(tmp_path / name)
@@ -234,7 +240,7 @@ def test_unsupported_compute_capability_message_names_the_way_out():
     trt = types.SimpleNamespace(EngineValidity=Validity, EngineInvalidityDiagnostics=Diagnostics,
                                 __version__="1.7.1.116")
     engine = Engine.__new__(Engine)
-    engine.name, engine.metadata = "m.engine", {"compute_capabilities": ["SM80", "SM86"]}
+    engine.name, engine.info = "m.engine", types.SimpleNamespace(compute_capabilities=("SM80", "SM86"))
     engine.backend = Backend("tensorrt_rtx", trt)
     engine._runtime = types.SimpleNamespace(engine_header_size=8,
                                             get_engine_validity=lambda header: (Validity.INVALID, 4))
@@ -248,19 +254,19 @@ def test_engine_signature_for_serving_and_triton(tmp_path, int8_model):
     pytest.importorskip("prometheus_client", reason="needs the serve extra: pip install 'trtq[serve]'")
     from trtq.deploy.serving import ServedModel, ServeOptions, export_triton, signature_of
 
-    engine, meta = build_engine(int8_model, BuildOptions(max_batch=4, progress=False))
-    path, _ = save_engine(engine, meta, tmp_path / "tiny.engine")
+    built = build_engine(int8_model, BuildOptions(max_batch=4, progress=False))
+    path, _ = built.save(tmp_path / "tiny.engine")
     sig = signature_of(path)
     assert sig.platform == "tensorrt_plan" and sig.batched
     assert [(t.name, t.datatype, t.shape) for t in sig.inputs] == [("input", "FP32", (-1, 3, 8, 8))]
     assert [(t.name, t.datatype, t.shape) for t in sig.outputs] == [("logits", "FP32", (-1, 4))]
     with pytest.raises(TrtqError, match="optimization profile"):
         ServedModel(path, options=ServeOptions(max_batch=8))
-    if meta["backend"] == "tensorrt_rtx":
+    if built.info.backend == "tensorrt_rtx":
         with pytest.raises(TrtqError, match="TensorRT-RTX"):
             export_triton(path, tmp_path / "repo")
     try:
-        served = ServedModel(path)  # max batch: the profile's 4, not the default 8
+        served = ServedModel(path)  # max batch: the profile's 4, not the default 32
     except TrtqError as exc:  # no usable GPU here: a clear error, not a crash
         assert re.search(r"GPU|CUDA|cuda|cannot run", str(exc)), exc
         return

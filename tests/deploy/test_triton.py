@@ -8,7 +8,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from trtq.deploy.build import SIDECAR_FORMAT, SIDECAR_VERSION
+from trtq.deploy.engine_info import SIDECAR_FORMAT, SIDECAR_VERSION
 from trtq.deploy.serving import ModelSignature, TensorSpec, export_triton, model_config_text
 from tests.conftest import make_matmul
 from trtq.cli import main
@@ -75,7 +75,7 @@ def _fake_engine(tmp_path, backend: str, max_batch: int):
     path = tmp_path / "net.engine"
     path.write_bytes(b"not really an engine")
     meta = {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "backend": backend, "backend_version": "10.9",
-            "compute_capabilities": [],
+            "compute_capabilities": [], "onnx_sha256": "0" * 64,
             "inputs": [{"name": "images", "dtype": "float16", "shape": ["N", 3, 32, 32],
                         "profile": {"min": [1, 3, 32, 32], "opt": [4, 3, 32, 32], "max": [max_batch, 3, 32, 32]}}],
             "outputs": [{"name": "scores", "dtype": "float", "shape": ["N", 10]},

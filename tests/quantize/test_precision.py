@@ -162,5 +162,6 @@ def test_mixed_model_builds_with_tensorrt(cnn, table):
     from trtq.deploy.build import BuildOptions, build_engine
 
     mixed = apply_plan(cnn, table, PrecisionPlan.from_flags("int8", fp16=["fc", "relu2", "gap", "flatten"]))
-    engine, meta = build_engine(mixed.model, BuildOptions(max_batch=4, progress=False))
-    assert engine and meta["precision"]
+    built = build_engine(mixed.model, BuildOptions(max_batch=4, progress=False))
+    meta = built.info.to_json()
+    assert built.engine and meta["precision"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from trtq.calibration import CalibrationTable
 from trtq.core import atomic_write_bytes, atomic_write_text
-from trtq.deploy.build import BuildOptions, build_engine, save_engine
+from trtq.deploy.build import BuildOptions, build_engine
 from trtq.pipeline.job import QuantizeJob
 from trtq.pipeline.report import markdown_report
 from trtq.pipeline.source import SourceModel
@@ -44,8 +44,8 @@ def write_artifacts(stage: Path, job: QuantizeJob, source: SourceModel, fp32: Fp
             samples=fidelity.report.samples, reports=fidelity.variants, mixed=quantized.mixed,
             search=quantized.search, sensitivity=sensitivity, files=sorted(f.name for f in files.values())))
     if job.engine:
-        engine, info = build_engine(quantized.model, BuildOptions(progress=job.progress))
-        files["engine"], files["engine_metadata"] = save_engine(engine, info, stage / f"model.{label}.engine")
+        built = build_engine(quantized.model, BuildOptions(progress=job.progress))
+        files["engine"], files["engine_metadata"] = built.save(stage / f"model.{label}.engine")
     summary = {
         **fp32.to_json(),
         "evaluated_on": fidelity.eval_source,
