@@ -38,17 +38,17 @@ def trtq_variants(model, calib, smoothquant: bool, bias_correction: bool, linear
     from trtq.quantize.rounding import substitute_weights, gptq_weights
     from trtq.quantize.smoothquant import linear_groups, smooth_quant
 
-    base = smooth_quant(model, calib, samples=256, progress=False)[0] if smoothquant else model
+    base = smooth_quant(model, calib, samples=256, progress=False).model if smoothquant else model
     if equalize:
-        base = equalize_pairs(base, calib, progress=False)[0]
+        base = equalize_pairs(base, calib, progress=False).model
     table = calibrate(base, calib, "minmax", batch_size=16, tensors=calibration_tensors(base), progress=False)
     if clipping:
-        table, _ = refine_clipping(base, table, calib, progress=False)
+        table = refine_clipping(base, table, calib, progress=False).table
     nodes = [n.name for group in linear_groups(base).values() for n in group] if linear_only else None
-    rounded = substitute_weights(base, gptq_weights(base, calib, progress=False)[0]) if gptq else base
+    rounded = substitute_weights(base, gptq_weights(base, calib, progress=False).weights) if gptq else base
     int8 = quantize(rounded, table, nodes=nodes, force=gptq)  # same activations: the table applies
     if bias_correction:
-        int8, _ = correct_bias(base, int8, calib, samples=64, batch_size=16, progress=False)
+        int8 = correct_bias(base, int8, calib, samples=64, batch_size=16, progress=False).model
     return int8
 
 

@@ -38,7 +38,7 @@ def main() -> None:
     rows.append(("trtq (minmax)", time.perf_counter() - t, int8))
     base_seconds = rows[-1][1]
     t = time.perf_counter()
-    corrected, _ = correct_bias(fp32, int8, calib, samples=64, progress=False)
+    corrected = correct_bias(fp32, int8, calib, samples=64, progress=False).model
     rows.append(("trtq (minmax + bias correction)", base_seconds + time.perf_counter() - t, corrected))
     t = time.perf_counter()
     ort_int8 = ort_quantize_static(fp32, {"images": calib})

@@ -66,7 +66,7 @@ def main() -> None:
         target = Target.parse(args.target or default_target)
         model, calib, held_out = build()
         table = calibrate(model, calib, "minmax", batch_size=16, progress=False)
-        weights = {} if args.no_gptq else gptq_weights(model, calib, progress=False)[0]
+        weights = {} if args.no_gptq else gptq_weights(model, calib, progress=False).weights
         evaluate = FidelityEvaluator(model, held_out, batch_size=32,
                                      classifier=None if name == "efficientnet_lite0" else False)
 

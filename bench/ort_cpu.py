@@ -37,7 +37,7 @@ def trtq_int8(model, calib, runtime: str, reduce_range: bool | None = None):
     target = QuantTarget.parse(runtime, reduce_range)
     table = calibrate(model, calib, "minmax", batch_size=16, tensors=calibration_tensors(model, target),
                       progress=False)
-    rounded = substitute_weights(model, gptq_weights(model, calib, qmax=target.weight_qmax, progress=False)[0])
+    rounded = substitute_weights(model, gptq_weights(model, calib, qmax=target.weight_qmax, progress=False).weights)
     return quantize(rounded, table, target=target, force=True)  # same activations: the table applies
 
 

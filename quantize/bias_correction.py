@@ -34,6 +34,7 @@ from trtq.core.progress import progress_bar
 from trtq.core.readers import collect_arrays
 from trtq.quantize.graph import GraphIndex, copy_model, float_session
 from trtq.core.errors import QuantizationError
+from trtq.quantize.results import Transformed
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def _targets(model: onnx.ModelProto, reference_names: set[str]) -> list[onnx.Nod
 
 def correct_bias(reference: str | os.PathLike | onnx.ModelProto, quantized: onnx.ModelProto, data: Any, *,
                  samples: int = 128, batch_size: int = 32, min_t: float = 2.0,
-                 progress: bool = True) -> tuple[onnx.ModelProto, list[BiasShift]]:
+                 progress: bool = True) -> Transformed[BiasShift]:
     """A copy of ``quantized`` with its int8 layers' biases corrected (see the module docstring).
 
     ``reference`` is the fp32 model ``quantized`` was made from (BatchNorm folded: tensor
@@ -99,7 +100,7 @@ def correct_bias(reference: str | os.PathLike | onnx.ModelProto, quantized: onnx
     produced = {o for node in ref.graph.node for o in node.output}
     targets = _targets(out, produced)
     if not targets:
-        return out, []
+        return Transformed(out)
     reference_means = _channel_means(ref, [t.output[0] for t in targets], feed, batch_size)
     inits = {i.name: i for i in out.graph.initializer}
     shifts = []
@@ -122,7 +123,7 @@ def correct_bias(reference: str | os.PathLike | onnx.ModelProto, quantized: onnx
             bar.advance(1)
     log.info("bias correction: %d layers, %d of %d channels corrected", len(shifts),
              sum(s.corrected for s in shifts), sum(s.channels for s in shifts))
-    return out, shifts
+    return Transformed(out, tuple(shifts))
 
 
 __all__ = ["BiasShift", "correct_bias"]

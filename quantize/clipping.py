@@ -32,6 +32,7 @@ from trtq.quantize.graph import GraphIndex, float_session
 from trtq.quantize.qdq import fake_quantize, quantize_weight, weight_params
 from trtq.quantize.rules import QDQ_RULES
 from trtq.core.errors import QuantizationError, require
+from trtq.quantize.results import ClippedTable
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +107,14 @@ def _layer(node: onnx.NodeProto, act_index: int, weight_index: int, axis: int | 
 
 def refine_clipping(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable, data: Any, *,
                     samples: int = 16, batch_size: int = 16, fractions: Sequence[float] = DEFAULT_FRACTIONS,
-                    progress: bool = True) -> tuple[CalibrationTable, list[ClipChoice]]:
+                    progress: bool = True) -> ClippedTable[ClipChoice]:
     """A copy of ``table`` with each refinable activation's range clipped to the fraction that
     minimizes its readers' int8 output error (see the module docstring), and the choices."""
     model = load_model(model)
     readers = _refinable(model)
     tensors = [t for t in readers if t in table and table[t].amax > 0]
     if not tensors:
-        return table, []
+        return ClippedTable(table)
     feed = collect_arrays(data, input_specs(model), batch_size, samples)
     if not feed:
         raise QuantizationError("clipping refinement needs calibration data; none was given")
@@ -153,7 +154,7 @@ def refine_clipping(model: str | os.PathLike | onnx.ModelProto, table: Calibrati
             bar.advance(1)
     clipped = sum(c.fraction != 1.0 for c in choices)
     log.info("clipping per layer: %d of %d tensors clipped", clipped, len(choices))
-    return CalibrationTable(ranges, table.method, table.model_sha256, table.samples), choices
+    return ClippedTable(CalibrationTable(ranges, table.method, table.model_sha256, table.samples), tuple(choices))
 
 
 __all__ = ["ClipChoice", "DEFAULT_FRACTIONS", "refine_clipping"]

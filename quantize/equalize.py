@@ -45,6 +45,7 @@ from trtq.core.readers import collect_arrays
 from trtq.quantize.graph import GraphIndex, copy_model, float_session, get_attr, remove_unused_initializers
 from trtq.quantize.qdq import fake_quantize
 from trtq.core.errors import QuantizationError, require
+from trtq.quantize.results import Transformed
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,7 @@ def _statistics(model: onnx.ModelProto, tensors: list[str], feed: dict[str, np.n
 
 def equalize(model: str | os.PathLike | onnx.ModelProto, data: Any, *, alphas: Sequence[float] = DEFAULT_ALPHAS,
              samples: int = 64, keep: int = 4, batch_size: int = 8,
-             progress: bool = True) -> tuple[onnx.ModelProto, list[EqualizedPair]]:
+             progress: bool = True) -> Transformed[EqualizedPair]:
     """An fp32 copy of ``model`` with cross-layer equalization where it lowers int8 error.
 
     ``model`` should have BatchNorm folded (the pairs are Conv -> Conv). ``samples``
@@ -239,7 +240,7 @@ def equalize(model: str | os.PathLike | onnx.ModelProto, data: Any, *, alphas: S
     out = copy_model(src)
     pairs = conv_pairs(out)
     if not pairs:
-        return out, []
+        return Transformed(out)
     feed = collect_arrays(data, input_specs(src), batch_size, samples)
     if not feed or len(next(iter(feed.values()))) < 2:
         raise QuantizationError("cross-layer equalization needs at least 2 calibration samples")
@@ -276,7 +277,7 @@ def equalize(model: str | os.PathLike | onnx.ModelProto, data: Any, *, alphas: S
     remove_unused_initializers(out.graph)
     moved = [e for e in report if e.alpha is not None]
     log.info("cross-layer equalization: %d of %d conv pairs rescaled", len(moved), len(report))
-    return out, report
+    return Transformed(out, tuple(report))
 
 
 def _apply(g: GraphIndex, conv1: onnx.NodeProto, conv2: onnx.NodeProto, s: np.ndarray, depthwise: bool) -> None:

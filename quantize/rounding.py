@@ -34,6 +34,7 @@ from trtq.core.readers import collect_arrays
 from trtq.quantize.graph import GraphIndex, copy_model, float_session, get_attr, remove_unused_initializers
 from trtq.quantize.qdq import QMAX
 from trtq.core.errors import QuantizationError
+from trtq.quantize.results import RoundedWeights
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def _accumulate(layer: _Layer, x: np.ndarray, rng: np.random.Generator) -> None:
 
 def gptq_weights(model: str | os.PathLike | onnx.ModelProto, data: Any, *, samples: int = 64, batch_size: int = 8,
                  qmax: int = QMAX, progress: bool = True,
-                 seed: int = 0) -> tuple[dict[str, np.ndarray], list[RoundedLayer]]:
+                 seed: int = 0) -> RoundedWeights[RoundedLayer]:
     """GPTQ-rounded weights of ``model``'s layers (BatchNorm folded), by node name.
 
     ``data``: calibration inputs; ``samples`` of them build each layer's ``H`` from the
@@ -198,7 +199,7 @@ def gptq_weights(model: str | os.PathLike | onnx.ModelProto, data: Any, *, sampl
     g = GraphIndex(src.graph)
     layers = _layers(src, g)
     if not layers:
-        return {}, []
+        return RoundedWeights()
     feed = collect_arrays(data, input_specs(src), batch_size, samples)
     tensors = list(dict.fromkeys(layer.node.input[0] for layer in layers))
     session = float_session(src, tensors)
@@ -222,7 +223,7 @@ def gptq_weights(model: str | os.PathLike | onnx.ModelProto, data: Any, *, sampl
                 report.append(row)
             bar.advance(1)
     log.info("GPTQ: %d of %d layers rounded", len(weights), len(layers))
-    return weights, report
+    return RoundedWeights(weights, tuple(report))
 
 
 def substitute_weights(model: onnx.ModelProto, weights: Mapping[str, np.ndarray],

@@ -40,6 +40,7 @@ from trtq.core.readers import collect_arrays
 from trtq.quantize.graph import GraphIndex, copy_model, float_session, get_attr, insert_before, remove_unused_initializers
 from trtq.quantize.qdq import fake_quantize
 from trtq.core.errors import QuantizationError
+from trtq.quantize.results import Transformed
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def _statistics(model: onnx.ModelProto, tensors: list[str], feed: dict[str, np.n
 
 def smooth_quant(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
                  alphas: Sequence[float] = DEFAULT_ALPHAS, samples: int = 64, rows: int = 2048,
-                 batch_size: int = 16, progress: bool = True) -> tuple[onnx.ModelProto, list[SmoothedGroup]]:
+                 batch_size: int = 16, progress: bool = True) -> Transformed[SmoothedGroup]:
     """An fp32 copy of ``model`` with SmoothQuant applied where it lowers the int8 error.
 
     ``data``: calibration inputs (any form the readers take); ``samples`` of them give the
@@ -183,7 +184,7 @@ def smooth_quant(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
     out = copy_model(src)
     groups = linear_groups(out)
     if not groups:
-        return out, []
+        return Transformed(out)
     feed = collect_arrays(data, input_specs(src), batch_size, samples)
     if not feed:
         raise QuantizationError("SmoothQuant needs calibration data; none was given")
@@ -226,7 +227,7 @@ def smooth_quant(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
     remove_unused_initializers(out.graph)
     moved = [r for r in report if r.alpha is not None]
     log.info("SmoothQuant: %d of %d linear-layer groups smoothed", len(moved), len(report))
-    return out, report
+    return Transformed(out, tuple(report))
 
 
 __all__ = ["DEFAULT_ALPHAS", "SmoothedGroup", "choose_alpha", "linear_groups", "smooth_factors", "smooth_quant"]

@@ -32,7 +32,8 @@ def test_one_layer_matches_the_numpy_shift():
     x = (rng.uniform(0, 1, (256, 16)) + 0.5).astype(np.float32)  # positive inputs: weight errors don't cancel
     q = quantize(model, calibrate(model, {"x": x}, "minmax", progress=False))
     before = OrtRunner(q).infer({"x": x})["y"] - x @ w.T
-    fixed, shifts = correct_bias(model, q, {"x": x}, samples=256, min_t=0.0, progress=False)
+    result = correct_bias(model, q, {"x": x}, samples=256, min_t=0.0, progress=False)
+    fixed, shifts = result.model, result.records
     expected = -before.mean(axis=0)  # the bias that cancels the mean shift on these samples
     got = numpy_helper.to_array(next(i for i in fixed.graph.initializer if i.name == "b"))
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
@@ -47,7 +48,8 @@ def test_noise_is_not_corrected():
     model = make_cnn()
     x = np.random.default_rng(1).standard_normal((16, 3, 8, 8)).astype(np.float32)
     q = quantize(model, calibrate(model, {"input": x}, "minmax", progress=False))
-    fixed, shifts = correct_bias(model, q, {"input": x}, samples=16, min_t=1e9, progress=False)
+    result = correct_bias(model, q, {"input": x}, samples=16, min_t=1e9, progress=False)
+    fixed, shifts = result.model, result.records
     assert shifts and all(s.corrected == 0 for s in shifts)
     assert [i.raw_data for i in fixed.graph.initializer] == [i.raw_data for i in q.graph.initializer]
 
@@ -57,7 +59,8 @@ def test_tiny_cnn_gets_closer_to_fp32():
     rng = np.random.default_rng(2)
     calib, held = (rng.standard_normal((128, 3, 8, 8)).astype(np.float32) + 0.3 for _ in range(2))
     q = quantize(model, calibrate(model, {"input": calib}, "minmax", progress=False))
-    fixed, shifts = correct_bias(model, q, {"input": calib}, samples=128, progress=False)
+    result = correct_bias(model, q, {"input": calib}, samples=128, progress=False)
+    fixed, shifts = result.model, result.records
     evaluate = FidelityEvaluator(model, {"input": held})
     assert {s.node for s in shifts} == {"conv1", "fc"}  # conv2 has no bias: left alone
     assert evaluate(fixed)["sqnr_db"] >= evaluate(q)["sqnr_db"] - 0.1

@@ -33,7 +33,8 @@ def test_choice_matches_numpy_brute_force():
     x = np.maximum(rng.standard_t(2, (256, 32)), 0).astype(np.float32)  # a heavy tail: clipping pays a little
     model = _gemm_model(w)
     table = calibrate(model, x, "minmax", progress=False)
-    refined, choices = refine_clipping(model, table, x, samples=256, progress=False)
+    result = refine_clipping(model, table, x, samples=256, progress=False)
+    refined, choices = result.table, result.records
     [choice] = choices
     assert choice.tensor == "h" and choice.nodes == ("fc",)
     # Brute force in NumPy: int8 weights per output channel, int8 input, relative output error.
@@ -51,7 +52,8 @@ def test_tensors_read_by_a_residual_add_keep_their_range(cnn_model, cnn_data):
 
     model = fold_batchnorm(cnn_model)
     table = calibrate(model, cnn_data, "minmax", progress=False)
-    refined, choices = refine_clipping(model, table, cnn_data, progress=False)
+    result = refine_clipping(model, table, cnn_data, progress=False)
+    refined, choices = result.table, result.records
     chosen = {c.tensor for c in choices}
     assert "r1" not in chosen  # also the residual input of the Add: its Q/DQ pair is shared
     assert {"input", "flat"} <= chosen

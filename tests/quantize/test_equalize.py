@@ -56,7 +56,8 @@ def test_pairs_found_and_exclusions():
 
 def test_equalized_model_computes_the_same_function(data):
     model = make_separable()
-    out, report = equalize(model, data, samples=32, progress=False)
+    result = equalize(model, data, samples=32, progress=False)
+    out, report = result.model, result.records
     assert any(r.alpha is not None for r in report)
     ops = [n.op_type for n in out.graph.node]
     assert "Min" in ops and "Clip" not in ops  # Clip(0, 6) became Relu + per-channel Min
@@ -100,7 +101,7 @@ def test_pair_error_matches_a_numpy_reference():
 
 
 def test_equalization_pays_where_channel_ranges_differ(data):
-    _, report = equalize(make_separable(spread=1000.0), data, samples=32, progress=False)
+    report = equalize(make_separable(spread=1000.0), data, samples=32, progress=False).records
     first = report[0]
     assert first.pair.depthwise and first.alpha is not None
     assert first.sqnr_after_db > first.sqnr_before_db + 10  # small channels were a few int8 levels
@@ -108,5 +109,6 @@ def test_equalization_pays_where_channel_ranges_differ(data):
 
 def test_models_without_pairs_come_back_unchanged(cnn_model, cnn_data):
     # conv1 -> BN -> Relu: the BN in between (unfolded) is not part of a pair; conv2 reads r1 twice.
-    out, report = equalize(cnn_model, cnn_data, progress=False)
-    assert report == [] and out.SerializeToString() == cnn_model.SerializeToString()
+    result = equalize(cnn_model, cnn_data, progress=False)
+    out, report = result.model, result.records
+    assert report == () and out.SerializeToString() == cnn_model.SerializeToString()

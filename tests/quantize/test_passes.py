@@ -153,9 +153,9 @@ def test_a_conv_output_a_branch_reads_is_not_folded_away(model):
 def test_every_transform_keeps_subgraphs_intact(model, data, reference):
     fp32 = fold_batchnorm(model)
     _check(fp32, data, reference, 0.99999)
-    smoothed, _ = smooth_quant(fp32, data, samples=32, progress=False)
+    smoothed = smooth_quant(fp32, data, samples=32, progress=False).model
     _check(smoothed, data, reference, 0.99999)
-    equalized, _ = equalize(fp32, data, samples=32, progress=False)
+    equalized = equalize(fp32, data, samples=32, progress=False).model
     _check(equalized, data, reference, 0.99999)
     table = calibrate(fp32, data, "minmax", progress=False)
     int8 = quantize(fp32, table)
@@ -164,12 +164,12 @@ def test_every_transform_keeps_subgraphs_intact(model, data, reference):
     inside = [n.op_type for a in branch.attribute for n in a.g.node]
     assert "QuantizeLinear" not in inside and "Conv" in inside  # left in float, on purpose
     assert sum(n.op_type == "QuantizeLinear" for n in int8.graph.node) >= 3  # the main graph is quantized
-    weights, _ = gptq_weights(fp32, data, samples=32, progress=False)
+    weights = gptq_weights(fp32, data, samples=32, progress=False).weights
     _check(apply_plan(fp32, table, PrecisionPlan(), weights=weights).model, data, reference, 0.99)
     _check(apply_plan(fp32, table, PrecisionPlan.from_flags("fp16")).model, data, reference, 0.999)
-    corrected, _ = correct_bias(fp32, int8, data, samples=32, progress=False)
+    corrected = correct_bias(fp32, int8, data, samples=32, progress=False).model
     _check(corrected, data, reference, 0.99)
-    clipped, _ = refine_clipping(fp32, table, data, progress=False)
+    clipped = refine_clipping(fp32, table, data, progress=False).table
     _check(quantize(fp32, clipped), data, reference, 0.99)
 
 

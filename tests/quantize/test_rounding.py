@@ -56,7 +56,8 @@ def test_beats_nearest_and_nears_the_brute_force_optimum():
 def test_weights_sit_on_int8_grids_and_quantize_exactly():
     model = make_separable()
     data = np.random.default_rng(1).normal(0, 2, (32, 4, 8, 8)).astype(np.float32)
-    weights, report = gptq_weights(model, data, samples=32, progress=False)
+    result = gptq_weights(model, data, samples=32, progress=False)
+    weights, report = result.weights, result.layers
     assert set(weights) == {r.node for r in report} and weights
     assert all(r.sqnr_db > r.sqnr_nearest_db for r in report)
     for name, w in weights.items():
@@ -81,7 +82,7 @@ def test_gptq_generalizes_to_held_out_data():
     model = make_separable(seed=4)
     rng = np.random.default_rng(2)
     calib, held = (rng.normal(0, 2, (48, 4, 8, 8)).astype(np.float32) for _ in range(2))
-    weights, _ = gptq_weights(model, calib, samples=48, qmax=15, progress=False)
+    weights = gptq_weights(model, calib, samples=48, qmax=15, progress=False).weights
     nearest = {}
     for node in model.graph.node:
         if node.name in weights:
@@ -97,7 +98,7 @@ def test_gptq_generalizes_to_held_out_data():
 def test_fp32_and_fp16_layers_keep_their_own_weights():
     model = make_separable()
     data = np.random.default_rng(1).normal(0, 2, (32, 4, 8, 8)).astype(np.float32)
-    weights, _ = gptq_weights(model, data, samples=32, progress=False)
+    weights = gptq_weights(model, data, samples=32, progress=False).weights
     table = calibrate(model, data, progress=False)
     mixed = apply_plan(model, table, PrecisionPlan.from_flags("int8", fp32=["project"]), weights=weights)
     inits = {t.name for t in mixed.model.graph.initializer}
@@ -109,7 +110,7 @@ def test_fp32_and_fp16_layers_keep_their_own_weights():
 def test_layers_with_too_few_rows_keep_nearest_rounding(cnn_model):
     # The classifier sees one row per sample: 8 samples for 8 columns is below MIN_ROWS per column.
     data = np.random.default_rng(0).normal(size=(8, 3, 8, 8)).astype(np.float32)
-    weights, _ = gptq_weights(cnn_model, data, samples=8, progress=False)
+    weights = gptq_weights(cnn_model, data, samples=8, progress=False).weights
     assert "fc" not in weights
 
 

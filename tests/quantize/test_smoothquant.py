@@ -61,7 +61,8 @@ def data(n: int, gemm: bool = False, seed: int = 1) -> np.ndarray:
 @pytest.mark.parametrize("gemm", [False, True])
 def test_smoothed_model_computes_the_same_function(gemm):
     model = make_block(gemm=gemm)
-    smoothed, report = smooth_quant(model, data(64, gemm), progress=False)
+    result = smooth_quant(model, data(64, gemm), progress=False)
+    smoothed, report = result.model, result.records
     groups = {r.tensor: r for r in report}
     assert set(groups) == {"ln", "h"} and groups["ln"].nodes == ("fc_a", "fc_b")
     assert groups["ln"].alpha is not None  # the outlier channels make smoothing pay
@@ -80,7 +81,8 @@ def test_smoothed_model_computes_the_same_function(gemm):
 def test_weights_and_factors_match_a_numpy_reference():
     model = make_block()
     calib = data(64)
-    smoothed, report = smooth_quant(model, calib, progress=False)
+    result = smooth_quant(model, calib, progress=False)
+    smoothed, report = result.model, result.records
     alpha = next(r.alpha for r in report if r.tensor == "ln")
     # NumPy reference: s_j = max|X_j|^a / max|W_j,:|^(1-a) over the calibration data.
     gamma = np.ones(D, np.float32)
@@ -109,7 +111,7 @@ def test_int8_error_drops_with_smoothing():
         out = run_all(OrtRunner(quantize(fp32, table)), {"x": held_out})
         return compare_outputs(ref, out).outputs[0].sqnr_db
 
-    smoothed, _ = smooth_quant(model, calib, progress=False)
+    smoothed = smooth_quant(model, calib, progress=False).model
     assert int8_error(smoothed) > int8_error(model) + 3
 
 
@@ -137,5 +139,6 @@ def test_models_without_linear_layers_come_back_unchanged(cnn_model, cnn_data):
     conv_only.graph.node.extend(nodes)
     conv_only.graph.output[0].name = "flat"
     del conv_only.graph.output[0].type.tensor_type.shape.dim[1:]
-    out, report = smooth_quant(conv_only, cnn_data, progress=False)
-    assert report == [] and out.graph == conv_only.graph
+    result = smooth_quant(conv_only, cnn_data, progress=False)
+    out, report = result.model, result.records
+    assert report == () and out.graph == conv_only.graph

@@ -48,7 +48,7 @@ def run_sensitivity(model: Any, eval_data: Any, *, calib_data: Any = None, table
     if gptq and calib is not None:
         from trtq.quantize.rounding import gptq_weights
 
-        weights, _ = gptq_weights(proto, calib, progress=progress)
+        weights = gptq_weights(proto, calib, progress=progress).weights
     report = analyze(proto, cal, evaluator, metric=metric, reverse=reverse, progress=progress, weights=weights)
     out_dir = Path(out_dir)
     with staging_dir(out_dir) as stage:

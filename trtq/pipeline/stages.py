@@ -127,10 +127,12 @@ def prepare_fp32(job: QuantizeJob, source: SourceModel) -> Fp32Model:
     if job.smoothquant and job.table is None:
         # The same function in fp32, with activation outliers moved into the weights where
         # that lowers the int8 error; everything below starts from it.
-        model, smoothed = smooth_quant(model, source.calib, samples=job.samples,
-                                       batch_size=min(job.batch_size, 16), progress=job.progress)
+        smoothing = smooth_quant(model, source.calib, samples=job.samples, batch_size=min(job.batch_size, 16),
+                                 progress=job.progress)
+        model, smoothed = smoothing.model, smoothing.records
     if job.equalize:
-        model, equalized = equalize(model, source.calib, samples=min(job.samples, 64), progress=job.progress)
+        equalizing = equalize(model, source.calib, samples=min(job.samples, 64), progress=job.progress)
+        model, equalized = equalizing.model, equalizing.records
     return Fp32Model(reference, model, source.parity, tuple(smoothed),
                      None if equalized is None else tuple(equalized))
 
@@ -148,9 +150,9 @@ def calibrate_model(job: QuantizeJob, source: SourceModel, fp32: Fp32Model) -> t
                           tensors=tensors, progress=job.progress)
     clipping = None
     if job.layer_clipping:
-        table, clipping = refine_clipping(fp32.model, table, source.calib, batch_size=min(job.batch_size, 16),
-                                          progress=job.progress)
-        clipping = tuple(clipping)
+        clipped = refine_clipping(fp32.model, table, source.calib, batch_size=min(job.batch_size, 16),
+                                  progress=job.progress)
+        table, clipping = clipped.table, clipped.records
     return table, clipping
 
 
@@ -158,9 +160,9 @@ def round_weights(job: QuantizeJob, source: SourceModel, fp32: Fp32Model) -> Wei
     """Int8 weight levels chosen for each layer's output error (GPTQ; used for int8 nodes only)."""
     if not job.gptq:
         return WeightRounding()
-    weights, rounded = gptq_weights(fp32.model, source.calib, samples=min(job.samples, job.gptq_samples),
-                                    qmax=job.runtime.weight_qmax, progress=job.progress)
-    return WeightRounding(weights, tuple(rounded))
+    rounded = gptq_weights(fp32.model, source.calib, samples=min(job.samples, job.gptq_samples),
+                           qmax=job.runtime.weight_qmax, progress=job.progress)
+    return WeightRounding(rounded.weights, rounded.layers)
 
 
 def evaluation_data(source: SourceModel) -> tuple[Any, str]:
@@ -177,8 +179,9 @@ def quantize_fp32(job: QuantizeJob, source: SourceModel, fp32: Fp32Model, table:
         mixed = apply_plan(fp32.model, table, job.plan, target=job.runtime, weights=rounding.weights)
         quantized, shifts = mixed.model, None
         if job.bias_correction:
-            quantized, shifts = correct_bias(fp32.model, quantized, source.calib, samples=job.bias_samples,
-                                             batch_size=job.batch_size, progress=job.progress)
+            corrected = correct_bias(fp32.model, quantized, source.calib, samples=job.bias_samples,
+                                     batch_size=job.batch_size, progress=job.progress)
+            quantized, shifts = corrected.model, corrected.records
         return QuantizedModel(quantized, mixed, job.plan, label, bias_shifts=_tuple(shifts),
                               bias_samples=job.bias_samples)
     evald, _ = evaluation_data(source)
@@ -194,8 +197,9 @@ def quantize_fp32(job: QuantizeJob, source: SourceModel, fp32: Fp32Model, table:
     if job.bias_correction:
         # Corrected for the model the search chose (biases corrected for all-int8 and reused by
         # every variant made the search worse here). Kept only if the target still holds.
-        corrected, shifts = correct_bias(fp32.model, quantized, source.calib, samples=job.bias_samples,
-                                         batch_size=job.batch_size, progress=job.progress)
+        fixed = correct_bias(fp32.model, quantized, source.calib, samples=job.bias_samples,
+                             batch_size=job.batch_size, progress=job.progress)
+        corrected, shifts = fixed.model, fixed.records
         if job.target.met(evaluator(corrected)) or not search.met:
             quantized = corrected
         else:
