@@ -20,6 +20,8 @@ import onnx
 from trtq.deploy.compare import compare_outputs
 from trtq.deploy.runner import OrtRunner, QdqMode, run_all
 from trtq.core.errors import TrtqError
+from trtq.core.onnx_model import input_specs, load_model
+from trtq.core.readers import fit_batch_size
 
 METRICS = ("top1", "cosine", "min_cosine", "sqnr_db")
 _TARGET = re.compile(r"^\s*(top1|cosine|min_cosine|sqnr|sqnr_db)\s*>=\s*([-+0-9.eE]+)\s*$")
@@ -63,6 +65,8 @@ class FidelityEvaluator:
                  samples: int | None = None, classifier: bool | None = None) -> None:
         self.classifier = classifier  # None: an (N, classes) output counts as a classifier's
         # The evaluation inputs, kept as arrays: every candidate sees exactly the same samples.
+        reference = load_model(reference)
+        batch_size = fit_batch_size(input_specs(reference), batch_size)  # a fixed batch dim wins
         self.feed = _collect_inputs(reference, data, batch_size, samples)
         self.samples = len(next(iter(self.feed.values())))
         self.batch_size = batch_size
@@ -102,7 +106,6 @@ class FidelityEvaluator:
 
 
 def _collect_inputs(model, data, batch_size: int, samples: int | None) -> dict[str, np.ndarray]:
-    from trtq.core.onnx_model import input_specs, load_model
     from trtq.core.readers import collect_arrays
 
     arrays = collect_arrays(data, input_specs(load_model(model)), batch_size, samples)

@@ -31,7 +31,7 @@ from onnx import numpy_helper
 
 from trtq.core.onnx_model import input_specs, load_model
 from trtq.core.progress import progress_bar
-from trtq.core.readers import collect_arrays
+from trtq.core.readers import collect_arrays, fit_batch_size
 from trtq.quantize.graph import GraphIndex, copy_model, float_session
 from trtq.core.errors import QuantizationError
 from trtq.quantize.results import Transformed
@@ -89,6 +89,7 @@ def correct_bias(reference: str | os.PathLike | onnx.ModelProto, quantized: onnx
     names must match); ``data`` are calibration inputs in any form the readers take.
     """
     ref = load_model(reference)
+    batch_size = fit_batch_size(input_specs(ref), batch_size)  # a fixed batch dim wins
     feed = collect_arrays(data, input_specs(ref), batch_size, samples)
     if not feed:
         raise QuantizationError("bias correction needs calibration data; none was given")

@@ -27,7 +27,7 @@ from onnx import helper, numpy_helper
 from trtq.calibration import CalibrationTable
 from trtq.core.onnx_model import input_specs, load_model
 from trtq.core.progress import progress_bar
-from trtq.core.readers import collect_arrays
+from trtq.core.readers import collect_arrays, fit_batch_size
 from trtq.quantize.graph import GraphIndex, float_session
 from trtq.quantize.qdq import fake_quantize, quantize_weight, weight_params
 from trtq.quantize.rules import QDQ_RULES
@@ -115,6 +115,7 @@ def refine_clipping(model: str | os.PathLike | onnx.ModelProto, table: Calibrati
     tensors = [t for t in readers if t in table and table[t].amax > 0]
     if not tensors:
         return ClippedTable(table)
+    batch_size = fit_batch_size(input_specs(model), batch_size)  # a fixed batch dim wins
     feed = collect_arrays(data, input_specs(model), batch_size, samples)
     if not feed:
         raise QuantizationError("clipping refinement needs calibration data; none was given")

@@ -41,7 +41,7 @@ from onnx import TensorProto, helper
 
 from trtq.core.onnx_model import input_specs, load_model
 from trtq.core.progress import progress_bar
-from trtq.core.readers import collect_arrays
+from trtq.core.readers import collect_arrays, fit_batch_size
 from trtq.quantize.graph import GraphIndex, copy_model, float_session, get_attr, remove_unused_initializers
 from trtq.quantize.qdq import fake_quantize
 from trtq.core.errors import QuantizationError, require
@@ -241,6 +241,7 @@ def equalize(model: str | os.PathLike | onnx.ModelProto, data: Any, *, alphas: S
     pairs = conv_pairs(out)
     if not pairs:
         return Transformed(out)
+    batch_size = fit_batch_size(input_specs(src), batch_size)  # a fixed batch dim wins
     feed = collect_arrays(data, input_specs(src), batch_size, samples)
     if not feed or len(next(iter(feed.values()))) < 2:
         raise QuantizationError("cross-layer equalization needs at least 2 calibration samples")

@@ -30,7 +30,7 @@ import onnx
 
 from trtq.core.onnx_model import input_specs, load_model
 from trtq.core.progress import progress_bar
-from trtq.core.readers import collect_arrays
+from trtq.core.readers import collect_arrays, fit_batch_size
 from trtq.quantize.graph import GraphIndex, copy_model, float_session, get_attr, remove_unused_initializers
 from trtq.quantize.qdq import QMAX
 from trtq.core.errors import QuantizationError
@@ -200,6 +200,7 @@ def gptq_weights(model: str | os.PathLike | onnx.ModelProto, data: Any, *, sampl
     layers = _layers(src, g)
     if not layers:
         return RoundedWeights()
+    batch_size = fit_batch_size(input_specs(src), batch_size)  # a fixed batch dim wins
     feed = collect_arrays(data, input_specs(src), batch_size, samples)
     tensors = list(dict.fromkeys(layer.node.input[0] for layer in layers))
     session = float_session(src, tensors)

@@ -36,7 +36,7 @@ from onnx import helper
 
 from trtq.core.onnx_model import input_specs, load_model
 from trtq.core.progress import progress_bar
-from trtq.core.readers import collect_arrays
+from trtq.core.readers import collect_arrays, fit_batch_size
 from trtq.quantize.graph import GraphIndex, copy_model, float_session, get_attr, insert_before, remove_unused_initializers
 from trtq.quantize.qdq import fake_quantize
 from trtq.core.errors import QuantizationError
@@ -185,6 +185,7 @@ def smooth_quant(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
     groups = linear_groups(out)
     if not groups:
         return Transformed(out)
+    batch_size = fit_batch_size(input_specs(src), batch_size)  # a fixed batch dim wins
     feed = collect_arrays(data, input_specs(src), batch_size, samples)
     if not feed:
         raise QuantizationError("SmoothQuant needs calibration data; none was given")

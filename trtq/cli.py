@@ -32,20 +32,50 @@ def _styled(label: str, style: str, message: str) -> Text:
     return Text.assemble((label, style), message)
 
 
+#: Exit codes: 0 done, 1 `compare` below its thresholds, 2 bad input (a TrtqError), 3 an
+#: unexpected internal error, 130 interrupted.
+EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 130
+
+
 def _fail_cleanly(fn):
-    """Turn a TrtqError into one line on stderr and exit code 2 (a traceback with --verbose)."""
+    """Every failure is one line on stderr: a TrtqError (bad input) exits 2; anything else is an
+    internal error, exit 3, with its traceback saved to a file. --verbose raises instead."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        verbose = click.get_current_context().find_root().params.get("verbose")
         try:
             return fn(*args, **kwargs)
         except TrtqError as exc:
-            if click.get_current_context().find_root().params.get("verbose"):
+            if verbose:
                 raise
             err_console.print(_styled("error: ", "bold red", str(exc)), soft_wrap=True)
-            sys.exit(2)
+            sys.exit(EXIT_BAD_INPUT)
+        except KeyboardInterrupt:
+            err_console.print(_styled("error: ", "bold red", "interrupted; nothing was written"))
+            sys.exit(EXIT_INTERRUPTED)
+        except Exception as exc:  # noqa: BLE001 - the top-level handler: one line, not a traceback
+            if verbose:
+                raise
+            saved = _save_traceback()
+            err_console.print(_styled("error: ", "bold red", f"internal error: {type(exc).__name__}: {exc} "
+                                      f"(the traceback is in {saved}; run with -v to see it here)"), soft_wrap=True)
+            sys.exit(EXIT_INTERNAL)
 
     return wrapper
+
+
+def _save_traceback() -> str:
+    import tempfile
+    import traceback
+
+    try:
+        fd, path = tempfile.mkstemp(prefix="trtq-traceback-", suffix=".txt")
+        with open(fd, "w") as f:
+            f.write(f"trtq {__version__}: {' '.join(sys.argv)}\n\n{traceback.format_exc()}")
+        return path
+    except OSError:
+        return "nowhere (the temporary folder is not writable)"
 
 
 def _options(*decorators):
@@ -426,16 +456,16 @@ def build_cmd(model, out, shapes, max_batch, workspace, opt_level, timing_cache,
     Precision comes from the ONNX graph (strongly typed network): Q/DQ nodes make int8
     layers, fp16 tensors fp16 layers. TensorRT for RTX builds without a GPU.
     """
-    from trtq.deploy.build import BuildOptions, build_engine, parse_shapes
+    from trtq.deploy.build import BuildOptions, parse_shapes
+    from trtq.pipeline import run_build
 
     options = BuildOptions(shapes=dict(parse_shapes(s) for s in shapes), max_batch=max_batch,
                            workspace_bytes=workspace * (1 << 20) if workspace else None,
                            optimization_level=opt_level, timing_cache=timing_cache,
                            compute_capabilities=tuple(caps), backend=backend, progress=not no_progress)
-    built = build_engine(model, options)
-    paths = built.save(out or Path(model).with_suffix(".engine"))
-    _print_engine_info(built.info)
-    console.print("wrote: " + ", ".join(str(p) for p in paths))
+    run = run_build(model, out, options)
+    _print_engine_info(run.info)
+    console.print("wrote: " + ", ".join(str(p) for p in run.files))
 
 
 def _print_engine_info(info) -> None:

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -254,3 +255,25 @@ def test_quantize_equalize_is_recorded(tmp_path):
     res = run("quantize", "--onnx", tmp_path / "sep.onnx", "--calib-data", tmp_path / "calib.npy",
               "--equalize", "--target-runtime", "ort-cpu", "--out", tmp_path / "out2", "--no-progress")
     assert res.exit_code == 2 and "it is for --target-runtime tensorrt" in res.stderr
+
+
+def test_an_unexpected_error_is_one_line_exit_3_and_writes_nothing(tmp_path, cnn_path, cnn_data, monkeypatch):
+    """An internal error (here injected into GPTQ) gives one `error:` line naming the exception
+    and where its traceback went, exit code 3, and no output folder."""
+    import trtq.pipeline.stages
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("injected")
+
+    monkeypatch.setattr(trtq.pipeline.stages, "gptq_weights", broken)
+    np.save(tmp_path / "calib.npy", cnn_data)
+    res = CliRunner().invoke(main, ["quantize", "--onnx", str(cnn_path), "--calib-data", str(tmp_path / "calib.npy"),
+                                    "--out", str(tmp_path / "out"), "--no-progress"])
+    assert res.exit_code == 3
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: internal error: ZeroDivisionError: injected"), res.stderr
+    saved = Path(lines[0].split("the traceback is in ")[1].split(";")[0])
+    assert "ZeroDivisionError" in saved.read_text()
+    saved.unlink()
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out.staging.*"))

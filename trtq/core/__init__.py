@@ -13,7 +13,8 @@ __version__ = "0.1.0"
 
 from trtq.core.errors import (BuildError, CalibrationError, DataError, DependencyError, ExportError, ModelError,
                               OutputError, QuantizationError, TrtqError, require)
-from trtq.core.fileio import atomic_write_bytes, atomic_write_text, staging_dir
+from trtq.core.fileio import (atomic_write_bytes, atomic_write_text, check_output_file, check_output_folder,
+                              staging_dir)
 from trtq.core.onnx_model import InputSpec, check_model, input_specs, load_model, model_sha256, output_names
 from trtq.core.progress import progress_bar
 from trtq.core.readers import ImageFolderReader, PreprocessSpec, iter_batches, load_arrays, open_data
@@ -22,6 +23,6 @@ __all__ = [
     "__version__",
     "BuildError", "CalibrationError", "DataError", "DependencyError", "ExportError", "ImageFolderReader", "InputSpec",
     "ModelError", "OutputError", "PreprocessSpec", "QuantizationError", "TrtqError", "atomic_write_bytes",
-    "atomic_write_text", "check_model", "input_specs", "iter_batches", "load_arrays", "load_model", "model_sha256",
+    "atomic_write_text", "check_model", "check_output_file", "check_output_folder", "input_specs", "iter_batches", "load_arrays", "load_model", "model_sha256",
     "open_data", "output_names", "progress_bar", "require", "staging_dir",
 ]

@@ -259,15 +259,33 @@ def static_batch_size(specs: list[InputSpec]) -> int | None:
     return static.pop() if len(static) == 1 else None
 
 
+def fit_batch_size(specs: list[InputSpec], wanted: int) -> int:
+    """The batch size to run a model at: its fixed batch dim if it has one (most exported
+    files fix it at 1), else ``wanted``."""
+    return static_batch_size(specs) or wanted
+
+
 def collect_arrays(data: Any, specs: list[InputSpec], batch_size: int = 32,
                    samples: int | None = None) -> dict[str, np.ndarray]:
     """Every validated batch of ``data`` (at most ``samples`` samples) joined into one array
-    per input; ``{}`` when there is none. For small fixed sets that are run many times."""
+    per input; ``{}`` when there is none. For small fixed sets that are run many times.
+
+    For a model with a fixed batch size the sample count is cut to a multiple of it, so the
+    arrays can be run in batches of exactly that size.
+    """
     parts: dict[str, list[np.ndarray]] = {}
     for _, feed in iter_batches(data, specs, batch_size, samples):
         for k, v in feed.items():
             parts.setdefault(k, []).append(np.asarray(v))
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+    static = static_batch_size(specs)
+    if static and arrays:
+        n = len(next(iter(arrays.values())))
+        if n < static:
+            raise DataError(f"the model runs batches of exactly {static} samples (its inputs fix the batch "
+                            f"dimension) but the data has only {n}")
+        arrays = {k: v[: n - n % static] for k, v in arrays.items()}
+    return arrays
 
 
 def count_samples(data: Any, cap: int | None = None) -> int | None:
@@ -287,12 +305,25 @@ def count_samples(data: Any, cap: int | None = None) -> int | None:
 
 def iter_batches(data: Any, specs: list[InputSpec], batch_size: int = 32,
                  samples: int | None = None) -> Iterator[tuple[int, Feed]]:
-    """Yield ``(first_sample_index, validated feed)`` batches, at most ``samples`` samples."""
+    """Yield ``(first_sample_index, validated feed)`` batches, at most ``samples`` samples.
+
+    A model with a fixed batch dim is fed batches of exactly that size: a last, smaller
+    remainder is left out (and data smaller than one batch is refused).
+    """
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
-    batch_size = static_batch_size(specs) or batch_size
+    static = static_batch_size(specs)
+    batch_size = static or batch_size
+    if static and samples is not None:
+        samples = max(samples - samples % static, static)
     seen = 0
     for raw in raw_batches(data, specs, batch_size):
+        rows = {len(v) for v in raw.values() if getattr(v, "ndim", 0)}
+        if static and rows and max(rows) < static:
+            if seen == 0:
+                raise DataError(f"the model runs batches of exactly {static} samples (its inputs fix the batch "
+                                f"dimension) but the data has only {max(rows)}")
+            break  # the remainder does not fill a batch
         feed = validate_feed(raw, specs, seen)
         n = next(iter(feed.values())).shape[0] if feed else 0
         if samples is not None and seen + n > samples:

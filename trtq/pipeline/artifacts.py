@@ -14,7 +14,12 @@ from trtq.pipeline.report import markdown_report
 from trtq.pipeline.source import SourceModel
 from trtq.pipeline.stages import Fidelity, Fp32Model, QuantizedModel, WeightRounding
 
-__all__ = ["write_artifacts"]
+__all__ = ["OUTPUT_FILES", "write_artifacts"]
+
+#: Every file a quantize job may write (checked against the output folder before any work).
+OUTPUT_FILES = ("model.fp32.onnx", "model.int8.onnx", "model.mixed.onnx", "calibration.json", "precision.json",
+                "sensitivity.json", "sensitivity.png", "report.md", "report.json", "model.int8.engine",
+                "model.int8.engine.json", "model.mixed.engine", "model.mixed.engine.json")
 
 
 def _json_text(value) -> str:

@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from trtq.calibration import CalibrationTable, calibrate, save_trt_cache
-from trtq.core import load_model
-from trtq.core.errors import OutputError
+from trtq.core import check_output_file, load_model
 from trtq.pipeline.job import DEFAULT_BATCH_SIZE
 from trtq.quantize import calibration_tensors
 
@@ -30,12 +29,7 @@ def run_calibration(model: Any, data: Any, *, method: str = "minmax", batch_size
     calibrates every float activation. Output folders are checked before any work, and each
     file is written atomically.
     """
-    targets = [Path(out)] + ([Path(trt_cache)] if trt_cache is not None else [])
-    for path in targets:
-        if path.is_dir():
-            raise OutputError(f"{path} is a folder; give a file path for the output")
-        if not path.parent.is_dir():
-            raise OutputError(f"cannot write {path}: the folder {path.parent} does not exist")
+    targets = [check_output_file(out)] + ([check_output_file(trt_cache)] if trt_cache is not None else [])
     proto = load_model(model)
     tensors = None if all_tensors else calibration_tensors(proto)
     table = calibrate(proto, data, method, batch_size=batch_size, samples=samples, tensors=tensors,

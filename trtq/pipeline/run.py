@@ -8,7 +8,7 @@ from pathlib import Path
 from trtq.calibration.observers import make_observer
 from trtq.core import require, staging_dir
 from trtq.deploy.backend import load_backend
-from trtq.pipeline.artifacts import write_artifacts
+from trtq.pipeline.artifacts import OUTPUT_FILES, write_artifacts
 from trtq.pipeline.job import QuantizeJob, QuantizeResult
 from trtq.pipeline.source import resolve_source
 from trtq.pipeline.stages import calibrate_model, measure_fidelity, prepare_fp32, quantize_fp32, round_weights
@@ -27,7 +27,7 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
         require("matplotlib", "models")  # the sensitivity chart: say so before any slow step
     if job.engine:
         load_backend()  # no TensorRT installed: say so before any slow step
-    with staging_dir(job.out_dir) as stage:
+    with staging_dir(job.out_dir, OUTPUT_FILES) as stage:
         source = resolve_source(job)
         fp32 = prepare_fp32(job, source)
         table, clipping = calibrate_model(job, source, fp32)

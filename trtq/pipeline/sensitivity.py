@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from trtq.calibration import calibrate, load_table
-from trtq.core import atomic_write_text, load_model, open_data, require, staging_dir
+from trtq.core import atomic_write_text, check_output_folder, load_model, open_data, require, staging_dir
 from trtq.core.errors import DataError
 from trtq.deploy.evaluate import FidelityEvaluator
 from trtq.quantize import calibration_tensors, fold_batchnorm
@@ -35,6 +35,8 @@ def run_sensitivity(model: Any, eval_data: Any, *, calib_data: Any = None, table
     calibration data), int8 weights are GPTQ-rounded as ``trtq quantize`` writes them.
     """
     require("matplotlib", "models")  # for sensitivity.png: fail before the slow part
+    files = ("sensitivity.json", "sensitivity.png")
+    check_output_folder(out_dir, files)
     proto = fold_batchnorm(load_model(model))
     calib = open_data(calib_data, "calibration data") if calib_data is not None else None
     if table is not None:
@@ -51,7 +53,7 @@ def run_sensitivity(model: Any, eval_data: Any, *, calib_data: Any = None, table
         weights = gptq_weights(proto, calib, progress=progress).weights
     report = analyze(proto, cal, evaluator, metric=metric, reverse=reverse, progress=progress, weights=weights)
     out_dir = Path(out_dir)
-    with staging_dir(out_dir) as stage:
+    with staging_dir(out_dir, files) as stage:
         atomic_write_text(stage / "sensitivity.json", json.dumps(report.to_json(), indent=1) + "\n")
         report.plot(stage / "sensitivity.png")
     return SensitivityRun(report, evaluator.samples, (out_dir / "sensitivity.json", out_dir / "sensitivity.png"))

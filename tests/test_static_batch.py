@@ -1,0 +1,44 @@
+"""Most exported ONNX files fix the batch dimension (often at 1): every stage must run at it."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from tests.conftest import make_cnn
+from trtq.core.errors import DataError
+
+
+def _fixed_batch(batch: int) -> onnx.ModelProto:
+    model = make_cnn()
+    for value in (model.graph.input[0], model.graph.output[0]):
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.ClearField("dim_param")
+        dim.dim_value = batch
+    return model
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_every_stage_runs_at_the_models_batch(tmp_path, batch):
+    import trtq
+
+    model = _fixed_batch(batch)
+    onnx.save(model, tmp_path / "fixed.onnx")
+    data = np.random.default_rng(0).normal(0, 1, (42, 3, 8, 8)).astype(np.float32)  # not a multiple of 4
+    result = trtq.quantize_model(onnx=tmp_path / "fixed.onnx", calib_data=data, out_dir=tmp_path / "out",
+                                 progress=False, target="cosine>=0.999", bias_correction=True,
+                                 layer_clipping=True, equalize=True, batch_size=32)
+    assert result.report.outputs[0].cosine > 0.99
+    out = onnx.load(result.files["mixed"])
+    assert out.graph.input[0].type.tensor_type.shape.dim[0].dim_value == batch  # declared shapes kept
+    assert result.table.samples >= 40
+
+
+def test_too_few_samples_for_the_fixed_batch_is_one_clear_error():
+    from trtq.core import input_specs
+    from trtq.core.readers import collect_arrays
+
+    specs = input_specs(_fixed_batch(4))
+    with pytest.raises(DataError, match="batches of exactly 4 samples .* only 3"):
+        collect_arrays(np.zeros((3, 3, 8, 8), np.float32), specs)
