@@ -30,7 +30,9 @@ from trtq.core.onnx_model import infer_types, input_specs, load_model, model_sha
 from trtq.core.progress import progress_bar
 from trtq.core.readers import count_samples, iter_batches
 from trtq.calibration.table import CalibrationTable
-from trtq.core.errors import CalibrationError, ModelError, require
+from trtq.core.errors import CalibrationError, require
+from trtq.core.checks import count_arg, names_arg
+from trtq.core.runtime import check_runnable, ort_session
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +62,7 @@ def _session(model: onnx.ModelProto, providers: Sequence[str] | None):
     # computation, and the statistics are computed from the calibrated tensors themselves.
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
-    try:
-        return ort.InferenceSession(model.SerializeToString(), opts,
-                                    providers=list(providers or ["CPUExecutionProvider"]))
-    except Exception as exc:  # ORT raises its own exception types
-        raise ModelError(f"ONNX Runtime cannot load the model for calibration: {exc}") from exc
+    return ort_session(model, opts, providers, "the model (for calibration)")
 
 
 class _Runner:
@@ -165,11 +163,16 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: Any, method: str
     most ``max_elements`` values, else an even subsample of its rows (``None``: all).
     Memory does not grow with the number of samples.
     """
+    batch_size = count_arg(batch_size, "batch_size")
+    samples = count_arg(samples, "samples", optional=True)
+    max_elements = count_arg(max_elements, "max_elements", optional=True)
+    tensors = names_arg(tensors, "tensors")
     proto = load_model(model)
+    check_runnable(proto)
     make_observer(method, "probe")  # fail fast on an unknown method
     specs = input_specs(proto)
     available = float_activations(proto)
-    names = list(tensors) if tensors is not None else available
+    names = tensors if tensors is not None else available
     unknown = sorted(set(names) - set(available))
     if unknown:
         raise CalibrationError(f"tensors {unknown[:5]} are not float activations of the model")

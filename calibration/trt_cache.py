@@ -17,6 +17,8 @@ import re
 import struct
 from pathlib import Path
 
+import numpy as np
+
 from trtq.calibration.table import CalibrationTable, TensorRange
 from trtq.core.errors import CalibrationError
 from trtq.core.fileio import atomic_write_text
@@ -50,6 +52,9 @@ def save_trt_cache(table: CalibrationTable, path: str | os.PathLike, **kwargs) -
     return atomic_write_text(path, to_trt_cache(table, **kwargs))
 
 
+_SMALLEST_SCALE = float(np.finfo(np.float32).tiny)
+
+
 def from_trt_cache(text: str, model_sha256: str = "") -> CalibrationTable:
     """Parse a TensorRT calibration cache into a symmetric table (``lo = -amax``, ``hi = amax``).
 
@@ -68,9 +73,12 @@ def from_trt_cache(text: str, model_sha256: str = "") -> CalibrationTable:
         if not m:
             raise CalibrationError(f"TensorRT calibration cache line {number} is malformed: {line[:80]!r}")
         name, scale = m.group(1), hex_to_scale(m.group(2))
-        if not (scale >= 0.0 and scale < float("inf")):
-            raise CalibrationError(f"TensorRT calibration cache line {number}: scale {scale} of '{name}' "
-                                   "is not a finite, non-negative number")
+        if not (scale >= _SMALLEST_SCALE and scale < float("inf")):
+            # A zero or denormal scale would quantize the tensor to nothing (trtq would otherwise
+            # fall back to amax 1.0, silently); NaN/inf/negative are corrupt.
+            raise CalibrationError(f"TensorRT calibration cache line {number}: scale {scale:g} of '{name}' "
+                                   "is not a positive, normal float32 (zero, denormal, negative, NaN or inf); "
+                                   "recalibrate that model with `trtq calibrate`, or fix the cache")
         amax = scale * 127.0
         ranges[name] = TensorRange(name, -amax, amax, method, 0)
     return CalibrationTable(ranges, method, model_sha256, 0)

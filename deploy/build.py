@@ -21,7 +21,7 @@ import onnx
 
 from trtq.core.onnx_model import input_specs, load_model, model_sha256
 from trtq.deploy.backend import Backend, load_backend
-from trtq.deploy.engine_info import BuiltEngine, EngineInfo, EngineTensor, save_engine
+from trtq.deploy.engine_info import BuiltEngine, EngineInfo, EngineTensor
 from trtq.deploy.plan import precision_plan
 from trtq.core.errors import BuildError
 from trtq.core.fileio import atomic_write_bytes
@@ -230,7 +230,7 @@ def build_engine(model: str | os.PathLike | onnx.ModelProto, options: BuildOptio
     profiles = _profiles(proto, options)
     with tensorrt_calls():
         engine, caps = _build(backend, proto, options, profiles)
-    return BuiltEngine(engine, engine_info(proto, backend, options, profiles, caps))
+    return BuiltEngine(engine, engine_info(proto, backend, options, profiles, caps).with_engine(engine))
 
 
 def _check_tensorrt_qdq(model: onnx.ModelProto) -> None:

@@ -134,6 +134,7 @@ class Engine:
             raise BuildError(f"engine {path} does not exist")
         self.name = str(path)
         self.info = EngineInfo.load(path)
+        self.info.verify(path)
         self.backend = load_backend(backend or self.info.backend)
         built = (self.info.backend, self.info.backend_version)
         if built != (self.backend.name, self.backend.version):

@@ -8,9 +8,10 @@ options. :class:`BuiltEngine` is what :func:`trtq.deploy.build_engine` returns.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from trtq.core.errors import BuildError
@@ -53,6 +54,26 @@ class EngineInfo:
     outputs: tuple[EngineTensor, ...]
     precision: dict = field(default_factory=dict)  # compute layer -> int8 | fp16 | fp32
     build_options: dict = field(default_factory=dict)
+    engine_sha256: str | None = None  # of the engine file (None in sidecars written before trtq 0.1 recorded it)
+    engine_size: int | None = None
+
+    def with_engine(self, engine: bytes) -> "EngineInfo":
+        """This info recording ``engine``'s size and SHA-256 (what :meth:`verify` checks)."""
+        return replace(self, engine_sha256=hashlib.sha256(engine).hexdigest(), engine_size=len(engine))
+
+    def verify(self, engine_path: str | os.PathLike) -> None:
+        """Refuse an engine file that is not the one this sidecar describes (truncated, corrupt,
+        replaced): its size and SHA-256 must match."""
+        path = Path(engine_path)
+        size = path.stat().st_size
+        if self.engine_size is not None and size != self.engine_size:
+            raise BuildError(f"engine {path} has {size} bytes but its sidecar records {self.engine_size}: the file "
+                             "is truncated or was replaced; rebuild it with trtq build")
+        if self.engine_sha256 is not None:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if digest != self.engine_sha256:
+                raise BuildError(f"engine {path} does not match its sidecar (SHA-256 {digest[:12]}..., recorded "
+                                 f"{self.engine_sha256[:12]}...): the file is corrupt or was replaced; rebuild it")
 
     @property
     def max_batch(self) -> int | None:
@@ -65,7 +86,8 @@ class EngineInfo:
                 "backend_version": self.backend_version, "compute_capabilities": list(self.compute_capabilities),
                 "onnx_sha256": self.onnx_sha256, "inputs": [t.to_json() for t in self.inputs],
                 "outputs": [{k: v for k, v in t.to_json().items() if k != "profile"} for t in self.outputs],
-                "precision": dict(self.precision), "build_options": dict(self.build_options)}
+                "precision": dict(self.precision), "build_options": dict(self.build_options),
+                "engine_sha256": self.engine_sha256, "engine_size": self.engine_size}
 
     @classmethod
     def from_json(cls, data: dict, source: str = "sidecar") -> "EngineInfo":
@@ -78,7 +100,7 @@ class EngineInfo:
             return cls(data["backend"], data["backend_version"], tuple(data["compute_capabilities"]),
                        data["onnx_sha256"], tuple(EngineTensor.from_json(t) for t in data["inputs"]),
                        tuple(EngineTensor.from_json(t) for t in data["outputs"]), dict(data["precision"]),
-                       dict(data.get("build_options") or {}))
+                       dict(data.get("build_options") or {}), data.get("engine_sha256"), data.get("engine_size"))
         except (KeyError, TypeError, ValueError) as exc:
             raise BuildError(f"{source} is not a valid trtq engine sidecar ({type(exc).__name__}: {exc})") from exc
 
@@ -101,7 +123,7 @@ def save_engine(engine: bytes, info: EngineInfo, path: str | os.PathLike) -> tup
     path = Path(path)
     meta_path = path.with_name(path.name + ".json")
     atomic_write_bytes(path, engine)
-    atomic_write_text(meta_path, json.dumps(info.to_json(), indent=1) + "\n")
+    atomic_write_text(meta_path, json.dumps(info.with_engine(engine).to_json(), indent=1) + "\n")
     return path, meta_path
 
 

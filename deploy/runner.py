@@ -25,6 +25,7 @@ from trtq.core.onnx_model import InputSpec, input_specs, load_model
 from trtq.core.progress import progress_bar
 from trtq.core.readers import count_samples, iter_batches
 from trtq.core.errors import ModelError, TrtqError, require
+from trtq.core.runtime import ort_session
 
 
 class QdqMode(str, enum.Enum):
@@ -59,11 +60,7 @@ class OrtRunner:
         opts.log_severity_level = 3
         if self.mode is QdqMode.FLOAT:
             opts.add_session_config_entry("session.disable_quant_qdq", "1")
-        try:
-            self._session = ort.InferenceSession(proto.SerializeToString(), opts,
-                                                 providers=list(providers or ["CPUExecutionProvider"]))
-        except Exception as exc:  # ORT raises its own exception types
-            raise ModelError(f"ONNX Runtime cannot load {self.name}: {exc}") from exc
+        self._session = ort_session(proto, opts, providers, self.name)
 
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:

@@ -33,6 +33,7 @@ from trtq.quantize.qdq import fake_quantize, quantize_weight, weight_params
 from trtq.quantize.rules import QDQ_RULES
 from trtq.core.errors import QuantizationError, require
 from trtq.quantize.results import ClippedTable
+from trtq.core.runtime import ort_session
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def _layer(node: onnx.NodeProto, act_index: int, weight_index: int, axis: int | 
     model.ir_version = 8
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return ort_session(model, opts)
 
 
 def refine_clipping(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable, data: Any, *,

@@ -46,6 +46,7 @@ from trtq.quantize.graph import GraphIndex, copy_model, float_session, get_attr,
 from trtq.quantize.qdq import fake_quantize
 from trtq.core.errors import QuantizationError, require
 from trtq.quantize.results import Transformed
+from trtq.core.runtime import ort_session
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ class _Conv2:
         model.ir_version = 8
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        self.session = ort_session(model, opts)
         self.bias = bias
 
     def __call__(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ import onnx
 
 from trtq.core.onnx_model import check_model
 from trtq.core.errors import ExportError, ModelError, require
+from trtq.core.runtime import ort_session
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,7 @@ def check_parity(module, proto: onnx.ModelProto, inputs: np.ndarray | dict[str, 
     the module positionally in the ONNX model's input order.
     """
     torch = require("torch", "torch")
-    ort = require("onnxruntime", "cpu")
-    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = ort_session(proto, what="the exported model")
     names = [i.name for i in sess.get_inputs()]
     if isinstance(inputs, dict):
         feed = {n: np.ascontiguousarray(inputs[n]) for n in names}

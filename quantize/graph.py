@@ -186,10 +186,11 @@ def float_session(model: onnx.ModelProto, outputs: list[str]):
     """An ONNX Runtime session computing ``outputs`` of ``model`` (truncated to what they need),
     with any Q/DQ executed in float."""
     from trtq.core.errors import require
+    from trtq.core.runtime import ort_session
 
     ort = require("onnxruntime", "cpu")
     exposed = truncated(model, outputs)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.add_session_config_entry("session.disable_quant_qdq", "1")  # Q/DQ in float: TensorRT's math
-    return ort.InferenceSession(exposed.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return ort_session(exposed, opts)

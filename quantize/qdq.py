@@ -34,6 +34,7 @@ from trtq.quantize.graph import GraphIndex, copy_model, insert_before, remove_un
 from trtq.quantize.rules import ORT_CPU_RULES, QDQ_RULES, InputQuant, Rule
 from trtq.quantize.targets import QuantTarget
 from trtq.core.errors import QuantizationError
+from trtq.core.checks import names_arg
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,14 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable
     folding; default: every node a Q/DQ rule applies to). ``target``: ``"tensorrt"``
     (default) or ``"ort-cpu"``, or a :class:`quantize.targets.QuantTarget` (see there).
     """
+    if isinstance(table, (str, os.PathLike)):
+        from trtq.calibration import load_table
+
+        table = load_table(table)  # a saved table (trtq JSON or a TensorRT cache); its model is checked below
+    if not isinstance(table, CalibrationTable):
+        raise QuantizationError(f"table must be a CalibrationTable or the path of a saved one, got "
+                                f"{type(table).__name__}: run trtq.calibrate(model, data) first")
+    nodes = names_arg(nodes, "nodes")
     target = QuantTarget.parse(target)
     rules = rules_for(target)
     model = load_model(model)

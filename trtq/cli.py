@@ -492,6 +492,7 @@ def inspect_cmd(engine, layers) -> None:
     if not Path(engine).is_file():
         raise TrtqError(f"engine {engine} does not exist")
     info = EngineInfo.load(engine)
+    info.verify(engine)  # the file itself, not only its sidecar
     _print_engine_info(info)
     if layers:
         for name, precision in info.precision.items():

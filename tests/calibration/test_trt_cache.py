@@ -26,12 +26,17 @@ def test_round_trip_keeps_scales(tmp_path):
 
 def test_reads_a_cache_written_by_another_tool():
     # As TensorRT 8-10 writes it: upper/lower-case hex, short hex for tiny scales, a name with colons.
-    text = ("TRT-8601-MinMaxCalibration\ninput_1: 3C010204\n/model/conv1/Conv_output_0: 3d4ccccd\n"
-            "zero: 0\n")
+    text = "TRT-8601-MinMaxCalibration\ninput_1: 3C010204\n/model/conv1/Conv_output_0: 3d4ccccd\n"
     t = from_trt_cache(text)
     assert t["input_1"].amax == pytest.approx(1.0, rel=1e-6)
     assert t["/model/conv1/Conv_output_0"].amax == pytest.approx(0.05 * 127, rel=1e-6)
-    assert t["zero"].amax == 0.0
+
+
+@pytest.mark.parametrize("hex_scale", ["0", "00000000", "00000001", "80000000"])
+def test_zero_and_denormal_scales_are_refused_with_the_tensor_name(hex_scale):
+    """A zero scale would quantize the tensor to nothing (it used to become amax 1.0, silently)."""
+    with pytest.raises(CalibrationError, match="scale .* of 'act' is not a positive, normal float32"):
+        from_trt_cache(f"TRT-8601-MinMaxCalibration\nact: {hex_scale}\n")
 
 
 def test_malformed_caches_are_refused(tmp_path):
@@ -39,7 +44,7 @@ def test_malformed_caches_are_refused(tmp_path):
         from_trt_cache('{"format": "trtq.calibration"}')
     with pytest.raises(CalibrationError, match="line 2 is malformed"):
         from_trt_cache("TRT-101401-EntropyCalibration2\nimages 3c010204\n")
-    with pytest.raises(CalibrationError, match="not a finite"):
+    with pytest.raises(CalibrationError, match="not a positive, normal"):
         from_trt_cache("TRT-101401-EntropyCalibration2\nx: 7f800000\n")
     with pytest.raises(CalibrationError, match="does not exist"):
         load_trt_cache(tmp_path / "missing.cache")

@@ -28,6 +28,8 @@ from trtq.core.onnx_model import InputSpec
 from trtq.core.errors import DataError
 
 Feed = dict[str, np.ndarray]
+#: Largest image (width x height) an image folder may hold; checked from the header, before decoding.
+MAX_IMAGE_PIXELS = 64_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -41,7 +43,10 @@ def load_arrays(path: str | os.PathLike) -> np.ndarray | dict[str, np.ndarray]:
             with np.load(path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
         if path.suffix == ".npy":
+            _check_npy_header(path)
             return np.load(path, allow_pickle=False)
+    except MemoryError:
+        raise DataError(f"data file {path} does not fit in memory") from None
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"data file {path} cannot be read ({exc}); expected a NumPy .npy/.npz file") from exc
     raise DataError(f"data file {path} has suffix '{path.suffix}'; expected .npy or .npz")
@@ -61,6 +66,25 @@ def open_data(data: Any, what: str = "data") -> Any:
     if data is None:
         raise DataError(f"no {what} given")
     return data
+
+
+def _check_npy_header(path: Path) -> None:
+    """Compare the shape and dtype an ``.npy`` header claims with the file's size, before
+    reading it: a corrupt or hostile header must not make NumPy allocate its claim."""
+    from numpy.lib import format as npy
+
+    with open(path, "rb") as f:
+        try:
+            version = npy.read_magic(f)
+            reader = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+            shape, _, dtype = reader(f)
+        except (ValueError, EOFError) as exc:
+            raise DataError(f"data file {path} is not a valid .npy file ({exc})") from exc
+        payload = path.stat().st_size - f.tell()
+    need = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    if dtype.hasobject or need > payload:
+        raise DataError(f"data file {path} claims a {dtype} array of shape {shape} ({need / 1e9:.3g} GB) but holds "
+                        f"{payload / 1e9:.3g} GB of data: the file is truncated or corrupt")
 
 
 @dataclass(frozen=True)
@@ -137,8 +161,12 @@ class ImageFolderReader:
 
         try:
             with Image.open(path) as img:
+                # The size is in the header: refuse a decompression bomb before decoding it.
+                if img.width * img.height > MAX_IMAGE_PIXELS:
+                    raise DataError(f"image {path} is {img.width}x{img.height} pixels, over the limit of "
+                                    f"{MAX_IMAGE_PIXELS / 1e6:g} megapixels for calibration images: downscale it")
                 return self.spec.apply(resize_rgb(img, self.spec.size, self.spec.crop))
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise DataError(f"image {path} cannot be read: {exc}") from exc
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
@@ -318,7 +346,8 @@ def iter_batches(data: Any, specs: list[InputSpec], batch_size: int = 32,
         samples = max(samples - samples % static, static)
     seen = 0
     for raw in raw_batches(data, specs, batch_size):
-        rows = {len(v) for v in raw.values() if getattr(v, "ndim", 0)}
+        raw = _as_mapping(raw, specs)
+        rows = {len(v) for v in raw.values() if getattr(v, "ndim", 0)} if isinstance(raw, Mapping) else set()
         if static and rows and max(rows) < static:
             if seen == 0:
                 raise DataError(f"the model runs batches of exactly {static} samples (its inputs fix the batch "

@@ -16,6 +16,7 @@ import onnx
 
 from trtq.core import ImageFolderReader, load_model, open_data, progress_bar
 from trtq.core.errors import DataError, ModelError
+from trtq.core.runtime import check_runnable
 from trtq.models import get_model_spec, resolve_factory
 from trtq.pipeline.job import DEFAULT_MODEL, QuantizeJob
 from trtq.quantize import ExportParity, export, load_checkpoint
@@ -59,7 +60,9 @@ def resolve_source(job: QuantizeJob) -> SourceModel:
     else:
         evald = spec.evaluation_data(job.eval_samples) if spec is not None else None
     if job.onnx is not None:
-        return SourceModel("onnx", str(job.onnx), load_model(job.onnx), None, calib, evald)
+        proto = load_model(job.onnx)
+        check_runnable(proto, str(job.onnx))  # before any stage trips over it
+        return SourceModel("onnx", str(job.onnx), proto, None, calib, evald)
     name = job.model or DEFAULT_MODEL
     if job.checkpoint is not None:
         module, kind = load_checkpoint(job.checkpoint, resolve_factory(job.model)), "checkpoint"

@@ -1,0 +1,62 @@
+"""ONNX Runtime sessions with one clear error when a model cannot run here.
+
+Every part of trtq that runs a model (calibration, SmoothQuant, GPTQ, evaluation, serving)
+opens its session through :func:`ort_session`, so an opset newer than this machine knows, a
+custom-domain op, or any other load failure is one :class:`ModelError` naming the cause
+instead of ONNX Runtime's C++ exception text from deep inside a transform.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import onnx
+
+from trtq.core.errors import ModelError, require
+
+__all__ = ["STANDARD_DOMAINS", "check_runnable", "ort_session"]
+
+#: Operator domains ONNX Runtime's CPU provider implements.
+STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
+
+
+def check_runnable(model: onnx.ModelProto, what: str = "the model") -> None:
+    """Refuse, with the reason, a model ONNX Runtime cannot load here: an opset newer than the
+    installed onnx knows (ONNX Runtime runs released opsets only) or ops in a custom domain."""
+    newest = onnx.defs.onnx_opset_version()
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version > newest:
+            raise ModelError(f"{what} uses opset {opset.version}; the installed onnx {onnx.__version__} knows opsets up "
+                             f"to {newest}, and ONNX Runtime runs released opsets only: export it again with a "
+                             f"released opset (e.g. torch.onnx.export(..., opset_version=17))")
+    custom = sorted({f"{n.domain}:{n.op_type}" for n in _all_nodes(model.graph) if n.domain not in STANDARD_DOMAINS})
+    local = {(f.domain, f.name) for f in model.functions}
+    custom = [c for c in custom if tuple(c.split(":", 1)) not in local]
+    if custom:
+        raise ModelError(f"{what} uses custom op{'s' if len(custom) > 1 else ''} {', '.join(custom[:3])}, which "
+                         "ONNX Runtime has no implementation of here: trtq runs models on ONNX Runtime's standard "
+                         "ops; export the model without it (or replace it with standard ops)")
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                yield from _all_nodes(sub)
+
+
+def ort_session(model: onnx.ModelProto, options: Any = None, providers: Sequence[str] | None = None,
+                what: str = "the model"):
+    """An ``onnxruntime.InferenceSession`` for ``model`` (CPU unless ``providers`` say otherwise)."""
+    ort = require("onnxruntime", "cpu")
+    check_runnable(model, what)
+    if options is None:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options,
+                                    providers=list(providers or ["CPUExecutionProvider"]))
+    except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
+        text = str(exc).split(" : ", 3)[-1].strip()
+        raise ModelError(f"ONNX Runtime cannot load {what}: {text[:400]}") from exc
