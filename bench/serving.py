@@ -9,9 +9,15 @@ same invocation on the same machine:
 * `trtq serve --max-batch 1`: the HTTP server without batching (the reference row);
 * `trtq serve --max-batch 8 --max-delay-ms D`: dynamic batching.
 
-Each served response is checked against the in-process single-request result.
+Each served response is checked against the in-process single-request result. Clients keep
+their connections open (tritonclient.http reuses them), so keep-alive handling is exercised.
+
+--flood: while two ~28 MB nested-list JSON bodies (more values than the model takes) are
+being refused, poll /v2/health/live every 10 ms; report its latency and the server's RSS
+(from /proc: current and peak, against the body size).
 
     python bench/serving.py [--clients 8] [--requests 200] [--mode qdq-float|ort-int8] [--model M.onnx]
+    python bench/serving.py --flood
 """
 
 from __future__ import annotations
@@ -119,6 +125,57 @@ def batch_histogram(port: int) -> dict[float, float]:
     return hist
 
 
+def _rss_mb(pid: int) -> tuple[float, float]:
+    """(current, peak) resident set size of a process, MB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def flood(model: Path, input_name: str) -> None:
+    """Two oversized nested-list bodies against a served model while /v2/health/live is polled."""
+    import http.client
+
+    values = 7_000_000
+    group = "[[[" + ",".join(["0.5"] * 1000) + "]]]"
+    body = ('{"inputs":[{"name":"%s","datatype":"FP32","shape":[1,3,224,224],"data":[' % input_name
+            + ",".join([group] * (values // 1000)) + "]}]}").encode()
+    port = free_port()
+    proc = start_server(model, port, [])
+    statuses: list[int] = []
+
+    def post() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn.request("POST", "/v2/models/m/infer", body=body)
+        statuses.append(conn.getresponse().status)
+        conn.close()
+
+    try:
+        before = _rss_mb(proc.pid)
+        threads = [threading.Thread(target=post) for _ in range(2)]
+        for t in threads:
+            t.start()
+        health = []
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        while any(t.is_alive() for t in threads):
+            t0 = time.perf_counter()
+            conn.request("GET", "/v2/health/live")
+            conn.getresponse().read()
+            health.append(time.perf_counter() - t0)
+            time.sleep(0.01)
+        for t in threads:
+            t.join()
+        after = _rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    ms = np.array(health) * 1e3
+    print(f"flood: 2 bodies of {len(body) / 1e6:.1f} MB ({values} values each): answered {sorted(statuses)}")
+    print(f"  /v2/health/live during the flood: {len(ms)} polls, p50 {np.percentile(ms, 50):.1f} ms, "
+          f"p99 {np.percentile(ms, 99):.1f} ms, max {ms.max():.1f} ms")
+    print(f"  server RSS: {before[0]:.0f} MB before, {after[0]:.0f} MB after, peak {after[1]:.0f} MB "
+          f"(peak - before = {(after[1] - before[0]) / (len(body) / 1e6):.2f}x one body)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=8)
@@ -127,6 +184,7 @@ def main() -> None:
     ap.add_argument("--max-delay-ms", type=float, default=2.0)
     ap.add_argument("--calib", type=int, default=64, help="calibration crops when building the model")
     ap.add_argument("--model", type=Path, help="an int8 EfficientNet-Lite0 .onnx [default: built here]")
+    ap.add_argument("--flood", action="store_true", help="the oversized-body flood instead of the load test")
     args = ap.parse_args()
 
     from trtq.deploy import OrtRunner
@@ -136,6 +194,8 @@ def main() -> None:
     xs = spec.evaluation_data(256)
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or build_model(Path(tmp), args.calib)
+        if args.flood:
+            return flood(model, "images")
         runner = OrtRunner(model, mode=args.mode)
         input_name = runner.inputs[0].name
         total = args.clients * args.requests
@@ -154,7 +214,7 @@ def main() -> None:
                  np.percentile(lat, 99) * 1e3, 0, "-", "-")]
         for label, extra in [("trtq serve, batching off (max batch 1)", ["--max-batch", "1"]),
                              (f"trtq serve, dynamic batching (max 8, {args.max_delay_ms:g} ms)",
-                              ["--max-batch", "8", "--max-delay-ms", str(args.max_delay_ms)])]:
+                              ["--max-batch", "8", "--max-delay-ms", str(args.max_delay_ms)])]:  # noqa: E501
             port = free_port()
             proc = start_server(model, port, ["--mode", args.mode, *extra])
             try:

@@ -147,6 +147,45 @@ def _parameters(obj: dict, what: str) -> dict:
     return _object(params, f"'parameters' of {what}")
 
 
+#: JSON nesting a valid request can need beyond its tensors' ranks: the request object, the
+#: inputs list, the tensor object, its data list, parameters; a little slack on top.
+_JSON_DEPTH_OVERHEAD = 6
+_OPEN = np.zeros(256, np.int8)
+_OPEN[[ord("["), ord("{")]] = 1
+_OPEN[[ord("]"), ord("}")]] = -1
+_COMMA = ord(",")
+_CHUNK = 1 << 20
+
+
+def precheck_json(header: bytes | bytearray | memoryview, signature: ModelSignature, max_batch: int) -> None:
+    """Refuse, before parsing it, a JSON header that cannot be a valid request for this model:
+    nesting deeper than any input's rank needs (400), or more values than every input at the
+    max batch can hold (413). Vectorized over the bytes, so a hostile body costs a few passes
+    over its bytes, never the Python objects a full parse would build."""
+    if not header:
+        return
+    raw = np.frombuffer(header, np.uint8)
+    limit = max((len(t.shape) for t in signature.inputs), default=1) + _JSON_DEPTH_OVERHEAD
+    # In 1 MB pieces: small temporaries, and the GIL is free between them (the event loop runs).
+    depth = level = commas = 0
+    for start in range(0, len(raw), _CHUNK):
+        piece = raw[start:start + _CHUNK]
+        running = np.cumsum(_OPEN[piece], dtype=np.int32) + level
+        depth, level = max(depth, int(running.max())), int(running[-1])
+        commas += int(np.count_nonzero(piece == _COMMA))
+    if depth > limit:
+        raise InvalidRequest(f"the request's JSON is nested {depth} deep; requests for this model need at most "
+                             f"{limit} levels")
+    if any(d == -1 for t in signature.inputs for d in t.shape[1 if signature.batched else 0:]):
+        return  # a dynamic dim beyond the batch: no bound on the values (the body size limit holds)
+    most = sum(math.prod((max_batch if signature.batched else t.shape[0], *t.shape[1:]))
+               for t in signature.inputs if t.shape)
+    values = commas + 1
+    if values > most + 4096:  # 4096: commas outside the data (names, shapes, parameters)
+        raise InvalidRequest(f"the request holds about {values} values; this model's inputs take at most {most} "
+                             f"at batch {max_batch}", 413)
+
+
 def parse_infer_request(body: bytes, header_length: int | None, signature: ModelSignature,
                         max_batch: int) -> InferRequest:
     """Decode and check an infer request body against the model.
@@ -163,10 +202,13 @@ def parse_infer_request(body: bytes, header_length: int | None, signature: Model
         header, binary = body[:header_length], memoryview(body)[header_length:]
     else:
         header, binary = body, memoryview(b"")
+    precheck_json(header, signature, max_batch)
     try:
         request = json.loads(header)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("the request's JSON is nested too deep") from None
     request = _object(request, "the request")
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
+import socket
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +44,11 @@ from trtq.deploy.serving.protocol import (InvalidRequest, ModelSignature, encode
 log = logging.getLogger("trtq.serve")
 
 DEFAULT_MAX_REQUEST_BYTES = 64 << 20
+#: Request bodies decoded (and responses encoded) at once, off the event loop: bounds the
+#: memory a flood of large bodies can take, and keeps the loop free for health checks.
+PARSE_THREADS = 2
+#: Seconds an idle keep-alive connection stays open.
+KEEP_ALIVE_S = 75
 _HEADER = "Inference-Header-Content-Length"
 
 
@@ -142,6 +150,9 @@ class _Metrics:
                                       buckets=buckets, registry=self.registry)
         self.queue_depth = prom.Gauge("trtq_queue_depth", "Requests waiting to be batched", ["model"],
                                       registry=self.registry)
+        self.responses = prom.Counter("trtq_http_responses", "Every HTTP response by endpoint kind and status code "
+                                      "(failures before or outside inference included)", ["model", "endpoint", "code"],
+                                      registry=self.registry)
 
     def observe_batch(self, stats: BatchStats) -> None:
         self.batch_rows.labels(self.model).observe(stats.rows)
@@ -163,6 +174,7 @@ def create_app(model: ServedModel, *, access_log: bool = True):
     from starlette.routing import Route
 
     prom = require("prometheus_client", "serve")
+    parse_pool = ThreadPoolExecutor(max_workers=PARSE_THREADS, thread_name_prefix="trtq-parse")
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
@@ -223,17 +235,25 @@ def create_app(model: ServedModel, *, access_log: bool = True):
         served = lookup(request)
         if not served.ready:
             raise Overloaded("the model is shutting down")
-        body = await _read_body(request, served.options.max_request_bytes)
+        limit = served.options.max_request_bytes
+        body = await _read_body(request, limit)
         header_length = request.headers.get(_HEADER)
         if header_length is not None:
             try:
                 header_length = int(header_length)
             except ValueError:
                 raise InvalidRequest(f"{_HEADER} must be an integer, got {header_length!r}") from None
-        parsed_request = parse_infer_request(body, header_length, served.signature, served.max_batch)
+        encoding = request.headers.get("content-encoding", "identity").lower()
+        loop = asyncio.get_running_loop()
+        # Decoding and encoding bodies run off the event loop, at most PARSE_THREADS at once:
+        # health checks and metadata answer while large requests are being parsed.
+        parsed_request = await loop.run_in_executor(
+            parse_pool, lambda: parse_infer_request(_decompress(body, encoding, limit), header_length,
+                                                    served.signature, served.max_batch))
         future = served.batcher.submit(parsed_request.inputs, parsed_request.rows)
         outputs = await asyncio.wrap_future(future)
-        payload, json_size = encode_infer_response(served.name, served.version, parsed_request, outputs)
+        payload, json_size = await loop.run_in_executor(
+            parse_pool, encode_infer_response, served.name, served.version, parsed_request, outputs)
         if json_size is None:
             return Response(payload, media_type="application/json")
         return Response(payload, media_type="application/octet-stream", headers={_HEADER: str(json_size)})
@@ -261,6 +281,7 @@ def create_app(model: ServedModel, *, access_log: bool = True):
         finally:
             # Uvicorn has finished the in-flight requests by now; drain the batcher.
             await asyncio.get_running_loop().run_in_executor(None, model.close)
+            parse_pool.shutdown(wait=False)
             log.info("stopped", extra={"fields": {"model": model.name}})
 
     prefixes = ["/v2/models/{model}", "/v2/models/{model}/versions/{version}"]
@@ -269,23 +290,53 @@ def create_app(model: ServedModel, *, access_log: bool = True):
     for p in prefixes:
         routes += [Route(p, model_metadata), Route(p + "/ready", model_ready), Route(p + "/config", model_config),
                    Route(p + "/infer", infer, methods=["POST"])]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_allowed,
-                                                                         InvalidRequest: invalid})
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_allowed,
+                                                                        InvalidRequest: invalid})
+    return _CountResponses(app, model.metrics)
 
 
-async def _read_body(request, limit: int) -> bytes:
-    """The request body, decompressed if gzip/deflate; 413 beyond ``limit`` bytes either way."""
+class _CountResponses:
+    """ASGI middleware: counts every HTTP response in ``trtq_http_responses`` (a client error on
+    any endpoint, or a 500 from the framework itself, shows up in /metrics)."""
+
+    def __init__(self, app, metrics: _Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        endpoint = ("infer" if path.endswith("/infer") else "health" if path.startswith("/v2/health")
+                    else "metrics" if path == "/metrics" else "metadata" if path.startswith("/v2") else "other")
+        status = [500]
+
+        async def counting_send(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            self.metrics.responses.labels(self.metrics.model, endpoint, str(status[0])).inc()
+
+
+async def _read_body(request, limit: int) -> bytearray:
+    """The request body as sent, in one buffer grown in place (no second copy); 413 beyond
+    ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise InvalidRequest(f"request body of {declared} bytes exceeds the limit of {limit}", 413)
-    chunks, size = [], 0
+    body = bytearray()
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+        if len(body) + len(chunk) > limit:
             raise InvalidRequest(f"request body exceeds the limit of {limit} bytes", 413)
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "identity").lower()
+        body += chunk
+    return body
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """``body`` decoded from gzip/deflate (or as it is); 413 beyond ``limit`` bytes."""
     if encoding in ("", "identity"):
         return body
     if encoding not in ("gzip", "deflate"):
@@ -314,13 +365,48 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (IPv4 or IPv6), or a TrtqError saying why not."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise TrtqError(f"cannot resolve --host {host!r}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        hint = "; is another server running there? choose another --port" if exc.errno == errno.EADDRINUSE else ""
+        raise TrtqError(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(model: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
           options: ServeOptions = ServeOptions(), access_log: bool = True, sockets=None,
           graceful_timeout_s: float = 30.0) -> None:
-    """Load ``model`` and serve it until SIGINT/SIGTERM; in-flight requests are finished first."""
+    """Load ``model`` and serve it until SIGINT/SIGTERM; in-flight requests are finished first.
+
+    The port is bound before the model loads: a port in use is one TrtqError, before anything
+    is logged as serving.
+    """
     uvicorn = require("uvicorn", "serve")
-    served = ServedModel(model, name=name, options=options)
+    owned = sockets is None
+    if owned:
+        sockets = [bind_socket(host, port)]
+    try:
+        served = ServedModel(model, name=name, options=options)
+    except BaseException:
+        if owned:
+            for sock in sockets:
+                sock.close()
+        raise
     app = create_app(served, access_log=access_log)
+    # Keep-alive longer than clients' pools keep idle connections: a server that closes an idle
+    # connection just as a client reuses it is a BrokenPipe on the client (seen at uvicorn's 5 s).
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=graceful_timeout_s)
+                            timeout_graceful_shutdown=graceful_timeout_s, timeout_keep_alive=KEEP_ALIVE_S)
     uvicorn.Server(config).run(sockets=sockets)

@@ -446,3 +446,63 @@ def test_cli_serve_refuses_bad_input_cleanly(tmp_path, int8_path):
     (tmp_path / "model.txt").write_text("x")
     result = CliRunner().invoke(main, ["serve", str(tmp_path / "model.txt")])
     assert result.exit_code == 2 and "expected an .onnx or .engine" in result.output
+
+
+def _nested_body(values: int, depth: int = 4) -> bytes:
+    """An infer request whose data is a nested list of ``values`` numbers (an oversized body)."""
+    inner = ",".join(["0.5"] * 1000)
+    group = "[" * (depth - 1) + inner + "]" * (depth - 1)
+    data = "[" + ",".join([group] * (values // 1000)) + "]"
+    head = '{"inputs":[{"name":"input","datatype":"FP32","shape":[1,3,8,8],"data":'
+    return (head + data + "}]}").encode()
+
+
+def test_oversized_and_deep_bodies_are_refused_without_stalling_health(int8_path):
+    """Two large nested-list bodies in flight: refused before they are parsed (413), while
+    /v2/health/live keeps answering fast; 100,000-deep nesting is a 400, not a 500."""
+    served = ServedModel(int8_path, name="tiny", options=ServeOptions(max_request_bytes=64 << 20))
+    body = _nested_body(7_000_000)  # ~28 MB of JSON
+    assert len(body) > 25e6
+    with running(served) as (url, _):
+        results = {}
+
+        def flood(i):
+            results[i] = _request(url, "POST", "/v2/models/tiny/infer", body)[0]
+
+        threads = [threading.Thread(target=flood, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        latencies = []
+        while any(t.is_alive() for t in threads):
+            start = time.perf_counter()
+            assert _request(url, "GET", "/v2/health/live")[0] == 200
+            latencies.append(time.perf_counter() - start)
+            time.sleep(0.01)
+        for t in threads:
+            t.join()
+        assert results == {0: 413, 1: 413}
+        assert max(latencies) < 0.25, max(latencies)  # measured: p99 well under 0.1 s (bench/serving.py --flood)
+        deep = b'{"inputs":[{"name":"input","datatype":"FP32","shape":[1,3,8,8],"data":' + b"[" * 100_000 \
+            + b"]" * 100_000 + b"}]}"
+        status, payload, _ = _request(url, "POST", "/v2/models/tiny/infer", deep)
+        assert status == 400 and "nested" in payload.decode()
+        status, payload, _ = _request(url, "GET", "/metrics")
+        text = payload.decode()
+        assert 'trtq_http_responses_total{code="413",endpoint="infer",model="tiny"} 2.0' in text
+        assert 'trtq_http_responses_total{code="400",endpoint="infer",model="tiny"} 1.0' in text
+
+
+def test_a_busy_port_is_one_error_line_before_serving(tmp_path, int8_path):
+    from click.testing import CliRunner
+
+    from trtq.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(main, ["serve", str(int8_path), "--port", str(port)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use; is another server running there? "
+        "choose another --port"]
