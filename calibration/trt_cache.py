@@ -125,5 +125,7 @@ def load_table(path: str | os.PathLike, model=None, *, force: bool = False) -> C
         return CalibrationTable(table.ranges, table.method, sha, table.samples)
     if table.model_sha256 != sha and not force:
         raise CalibrationError(f"calibration table {path} was computed for another model (SHA-256 "
-                               f"{table.model_sha256[:12]}..., this model {sha[:12]}...); recalibrate, or force")
+                               f"{table.model_sha256[:12]}..., this model {sha[:12]}...): recalibrate this model "
+                               "(trtq calibrate MODEL --data DATA), or, in Python, load_table(..., force=True) if only "
+                               "its weights changed and every tensor name is the same")
     return table

@@ -7,6 +7,8 @@ import path ``package.module:callable`` returning an ``nn.Module``.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -102,12 +104,22 @@ def resolve_factory(name: str) -> Callable[..., object]:
         spec = get_model_spec(name)
         return lambda: spec.factory(pretrained=False)
     module_name, _, attr = name.partition(":")
+    # `python -m` puts the working directory on sys.path, the `trtq` script does not: a user's
+    # own module beside them must import either way.
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
     try:
         obj = importlib.import_module(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
-        raise ModelError(f"cannot import model factory '{name}': {exc}") from exc
+        raise ModelError(f"cannot import model factory '{name}' (from {cwd} or the installed packages): "
+                         f"{exc}") from exc
+    finally:
+        if added:
+            sys.path.remove(cwd)
     if not callable(obj):
         raise ModelError(f"model factory '{name}' is not callable")
     return obj

@@ -35,7 +35,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import onnx
@@ -166,14 +166,26 @@ class PrecisionPlan:
 
     @classmethod
     def from_json(cls, data: Mapping) -> "PrecisionPlan":
+        """A plan from its JSON form, or from the ``precision.json`` ``trtq quantize`` writes
+        (its ``plan``: the same plan, searched or given, so the same model comes out).
+        Unknown keys are refused with their names: a misspelled key must not be ignored."""
         if not isinstance(data, Mapping):
             raise QuantizationError("a precision plan must be a mapping with 'default' and 'overrides'")
+        if "plan" in data and "nodes" in data:  # trtq quantize's precision.json
+            _refuse_unknown(data, _REPORT_KEYS, "precision.json")
+            return cls.from_json(data["plan"])
+        _refuse_unknown(data, _PLAN_KEYS, "a precision plan")
         if data.get("format", PLAN_FORMAT) != PLAN_FORMAT or int(data.get("version", PLAN_VERSION)) > PLAN_VERSION:
             raise QuantizationError(f"not a precision plan this trtq reads (format {data.get('format')!r}, "
                                     f"version {data.get('version')!r})")
         overrides = data.get("overrides") or []
         if isinstance(overrides, Mapping):  # YAML shorthand: {pattern: precision}
             overrides = [{"pattern": k, "precision": v} for k, v in overrides.items()]
+        if not isinstance(overrides, (list, tuple)):
+            raise QuantizationError(f"'overrides' must be a list (or a pattern: precision mapping), got "
+                                    f"{type(overrides).__name__}")
+        for i, o in enumerate(overrides):
+            _refuse_unknown(o, {"pattern", "precision"}, f"override {i + 1}")
         try:
             rules = tuple(PrecisionRule(str(o["pattern"]), Precision.parse(o["precision"])) for o in overrides)
         except (KeyError, TypeError) as exc:
@@ -207,6 +219,11 @@ class PrecisionPlan:
         return atomic_write_text(Path(path), json.dumps(self.to_json(), indent=2) + "\n")
 
     # -- resolution ------------------------------------------------------------------------
+    def unmatched(self, model: onnx.ModelProto) -> list[str]:
+        """The override patterns that match no node of ``model`` (a typo, or a name from another export)."""
+        nodes = list(model.graph.node)
+        return [r.pattern for r in self.overrides if not any(r.matches(n) for n in nodes)]
+
     def asked(self, node: onnx.NodeProto) -> tuple[Precision, str]:
         """The precision asked for ``node`` and the rule that decided it."""
         best: tuple[int, int] | None = None
@@ -248,6 +265,19 @@ class PrecisionPlan:
             raise QuantizationError(f"cannot put {len(refused)} node(s) in fp16, values exceed its range "
                                     f"(±{FP16_MAX:g}): " + "; ".join(refused[:5]))
         return out
+
+
+_PLAN_KEYS = frozenset({"format", "version", "default", "overrides"})
+_REPORT_KEYS = frozenset({"plan", "summary", "int8_mac_share", "nodes", "search"})
+
+
+def _refuse_unknown(data: Any, known: frozenset | set, what: str) -> None:
+    if not isinstance(data, Mapping):
+        raise QuantizationError(f"{what} must be a mapping, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise QuantizationError(f"{what} has unknown key{'s' if len(unknown) > 1 else ''} "
+                                f"{', '.join(repr(k) for k in unknown)}; the keys are {', '.join(sorted(known))}")
 
 
 def _quantizable(node: onnx.NodeProto, g: GraphIndex, rules: Mapping[str, Rule]) -> bool:

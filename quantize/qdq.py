@@ -219,7 +219,8 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable
     if table.model_sha256 != model_sha256(model) and not force:
         raise QuantizationError(
             "the calibration table was computed for another model (SHA-256 "
-            f"{table.model_sha256[:12]}... vs {model_sha256(model)[:12]}...); recalibrate, or force")
+            f"{table.model_sha256[:12]}... vs {model_sha256(model)[:12]}...): recalibrate this model (trtq calibrate "
+            "MODEL --data DATA), or pass force=True if only its weights changed and every tensor name is the same")
     if any(o.domain in ("", "ai.onnx") and o.version < MIN_OPSET for o in model.opset_import):
         model = _upgrade_opset(model)
     model = fold_batchnorm(model)

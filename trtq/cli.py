@@ -161,7 +161,10 @@ def main(verbose: bool) -> None:
 @click.option("--default-precision", type=click.Choice(["int8", "fp16", "fp32"]), default=None,
               help="Precision of nodes no pattern matches. [default: int8, or the --plan file's]")
 @click.option("--plan", "plan_path", type=click.Path(path_type=Path),
-              help="A precision plan (JSON or YAML: default + overrides); --int8/--fp16/--fp32 add to it.")
+              help="A precision plan (JSON or YAML: default + overrides), or the precision.json an earlier run "
+              "wrote (the same plan again); --int8/--fp16/--fp32 add to it. Unknown keys are errors.")
+@click.option("--strict", is_flag=True,
+              help="A plan pattern that matches no node is an error (default: a warning naming it).")
 @click.option("--target", metavar="METRIC>=VALUE",
               help="Search the plan: take the most int8-sensitive layers out of int8 until e.g. 'top1>=0.97' "
               "or 'cosine>=0.99' holds on the evaluation data (writes sensitivity.json/.png).")
@@ -197,7 +200,7 @@ def main(verbose: bool) -> None:
 @_fail_cleanly
 def quantize_cmd(onnx_path, checkpoint, model, hf_dir, max_length, calib_data, eval_data, out_dir, method, table,
                  samples, eval_samples, batch_size, engine, int8_rules, fp16_rules, fp32_rules, default_precision,
-                 plan_path, target, search_samples, bias_correction, smoothquant, layer_clipping, gptq, equalize,
+                 plan_path, strict, target, search_samples, bias_correction, smoothquant, layer_clipping, gptq, equalize,
                  target_runtime, reduce_range, no_progress) -> None:
     """Quantize a model to explicit int8 (Q/DQ) ONNX and report its fidelity.
 
@@ -222,7 +225,7 @@ def quantize_cmd(onnx_path, checkpoint, model, hf_dir, max_length, calib_data, e
                       samples=samples, eval_samples=eval_samples, batch_size=batch_size, engine=engine,
                       progress=not no_progress,
                       plan=_precision_plan(plan_path, default_precision, int8_rules, fp16_rules, fp32_rules),
-                      target=target, search_samples=search_samples, command=_command_line(),
+                      strict=strict, target=target, search_samples=search_samples, command=_command_line(),
                       bias_correction=bias_correction, smoothquant=smoothquant, layer_clipping=layer_clipping,
                       gptq=gptq, equalize=equalize, runtime=QuantTarget.parse(target_runtime, reduce_range))
     _print_quantize_result(run_quantize(job), job)

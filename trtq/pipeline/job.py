@@ -62,6 +62,7 @@ class QuantizeJob:
     gptq: bool = True  # see quantize.rounding: error-compensating int8 weight rounding
     gptq_samples: int = 64
     runtime: QuantTarget = field(default_factory=QuantTarget)  # the runtime the int8 model is written for
+    strict: bool = False  # plan patterns that match no node: an error instead of a warning
 
     def __post_init__(self) -> None:
         if isinstance(self.target, str):

@@ -53,8 +53,18 @@ def resolve_source(job: QuantizeJob) -> SourceModel:
         calib = open_data(job.calib_data, "calibration data")
     elif spec is not None:
         calib = spec.calibration_data(job.samples)
+    elif job.table is not None:
+        calib = None  # the table replaces calibration; say what else would still need the data
+        needs = [what for what, on in (("GPTQ weight rounding (turn it off with --no-gptq)", job.gptq),
+                                       ("--layer-clipping", job.layer_clipping),
+                                       ("--bias-correction", job.bias_correction),
+                                       ("the fidelity report (give it --eval-data)", job.eval_data is None)) if on]
+        if needs:
+            raise DataError("with --table and no --calib-data, these still need calibration data: "
+                            + "; ".join(needs))
     else:
-        raise DataError("calibration data is required for this model: pass --calib-data DATA.npy|DATA.npz")
+        raise DataError("calibration data is required for this model: pass --calib-data DATA.npy|DATA.npz|FOLDER "
+                        "(or --table with a calibration table, see `trtq quantize --help`)")
     if job.eval_data is not None:
         evald = open_data(job.eval_data, "evaluation data")
     else:

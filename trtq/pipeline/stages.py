@@ -16,6 +16,7 @@ import onnx
 
 from trtq.calibration import CalibrationTable, calibrate, load_table
 from trtq.core import model_sha256
+from trtq.core.errors import QuantizationError
 from trtq.deploy import ComparisonReport, OrtRunner, QdqMode, compare_outputs, run_all
 from trtq.deploy.compare import Thresholds
 from trtq.deploy.evaluate import FidelityEvaluator
@@ -42,6 +43,8 @@ KERNEL_COSINE_GAP = 0.01
 #: Evaluation samples the sensitivity ranking of a --target search uses (the search itself
 #: checks the target on every evaluation sample).
 RANK_SAMPLES = 128
+#: A target met with less of the MACs in int8 than this is reported as such.
+LOW_INT8_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class Fp32Model:
     parity: ExportParity | None = None
     smoothed: tuple = ()  # quantize.smoothquant.SmoothedGroup per linear-layer group
     equalized: tuple | None = None  # quantize.equalize.EqualizedPair per conv pair (None: not asked for)
+    warnings: tuple[str, ...] = ()  # e.g. plan patterns that match no node
 
     def to_json(self) -> dict:
         return {"export_parity": self.parity.__dict__ if self.parity else None,
@@ -121,8 +125,17 @@ class Fidelity:
 
 
 def prepare_fp32(job: QuantizeJob, source: SourceModel) -> Fp32Model:
-    """Fold BatchNorm, then rescale for int8 (SmoothQuant, CLE) where the job asks for it."""
+    """Fold BatchNorm, check the plan's patterns against the nodes, then rescale for int8
+    (SmoothQuant, CLE) where the job asks for it."""
     reference = model = fold_batchnorm(source.model)
+    warnings = []
+    unmatched = job.plan.unmatched(reference)
+    if unmatched:
+        text = (f"precision pattern{'s' if len(unmatched) > 1 else ''} {', '.join(repr(p) for p in unmatched)} "
+                "match no node of the model (after BatchNorm folding); node names are in precision.json")
+        if job.strict:
+            raise QuantizationError(text + " (--strict)")
+        warnings.append(text)  # printed with the run's other warnings
     smoothed, equalized = [], None
     if job.smoothquant and job.table is None:
         # The same function in fp32, with activation outliers moved into the weights where
@@ -134,7 +147,7 @@ def prepare_fp32(job: QuantizeJob, source: SourceModel) -> Fp32Model:
         equalizing = equalize(model, source.calib, samples=min(job.samples, 64), progress=job.progress)
         model, equalized = equalizing.model, equalizing.records
     return Fp32Model(reference, model, source.parity, tuple(smoothed),
-                     None if equalized is None else tuple(equalized))
+                     None if equalized is None else tuple(equalized), tuple(warnings))
 
 
 def calibrate_model(job: QuantizeJob, source: SourceModel, fp32: Fp32Model) -> tuple[CalibrationTable, tuple | None]:
@@ -237,11 +250,14 @@ def measure_fidelity(job: QuantizeJob, source: SourceModel, fp32: Fp32Model, tab
         variants["mixed"] = report
     name = f"{quantized.label} (ORT integer kernels)"
     kernels = versus(outputs(quantized.model, name, QdqMode.ORT_INT8), name)
-    warnings = list(_kernel_warnings(report, kernels))
+    warnings = [*fp32.warnings, *_kernel_warnings(report, kernels)]
     search = quantized.search
     if search is not None and not search.met:
         warnings.append(f"the target {search.target} is out of reach: even with every layer group out of "
                         f"int8 the search got {_metric_text(search.metrics)}; wrote that model anyway")
+    elif search is not None and quantized.mixed.int8_mac_share < LOW_INT8_SHARE:
+        warnings.append(f"the target {search.target} is met with only {quantized.mixed.int8_mac_share:.1%} of the "
+                        "MACs in int8: most of the model runs in fp16/fp32, so expect little int8 speed-up")
     return Fidelity(report, kernels, eval_source, variants, tuple(warnings))
 
 
