@@ -67,6 +67,23 @@ def load_checkpoint(path: str | os.PathLike, factory: Callable[[], object]):
     return module.eval()
 
 
+def _reraise_stop(exc: BaseException) -> None:
+    """The exporter wraps whatever interrupts it: a SIGTERM/Ctrl-C arriving mid-export must
+    stop the job as itself, not turn into an export error."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, (SystemExit, KeyboardInterrupt)):
+            raise seen
+        seen = seen.__cause__ or seen.__context__
+
+
+def _first_line(exc: BaseException) -> str:
+    """The exporter's first line, without terminal colour codes."""
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+
+
 def export(module, sample: np.ndarray, *, input_name: str = "input", output_name: str = "output",
            opset: int = DEFAULT_OPSET, rtol: float = 1e-3, atol: float = 1e-4,
            check_inputs: np.ndarray | None = None) -> tuple[onnx.ModelProto, ExportParity]:
@@ -94,7 +111,8 @@ def export(module, sample: np.ndarray, *, input_name: str = "input", output_name
                               opset_version=opset, dynamo=True, external_data=False,
                               verbose=False)
         except Exception as exc:  # the exporter raises many types
-            raise ExportError(f"torch.onnx.export failed: {str(exc).strip().splitlines()[0]}") from exc
+            _reraise_stop(exc)
+            raise ExportError(f"torch.onnx.export failed: {_first_line(exc)}") from exc
         proto = onnx.load(str(target))
     check_model(proto, "the exported model")
     parity = check_parity(module, proto, check_inputs if check_inputs is not None else sample,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def _styled(label: str, style: str, message: str) -> Text:
 
 
 #: Exit codes: 0 done, 1 `compare` below its thresholds, 2 bad input (a TrtqError), 3 an
-#: unexpected internal error, 130 interrupted.
+#: unexpected internal error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 130
 
 
@@ -54,6 +55,10 @@ def _fail_cleanly(fn):
         except KeyboardInterrupt:
             err_console.print(_styled("error: ", "bold red", "interrupted; nothing was written"))
             sys.exit(EXIT_INTERRUPTED)
+        except SystemExit as exc:
+            if exc.code == 128 + signal.SIGTERM:  # raised by the output staging's SIGTERM handler
+                err_console.print(_styled("error: ", "bold red", "terminated (SIGTERM); nothing was written"))
+            raise
         except Exception as exc:  # noqa: BLE001 - the top-level handler: one line, not a traceback
             if verbose:
                 raise
