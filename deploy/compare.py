@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from trtq.core.readers import open_data
+from trtq.core.readers import PreprocessSpec, open_data
 from trtq.deploy.runner import QdqMode, Runner, open_runner, run_all
 from trtq.core.errors import TrtqError
 
@@ -133,11 +133,12 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
 
 def compare(reference: str | os.PathLike | Runner, candidate: str | os.PathLike | Runner, data: Any, *,
             mode: QdqMode | str = QdqMode.FLOAT, batch_size: int = 32, samples: int | None = None,
-            thresholds: Thresholds = Thresholds(), classifier: bool | None = None) -> ComparisonReport:
+            thresholds: Thresholds = Thresholds(), classifier: bool | None = None,
+            preprocess: PreprocessSpec | None = None) -> ComparisonReport:
     """Run ``data`` (arrays, a ``.npy``/``.npz`` path or an image folder) through both models and
     compare every output of the reference. ``mode``: how a Q/DQ ``.onnx`` candidate runs (see
-    :func:`open_runner`)."""
-    data = open_data(data)
+    :func:`open_runner`); ``preprocess``: how an image folder becomes inputs."""
+    data = open_data(data, "data", preprocess)
     ref_runner, cand_runner = open_runner(reference), open_runner(candidate, mode=mode)
     try:
         ref_out = run_all(ref_runner, data, batch_size, samples)

@@ -37,7 +37,7 @@ class ModelSpec:
     preprocess: PreprocessSpec | None = None
 
 
-EFFICIENTNET_PREPROCESS = PreprocessSpec(size=(224, 224), scale=1 / 127.5, mean=(1.0, 1.0, 1.0))
+EFFICIENTNET_PREPROCESS = PreprocessSpec(size=(224, 224), scale=1 / 127.5, mean=(1.0, 1.0, 1.0), layout="NCHW")
 
 
 def _efficientnet_factory(pretrained: bool = True):

@@ -108,6 +108,62 @@ max_batch_help = ("[default: 32, the engine profile's maximum of `trtq build`, o
                   "smaller]")
 
 
+def _floats3(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        parts = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) == 1:
+        parts = parts * 3
+    if len(parts) != 3:
+        raise click.BadParameter(f"{value!r} is not one number or three (R,G,B), e.g. 0.485,0.456,0.406")
+    return parts
+
+
+def _size(ctx, param, value):
+    if value is None:
+        return None
+    h, sep, w = value.lower().partition("x")
+    if not (sep and h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
+        raise click.BadParameter(f"{value!r} is not HEIGHTxWIDTH, e.g. 224x224")
+    return int(h), int(w)
+
+
+def preprocess_options(fn):
+    """Image-folder preprocessing options, given to the command as one ``preprocess`` value
+    (a PreprocessSpec, or None when none was given)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, resize, scale, mean, std, layout, bgr, **kwargs):
+        given = {k: v for k, v in (("size", resize), ("scale", scale), ("mean", mean), ("std", std),
+                                   ("layout", layout)) if v is not None}
+        if bgr:
+            given["channel_order"] = "BGR"
+        if not given:
+            return fn(*args, preprocess=None, **kwargs)
+        from trtq.core import PreprocessSpec
+
+        return fn(*args, preprocess=PreprocessSpec(**given), **kwargs)
+
+    for option in reversed([
+        click.option("--resize", callback=_size, metavar="HxW",
+                     help="Image folders: resize (centre crop) to this size. [default: the model input's fixed "
+                     "height and width, else 224x224]"),
+        click.option("--scale", type=float, help="Image folders: pixel scale before mean/std. [default: 1/255]"),
+        click.option("--mean", callback=_floats3, metavar="M|R,G,B",
+                     help="Image folders: subtracted after scaling, per channel. [default: 0]"),
+        click.option("--std", callback=_floats3, metavar="S|R,G,B",
+                     help="Image folders: divided by after the mean, per channel. [default: 1]"),
+        click.option("--layout", type=click.Choice(["NCHW", "NHWC"]),
+                     help="Image folders: tensor layout. [default: where the model input has its 3 channels]"),
+        click.option("--bgr", is_flag=True, help="Image folders: channels in BGR order (OpenCV-trained models)."),
+    ]):
+        wrapper = option(wrapper)
+    return wrapper
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="trtq")
 @click.option("-v", "--verbose", is_flag=True, help="Log each step, and show tracebacks on errors.")
@@ -202,8 +258,9 @@ def main(verbose: bool) -> None:
               help="With ort-cpu: limit int8 weights to 7 bits (needed on x86 CPUs without VNNI). "
               "[default: detected from this CPU]")
 @no_progress_option
+@preprocess_options
 @_fail_cleanly
-def quantize_cmd(onnx_path, checkpoint, model, hf_dir, max_length, calib_data, eval_data, out_dir, method, table,
+def quantize_cmd(preprocess, onnx_path, checkpoint, model, hf_dir, max_length, calib_data, eval_data, out_dir, method, table,
                  samples, eval_samples, batch_size, engine, int8_rules, fp16_rules, fp32_rules, default_precision,
                  plan_path, strict, target, search_samples, bias_correction, smoothquant, layer_clipping, gptq, equalize,
                  target_runtime, reduce_range, no_progress) -> None:
@@ -232,7 +289,8 @@ def quantize_cmd(onnx_path, checkpoint, model, hf_dir, max_length, calib_data, e
                       plan=_precision_plan(plan_path, default_precision, int8_rules, fp16_rules, fp32_rules),
                       strict=strict, target=target, search_samples=search_samples, command=_command_line(),
                       bias_correction=bias_correction, smoothquant=smoothquant, layer_clipping=layer_clipping,
-                      gptq=gptq, equalize=equalize, runtime=QuantTarget.parse(target_runtime, reduce_range))
+                      gptq=gptq, equalize=equalize, runtime=QuantTarget.parse(target_runtime, reduce_range),
+                      preprocess=preprocess)
     _print_quantize_result(run_quantize(job), job)
 
 
@@ -346,13 +404,15 @@ def _precision_table(result) -> Table:
 @click.option("--trt-cache", type=click.Path(path_type=Path),
               help="Also write a TensorRT 10.x calibration cache (text) here.")
 @no_progress_option
+@preprocess_options
 @_fail_cleanly
-def calibrate_cmd(model, data, method, samples, batch_size, all_tensors, out, trt_cache, no_progress) -> None:
+def calibrate_cmd(preprocess, model, data, method, samples, batch_size, all_tensors, out, trt_cache, no_progress) -> None:
     """Compute activation ranges of MODEL.onnx and save them as a calibration table."""
     from trtq.pipeline import run_calibration
 
     run = run_calibration(model, data, method=method, batch_size=batch_size, samples=samples,
-                          all_tensors=all_tensors, out=out, trt_cache=trt_cache, progress=not no_progress)
+                          all_tensors=all_tensors, out=out, trt_cache=trt_cache, progress=not no_progress,
+                          preprocess=preprocess)
     console.print(f"calibrated {len(run.table)} tensors on {run.table.samples} samples ({method}): wrote "
                   + ", ".join(str(p) for p in run.files))
 
@@ -379,8 +439,9 @@ def calibrate_cmd(model, data, method, samples, batch_size, all_tensors, out, tr
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("trtq-sensitivity"),
               show_default=True, help="Folder for sensitivity.json and sensitivity.png.")
 @no_progress_option
+@preprocess_options
 @_fail_cleanly
-def sensitivity_cmd(model, calib_data, table, eval_data, method, samples, eval_samples, metric, one_way, gptq,
+def sensitivity_cmd(preprocess, model, calib_data, table, eval_data, method, samples, eval_samples, metric, one_way, gptq,
                     top, out_dir, no_progress) -> None:
     """Rank MODEL's layer groups by how much int8 costs each (fp32 ONNX model).
 
@@ -393,7 +454,7 @@ def sensitivity_cmd(model, calib_data, table, eval_data, method, samples, eval_s
 
     run = run_sensitivity(model, eval_data, calib_data=calib_data, table=table, method=method, samples=samples,
                           eval_samples=eval_samples, metric=metric, reverse=not one_way, gptq=gptq, out_dir=out_dir,
-                          progress=not no_progress)
+                          progress=not no_progress, preprocess=preprocess)
     report = run.report
     t = Table(title=f"int8 sensitivity on {run.eval_samples} samples (all int8: "
               + ", ".join(f"{k} {v:.4g}" for k, v in report.baseline.items() if v is not None) + ")",
@@ -421,8 +482,9 @@ def sensitivity_cmd(model, calib_data, table, eval_data, method, samples, eval_s
 @click.option("--min-cosine", default=0.97, show_default=True, help="Pass if every output's mean cosine is at least this.")
 @click.option("--min-top1", type=float, help="Pass only if classifier top-1 agreement is at least this (0-1).")
 @json_option
+@preprocess_options
 @_fail_cleanly
-def compare_cmd(reference, candidate, data, mode, samples, batch_size, min_cosine, min_top1, as_json) -> None:
+def compare_cmd(preprocess, reference, candidate, data, mode, samples, batch_size, min_cosine, min_top1, as_json) -> None:
     """Compare CANDIDATE's outputs with REFERENCE's on the same data (.onnx or .engine).
 
     Exit code 0 when the thresholds are met, 1 when they are not, 2 on bad input.
@@ -430,7 +492,7 @@ def compare_cmd(reference, candidate, data, mode, samples, batch_size, min_cosin
     from trtq.deploy import Thresholds, compare
 
     report = compare(reference, candidate, data, mode=mode, batch_size=batch_size, samples=samples,
-                     thresholds=Thresholds(min_cosine, min_top1))
+                     thresholds=Thresholds(min_cosine, min_top1), preprocess=preprocess)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))
     else:

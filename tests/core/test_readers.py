@@ -109,3 +109,55 @@ def test_image_folders_are_read_lazily_batch_by_batch(tmp_path, monkeypatch):
     first, feed = next(batches)
     assert first == 0 and feed["x"].shape == (2, 3, 4, 4) and opened == ["0.png", "1.png"]
     assert [f["x"].shape[0] for _, f in batches] == [2, 1] and len(opened) == 5
+
+
+def _image_folder(folder, count=5):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.mark.parametrize("shape, expected", [(("N", 3, 64, 48), (2, 3, 64, 48)), (("N", 32, 40, 3), (2, 32, 40, 3)),
+                                             (("N", 3, "H", "W"), (2, 3, 224, 224))])
+def test_image_folders_take_the_models_size_and_layout(tmp_path, shape, expected):
+    from trtq.core import open_data
+
+    specs = [InputSpec("x", np.dtype(np.float32), shape)]
+    got = _all(open_data(_image_folder(tmp_path / "img")), specs=specs, batch_size=2)
+    assert got[0][1]["x"].shape == expected
+
+
+def test_image_preprocessing_options_and_mismatches(tmp_path):
+    from trtq.core import open_data
+
+    folder = _image_folder(tmp_path / "img")
+    specs = [InputSpec("x", np.dtype(np.float32), ("N", 3, 16, 16))]
+    spec = PreprocessSpec(scale=1.0, mean=(100.0, 100.0, 100.0), std=(2.0, 2.0, 2.0), channel_order="BGR")
+    x = _all(open_data(folder, preprocess=spec), specs=specs, batch_size=5)[0][1]["x"]
+    raw = _all(open_data(folder), specs=specs, batch_size=5)[0][1]["x"]  # x/255, RGB
+    np.testing.assert_allclose(x[:, ::-1], (raw * 255 - 100) / 2, atol=1e-3)
+    with pytest.raises(DataError, match="resized to 32x32 but input 'x' takes 16x16"):
+        _all(open_data(folder, preprocess=PreprocessSpec(size=(32, 32))), specs=specs)
+    with pytest.raises(DataError, match="has 1 channels"):
+        _all(open_data(folder), specs=[InputSpec("x", np.dtype(np.float32), ("N", 1, 16, 16))])
+
+
+def test_a_folder_of_npy_files_is_a_data_set(tmp_path):
+    from trtq.core import open_data
+
+    folder = tmp_path / "arrays"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    samples = [rng.normal(size=(3, 4, 4)).astype(np.float32) for _ in range(5)]
+    for i, s in enumerate(samples[:3]):
+        np.save(folder / f"{i}.npy", s)  # one sample per file, no batch axis
+    np.save(folder / "3.npy", np.stack(samples[3:]))  # two samples, with the batch axis
+    specs = [InputSpec("x", np.dtype(np.float32), ("N", 3, 4, 4))]
+    got = _all(open_data(folder), specs=specs, batch_size=2)
+    assert [f["x"].shape[0] for _, f in got] == [2, 2, 1]
+    np.testing.assert_array_equal(np.concatenate([f["x"] for _, f in got]), np.stack(samples))
+    (folder / "photo.png").write_bytes(b"")
+    with pytest.raises(DataError, match="both images and .npy/.npz"):
+        open_data(folder)

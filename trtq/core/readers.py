@@ -18,7 +18,7 @@ dims, dtype kind, and finiteness. Errors name the input and the sample index.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -28,6 +28,8 @@ from trtq.core.onnx_model import InputSpec
 from trtq.core.errors import DataError
 
 Feed = dict[str, np.ndarray]
+#: Image size (height, width) for models whose input leaves it open (dynamic H and W).
+DEFAULT_IMAGE_SIZE = (224, 224)
 #: Largest image (width x height) an image folder may hold; checked from the header, before decoding.
 MAX_IMAGE_PIXELS = 64_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -52,17 +54,29 @@ def load_arrays(path: str | os.PathLike) -> np.ndarray | dict[str, np.ndarray]:
     raise DataError(f"data file {path} has suffix '{path.suffix}'; expected .npy or .npz")
 
 
-def open_data(data: Any, what: str = "data") -> Any:
+def open_data(data: Any, what: str = "data", preprocess: "PreprocessSpec | None" = None) -> Any:
     """The data set a path names, or the data as given.
 
-    A folder is an :class:`ImageFolderReader` (read lazily, batch by batch); ``.npy``/``.npz``
-    files are loaded with :func:`load_arrays`. Arrays, mappings, readers and iterables are
-    returned unchanged (see :func:`iter_batches` for what they may be). ``None`` is refused
-    with a message naming ``what`` (e.g. "calibration data").
+    A folder of images is an :class:`ImageFolderReader` (read lazily, batch by batch, with
+    ``preprocess``; its open size and layout come from the model input), a folder of
+    ``.npy``/``.npz`` files an :class:`ArrayFolderReader`; ``.npy``/``.npz`` files are loaded
+    with :func:`load_arrays`. Arrays, mappings, readers and iterables are returned unchanged
+    (see :func:`iter_batches` for what they may be). ``None`` is refused with a message naming
+    ``what`` (e.g. "calibration data").
     """
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
-        return ImageFolderReader(path) if path.is_dir() else load_arrays(path)
+        if not path.is_dir():
+            if preprocess is not None:
+                raise DataError(f"image preprocessing options apply to an image folder, and {path} is a file")
+            return load_arrays(path)
+        has_images = any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*"))
+        has_arrays = any(p.suffix.lower() in (".npy", ".npz") for p in path.rglob("*"))
+        if has_images and has_arrays:
+            raise DataError(f"folder {path} holds both images and .npy/.npz files; give a folder of one kind")
+        if has_arrays:
+            return ArrayFolderReader(path)
+        return ImageFolderReader(path, preprocess or PreprocessSpec())
     if data is None:
         raise DataError(f"no {what} given")
     return data
@@ -95,18 +109,43 @@ class PreprocessSpec:
     or keeping the aspect ratio and centre-cropping when ``crop`` is true — then
     ``x = (pixel * scale - mean) / std`` per channel, laid out as NCHW or NHWC.
     EfficientNet-Lite0's ``x/127.5 - 1`` is ``scale=1/127.5, mean=(1, 1, 1), std=(1, 1, 1)``.
+    ``size`` and ``layout`` left as ``None`` are taken from the model's input when the data
+    is read (:meth:`fitted`): its fixed height and width, and where its 3 channels are.
     """
 
-    size: tuple[int, int] = (224, 224)
+    size: tuple[int, int] | None = None
     scale: float = 1.0 / 255.0
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    layout: str = "NCHW"
+    layout: str | None = None
     channel_order: str = "RGB"
     crop: bool = True
 
+    def fitted(self, input_spec: InputSpec | None) -> "PreprocessSpec":
+        """This spec with ``size``/``layout`` filled in from the model input (rank 4, 3 channels
+        first or last); ``DEFAULT_IMAGE_SIZE`` and NCHW where the model leaves them open."""
+        shape = tuple(input_spec.shape) if input_spec is not None else ()
+        layout, size = self.layout, self.size
+        if len(shape) == 4:
+            if layout is None:
+                layout = "NHWC" if shape[3] == 3 and shape[1] != 3 else "NCHW"
+            hw = shape[2:4] if layout == "NCHW" else shape[1:3]
+            channels = shape[1] if layout == "NCHW" else shape[3]
+            if isinstance(channels, int) and channels > 0 and channels != 3:
+                raise DataError(f"input '{input_spec.name}' has {channels} channels ({layout} {list(shape)}); an "
+                                "image folder gives 3 (RGB): pass arrays (.npy/.npz) instead")
+            if size is None and all(isinstance(d, int) and d > 0 for d in hw):
+                size = (int(hw[0]), int(hw[1]))
+            elif size is not None and all(isinstance(d, int) and d > 0 for d in hw) and tuple(hw) != tuple(size):
+                raise DataError(f"images are resized to {size[0]}x{size[1]} but input '{input_spec.name}' takes "
+                                f"{hw[0]}x{hw[1]} ({list(shape)}): drop --resize or match it")
+        elif shape:
+            raise DataError(f"input '{input_spec.name}' has shape {list(shape)}; an image folder fills an input of "
+                            "rank 4 (NCHW or NHWC)")
+        return replace(self, size=size or DEFAULT_IMAGE_SIZE, layout=layout or "NCHW")
+
     def __post_init__(self) -> None:
-        if self.layout not in ("NCHW", "NHWC"):
+        if self.layout not in (None, "NCHW", "NHWC"):
             raise DataError(f"layout must be NCHW or NHWC, got {self.layout!r}")
         if self.channel_order not in ("RGB", "BGR"):
             raise DataError(f"channel_order must be RGB or BGR, got {self.channel_order!r}")
@@ -119,7 +158,7 @@ class PreprocessSpec:
         if self.channel_order == "BGR":
             x = x[..., ::-1]
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(x.transpose(2, 0, 1) if self.layout == "NCHW" else x)
+        return np.ascontiguousarray(x if self.layout == "NHWC" else x.transpose(2, 0, 1))  # None: NCHW
 
 
 def resize_rgb(img, size: tuple[int, int], crop: bool):
@@ -144,6 +183,7 @@ class ImageFolderReader:
 
     def __init__(self, folder: str | os.PathLike, spec: PreprocessSpec = PreprocessSpec(),
                  input_name: str | None = None) -> None:
+        """``spec``'s open size/layout are filled from the model input when the data is read."""
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise DataError(f"image folder {self.folder} does not exist")
@@ -156,16 +196,24 @@ class ImageFolderReader:
     def __len__(self) -> int:
         return len(self.files)
 
+    def fitted(self, input_spec: InputSpec | None) -> "ImageFolderReader":
+        """This folder read for ``input_spec`` (see :meth:`PreprocessSpec.fitted`)."""
+        out = ImageFolderReader.__new__(ImageFolderReader)
+        out.folder, out.files, out.input_name = self.folder, self.files, self.input_name
+        out.spec = self.spec.fitted(input_spec)
+        return out
+
     def _load(self, path: Path) -> np.ndarray:
         from PIL import Image, UnidentifiedImageError
 
+        spec = self.spec if self.spec.size and self.spec.layout else self.spec.fitted(None)  # no model: defaults
         try:
             with Image.open(path) as img:
                 # The size is in the header: refuse a decompression bomb before decoding it.
                 if img.width * img.height > MAX_IMAGE_PIXELS:
                     raise DataError(f"image {path} is {img.width}x{img.height} pixels, over the limit of "
                                     f"{MAX_IMAGE_PIXELS / 1e6:g} megapixels for calibration images: downscale it")
-                return self.spec.apply(resize_rgb(img, self.spec.size, self.spec.crop))
+                return spec.apply(resize_rgb(img, spec.size, spec.crop))
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise DataError(f"image {path} cannot be read: {exc}") from exc
 
@@ -177,6 +225,47 @@ class ImageFolderReader:
     def arrays(self) -> np.ndarray:
         """Every image at once (for small folders)."""
         return np.stack([self._load(p) for p in self.files])
+
+
+class ArrayFolderReader:
+    """A folder of ``.npy``/``.npz`` files (sorted by name, recursively), read lazily: each file
+    holds one sample (an input's shape without the batch axis) or several (with it); an
+    ``.npz`` holds one array per input name."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.files = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in (".npy", ".npz"))
+        if not self.files:
+            raise DataError(f"folder {self.folder} holds no .npy/.npz files")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def feeds(self, specs: list[InputSpec]) -> Iterator[Feed]:
+        """One feed per file, with a batch axis."""
+        ranks = {s.name: len(s.shape) for s in specs}
+        for path in self.files:
+            arrays = load_arrays(path)
+            if isinstance(arrays, np.ndarray):
+                arrays = {_single_input(specs, f"{path.name} (a .npy file)"): arrays}
+            yield {k: (v[None] if k in ranks and v.ndim == ranks[k] - 1 else v) for k, v in arrays.items()}
+
+
+def _rebatch(feeds: Iterator[Feed], batch_size: int) -> Iterator[Feed]:
+    """Feeds of any row counts joined into batches of ``batch_size`` rows (the last may be smaller)."""
+    pending: list[Feed] = []
+    rows = 0
+    for feed in feeds:
+        pending.append(feed)
+        rows += len(next(iter(feed.values()))) if feed else 0
+        while rows >= batch_size:
+            joined = {k: np.concatenate([f[k] for f in pending]) for k in pending[0]}
+            yield {k: v[:batch_size] for k, v in joined.items()}
+            rest = {k: v[batch_size:] for k, v in joined.items()}
+            rows -= batch_size
+            pending = [rest] if rows else []
+    if rows:
+        yield {k: np.concatenate([f[k] for f in pending]) for k in pending[0]}
 
 
 def _single_input(specs: list[InputSpec], what: str) -> str:
@@ -204,11 +293,13 @@ def _from_reader(reader: Any) -> Iterator[Feed]:
 def raw_batches(data: Any, specs: list[InputSpec], batch_size: int) -> Iterator[Feed]:
     """Turn any accepted data form into an iterator of (unvalidated) feed dicts."""
     if isinstance(data, (str, os.PathLike)):
-        path = Path(data)
-        data = ImageFolderReader(path) if path.is_dir() else load_arrays(path)
+        data = open_data(data)
     if isinstance(data, ImageFolderReader):
         name = data.input_name or _single_input(specs, "an image folder")
-        return ({name: batch} for batch in data.batches(batch_size))
+        reader = data.fitted(next(s for s in specs if s.name == name) if any(s.name == name for s in specs) else None)
+        return ({name: batch} for batch in reader.batches(batch_size))
+    if isinstance(data, ArrayFolderReader):
+        return _rebatch(data.feeds(specs), batch_size)
     if isinstance(data, np.ndarray):
         data = {_single_input(specs, "a single array"): data}
     if isinstance(data, Mapping):

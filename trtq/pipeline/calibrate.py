@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from trtq.calibration import CalibrationTable, calibrate, save_trt_cache
-from trtq.core import check_output_file, load_model
+from trtq.core import PreprocessSpec, check_output_file, load_model, open_data
 from trtq.pipeline.job import DEFAULT_BATCH_SIZE
 from trtq.quantize import calibration_tensors
 
@@ -22,17 +22,19 @@ class CalibrationRun:
 
 def run_calibration(model: Any, data: Any, *, method: str = "minmax", batch_size: int = DEFAULT_BATCH_SIZE,
                     samples: int | None = None, all_tensors: bool = False, out: str | Path = "calibration.json",
-                    trt_cache: str | Path | None = None, progress: bool = True) -> CalibrationRun:
+                    trt_cache: str | Path | None = None, progress: bool = True,
+                    preprocess: PreprocessSpec | None = None) -> CalibrationRun:
     """Calibrate ``model`` on ``data``; save the table to ``out`` (and a TensorRT 10.x cache).
 
     By default only the tensors ``trtq quantize`` quantizes are calibrated; ``all_tensors``
-    calibrates every float activation. Output folders are checked before any work, and each
-    file is written atomically.
+    calibrates every float activation. ``preprocess``: how an image folder becomes inputs (its
+    open size and layout come from the model). Output folders are checked before any work, and
+    each file is written atomically.
     """
     targets = [check_output_file(out)] + ([check_output_file(trt_cache)] if trt_cache is not None else [])
     proto = load_model(model)
     tensors = None if all_tensors else calibration_tensors(proto)
-    table = calibrate(proto, data, method, batch_size=batch_size, samples=samples, tensors=tensors,
+    table = calibrate(proto, open_data(data, "calibration data", preprocess), method, batch_size=batch_size, samples=samples, tensors=tensors,
                       progress=progress)
     table.save(targets[0])
     if trt_cache is not None:

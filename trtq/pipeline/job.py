@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trtq.core.errors import QuantizationError
+from trtq.core.readers import PreprocessSpec
 from trtq.deploy.evaluate import Target
 from trtq.quantize.precision import Precision, PrecisionPlan
 from trtq.quantize.targets import QuantTarget
@@ -63,6 +64,7 @@ class QuantizeJob:
     gptq_samples: int = 64
     runtime: QuantTarget = field(default_factory=QuantTarget)  # the runtime the int8 model is written for
     strict: bool = False  # plan patterns that match no node: an error instead of a warning
+    preprocess: PreprocessSpec | None = None  # how image folders become inputs (None: fitted to the model)
 
     def __post_init__(self) -> None:
         if isinstance(self.target, str):

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from trtq.calibration import calibrate, load_table
-from trtq.core import atomic_write_text, check_output_folder, load_model, open_data, require, staging_dir
+from trtq.core import PreprocessSpec, atomic_write_text, check_output_folder, load_model, open_data, require, staging_dir
 from trtq.core.errors import DataError
 from trtq.deploy.evaluate import FidelityEvaluator
 from trtq.quantize import calibration_tensors, fold_batchnorm
@@ -27,7 +27,7 @@ class SensitivityRun:
 def run_sensitivity(model: Any, eval_data: Any, *, calib_data: Any = None, table: Any = None,
                     method: str = "minmax", samples: int = 128, eval_samples: int = 128, metric: str = "cosine",
                     reverse: bool = True, gptq: bool = True, out_dir: str | Path = "trtq-sensitivity",
-                    progress: bool = True) -> SensitivityRun:
+                    progress: bool = True, preprocess: PreprocessSpec | None = None) -> SensitivityRun:
     """Each layer group of the fp32 ``model`` measured alone in int8 (and, with ``reverse``, all
     but it in int8) against fp32 on ``eval_data``; writes ``sensitivity.json`` and ``.png``.
 
@@ -38,14 +38,14 @@ def run_sensitivity(model: Any, eval_data: Any, *, calib_data: Any = None, table
     files = ("sensitivity.json", "sensitivity.png")
     check_output_folder(out_dir, files)
     proto = fold_batchnorm(load_model(model))
-    calib = open_data(calib_data, "calibration data") if calib_data is not None else None
+    calib = open_data(calib_data, "calibration data", preprocess) if calib_data is not None else None
     if table is not None:
         cal = load_table(table, proto)
     elif calib is not None:
         cal = calibrate(proto, calib, method, samples=samples, tensors=calibration_tensors(proto), progress=progress)
     else:
         raise DataError("give --calib-data (to calibrate) or --table (a calibration table for the model)")
-    evaluator = FidelityEvaluator(proto, open_data(eval_data, "evaluation data"), samples=eval_samples)
+    evaluator = FidelityEvaluator(proto, open_data(eval_data, "evaluation data", preprocess), samples=eval_samples)
     weights = None
     if gptq and calib is not None:
         from trtq.quantize.rounding import gptq_weights

@@ -46,11 +46,13 @@ def resolve_source(job: QuantizeJob) -> SourceModel:
     spec = _registered_spec(job)
     if job.hf is not None:
         return _hf_source(job)
+    # A registered model's own preprocessing applies to the user's image folders too.
+    preprocess = job.preprocess or (spec.preprocess if spec is not None else None)
     for data in (job.calib_data, job.eval_data):
         if data is not None and isinstance(data, (str, Path)) and Path(data).suffix.lower() == ".txt":
             raise DataError(f"{data}: text files (one sentence per line) are for Hugging Face checkpoints (--hf DIR)")
     if job.calib_data is not None:
-        calib = open_data(job.calib_data, "calibration data")
+        calib = open_data(job.calib_data, "calibration data", preprocess)
     elif spec is not None:
         calib = spec.calibration_data(job.samples)
     elif job.table is not None:
@@ -66,7 +68,7 @@ def resolve_source(job: QuantizeJob) -> SourceModel:
         raise DataError("calibration data is required for this model: pass --calib-data DATA.npy|DATA.npz|FOLDER "
                         "(or --table with a calibration table, see `trtq quantize --help`)")
     if job.eval_data is not None:
-        evald = open_data(job.eval_data, "evaluation data")
+        evald = open_data(job.eval_data, "evaluation data", preprocess)
     else:
         evald = spec.evaluation_data(job.eval_samples) if spec is not None else None
     if job.onnx is not None:
