@@ -106,3 +106,32 @@ def test_a_killed_runs_staging_folder_is_swept_by_the_next_run(tmp_path):
     with staging_dir(tmp_path / "out") as stage:
         (stage / "a.txt").write_text("a")
     assert not stale.exists() and live.exists()
+
+
+def test_a_failing_write_is_an_output_error_and_leaves_nothing(tmp_path, monkeypatch):
+    """A full disk (simulated: the write raises ENOSPC) names the file; no temporary is left."""
+    import errno
+
+    from trtq.core import atomic_write_bytes
+
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, fd, mode):
+            self.file = real_fdopen(fd, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    (tmp_path / "m.onnx").write_bytes(b"old")
+    monkeypatch.setattr(os, "fdopen", FullDisk)
+    with pytest.raises(OutputError, match=r"cannot write .*m.onnx .*No space left on device"):
+        atomic_write_bytes(tmp_path / "m.onnx", b"new" * 1000)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"] and (tmp_path / "m.onnx").read_bytes() == b"old"
