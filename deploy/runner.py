@@ -29,8 +29,17 @@ from trtq.core.runtime import ort_session
 
 
 class QdqMode(str, enum.Enum):
+    """How ONNX Runtime runs a Q/DQ model: ``qdq-float`` (alias ``tensorrt-math``) executes
+    Q/DQ in float, TensorRT's arithmetic; ``ort-int8`` (alias ``onnxruntime``) is ONNX Runtime
+    as it is, with its default optimizations fusing Q/DQ into int8 kernels (what Triton's
+    ONNX Runtime backend computes)."""
+
     FLOAT = "qdq-float"
     ORT_INT8 = "ort-int8"
+
+    @classmethod
+    def _missing_(cls, value):
+        return {"tensorrt-math": cls.FLOAT, "onnxruntime": cls.ORT_INT8}.get(value)
 
 
 class Runner(Protocol):

@@ -102,7 +102,7 @@ method_option = click.option(
     "--method", type=click.Choice(METHODS), default="minmax", show_default=True,
     help="Calibration method. minmax: observed range; percentile: 99.99th percentile of |x|; entropy: TensorRT's "
     "KL-divergence search; mse: least expected int8 error; auto: per tensor, the best of these.")
-mode_choice = click.Choice(["qdq-float", "ort-int8"])
+mode_choice = click.Choice(["qdq-float", "ort-int8", "tensorrt-math", "onnxruntime"])
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 max_batch_help = ("[default: 32, the engine profile's maximum of `trtq build`, or an engine's own maximum if "
                   "smaller]")
@@ -628,9 +628,12 @@ def bench_cmd(model, batch, iterations, warmup, shape_specs, mode, as_json) -> N
               help="Threads running batches concurrently (each with its own TensorRT execution context).")
 @click.option("--max-request-mb", default=64.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Largest request body (after decompression); larger ones get HTTP 413.")
-@click.option("--mode", type=mode_choice, default="qdq-float", show_default=True,
-              help="For a Q/DQ .onnx on ONNX Runtime: Q/DQ executed in float (TensorRT's math) or ORT's int8 "
-              "kernels (faster, but not TensorRT's math on CPUs without VNNI).")
+@click.option("--mode", type=click.Choice(["onnxruntime", "tensorrt-math", "ort-int8", "qdq-float"]),
+              default="onnxruntime", show_default=True,
+              help="How a .onnx runs. onnxruntime: ONNX Runtime as it is (int8 kernels for Q/DQ), the numbers "
+              "Triton's ONNX Runtime backend returns for the same file. tensorrt-math: Q/DQ in float, what "
+              "TensorRT computes. /config and the model metadata name it (parameter numerics). "
+              "ort-int8/qdq-float: the same two, by their `trtq compare` names.")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="Log every inference request (one JSON line each).")
 @_fail_cleanly
@@ -672,15 +675,21 @@ def serve_cmd(model, host, port, name, max_batch, max_delay_ms, max_queue, worke
               "--max-delay-ms default, in µs).")
 @click.option("--instances", type=click.IntRange(min=1), help="instance_group count [default: Triton's choice].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing version folder.")
+@click.option("--accelerator", type=click.Choice(["tensorrt"]),
+              help="ONNX models: run in Triton's ONNX Runtime backend through its TensorRT execution accelerator, "
+              "precision from the model (INT8 for Q/DQ, FP16 for fp16 tensors), engines cached. [default: none, "
+              "ONNX Runtime's own kernels]")
 @_fail_cleanly
-def export_triton_cmd(model, repo, name, version, max_batch, max_queue_delay_us, instances, overwrite) -> None:
+def export_triton_cmd(model, repo, name, version, max_batch, max_queue_delay_us, instances, overwrite,
+                      accelerator) -> None:
     """Write MODEL (.onnx, or an .engine built with full TensorRT) into a Triton Inference Server
     model repository: REPO/NAME/config.pbtxt and REPO/NAME/VERSION/model.onnx|model.plan.
     """
     from trtq.deploy.serving.triton import export_triton
 
     folder = export_triton(model, repo, name=name, version=version, max_batch=max_batch,
-                           max_queue_delay_us=max_queue_delay_us, instance_count=instances, overwrite=overwrite)
+                           max_queue_delay_us=max_queue_delay_us, instance_count=instances, overwrite=overwrite,
+                           accelerator=accelerator)
     console.print((folder / "config.pbtxt").read_text(), end="")
     console.print(f"wrote: {folder / 'config.pbtxt'}, " + ", ".join(str(p) for p in sorted((folder / str(version)).iterdir())))
 

@@ -172,6 +172,7 @@ class DynamicBatcher:
             return
         compute = time.perf_counter() - start
         for item, out in zip(batch, outputs):
+            item.future.timing = (start - item.arrived, compute, rows)  # queue s, compute s, batch rows
             item.future.set_result(out)
         if self._on_batch is not None:
             try:

@@ -33,11 +33,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import onnx
+
 from trtq.core import __version__
 from trtq.core.errors import TrtqError, require
 
 from trtq.deploy.serving.triton import DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
+from trtq.deploy.runner import QdqMode
 from trtq.deploy.serving.batcher import BatchStats, DynamicBatcher, Overloaded
+from trtq.deploy.serving.stats import InferenceStatistics
 from trtq.deploy.serving.protocol import (InvalidRequest, ModelSignature, encode_infer_response, parse_infer_request,
                                      signature_of)
 
@@ -67,31 +72,79 @@ class ServeOptions:
     max_queue: int = 256
     workers: int = 1
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    mode: str = "qdq-float"  # for a Q/DQ .onnx; see deploy.runner.QdqMode
+    # How a .onnx runs: "onnxruntime" (default: what Triton's ONNX Runtime backend computes,
+    # ORT with its default optimizations, int8 kernels for Q/DQ) or "tensorrt-math" (Q/DQ in
+    # float, what TensorRT computes); see trtq.deploy.runner.QdqMode.
+    mode: str = "onnxruntime"
 
 
 class ServedModel:
-    """A model loaded for serving: its runner, signature, batcher and metrics."""
+    """A model loaded for serving: its runner, signature, batcher, metrics and statistics.
+
+    :meth:`unload` frees the runtime (the model answers 503 until :meth:`load` reads the file
+    from disk again, as Triton's model control does).
+    """
 
     def __init__(self, path: str | os.PathLike, *, name: str | None = None, version: str = "1",
                  options: ServeOptions = ServeOptions(), registry=None) -> None:
-        from trtq.deploy.runner import open_runner
-
         path = Path(path)
         self.path = path
         self.name = name or path.name.split(".")[0]
         self.version = version
         self.options = options
-        self.signature: ModelSignature = signature_of(path)
-        self.max_batch = self._max_batch(options.max_batch)
+        self.numerics = "tensorrt" if path.suffix.lower() != ".onnx" else (
+            "onnxruntime" if QdqMode(options.mode) is QdqMode.ORT_INT8 else "tensorrt-math")
         self.metrics = _Metrics(registry, self.name)
-        self.runner = (open_runner(path, mode=options.mode, name=self.name) if path.suffix.lower() == ".onnx"
-                       else open_runner(path))
+        self.stats = InferenceStatistics()
+        self.ready = False
+        self.load()
+
+    def load(self) -> None:
+        """(Re)read the model file and start serving it."""
+        from trtq.deploy.runner import open_runner
+
+        if self.ready:
+            self.unload()
+        self.signature: ModelSignature = signature_of(self.path)
+        self.max_batch = self._max_batch(self.options.max_batch)
+        self.runner = (open_runner(self.path, mode=self.options.mode, name=self.name)
+                       if self.path.suffix.lower() == ".onnx" else open_runner(self.path))
         self.batcher = DynamicBatcher(self.runner.infer, max_batch=self.max_batch,
-                                      max_delay_s=options.max_delay_ms / 1000, max_queue=options.max_queue,
-                                      workers=options.workers, batched=self.signature.batched,
-                                      on_batch=self.metrics.observe_batch, name=self.name)
+                                      max_delay_s=self.options.max_delay_ms / 1000, max_queue=self.options.max_queue,
+                                      workers=self.options.workers, batched=self.signature.batched,
+                                      on_batch=self._on_batch, name=self.name)
         self.ready = True
+        if self.numerics == "onnxruntime":
+            self._warn_if_not_tensorrt_math()
+
+    def _warn_if_not_tensorrt_math(self) -> None:
+        """On x86 without VNNI, ORT's int8 kernels saturate where TensorRT does not: for a
+        TensorRT-style int8 model, say so at startup, with the gap on a probe input."""
+        from trtq.deploy.benchmark import synthetic_feed
+        from trtq.deploy.runner import OrtRunner
+        from trtq.quantize.targets import needs_reduce_range
+
+        if not (_tensorrt_int8(self.path) and needs_reduce_range()):
+            return
+        feed = synthetic_feed(self.runner, 1, None)
+        with OrtRunner(self.path, mode=QdqMode.FLOAT) as exact:
+            reference = exact.infer(feed)
+        served = self.runner.infer(feed)
+        gaps = {n: float(np.max(np.abs(served[n].astype(np.float64) - reference[n]))) for n in reference}
+        log.warning("numerics", extra={"fields": {
+            "model": self.name, "message": "this CPU has no VNNI: ONNX Runtime's int8 kernels are not TensorRT's "
+            "math here (they saturate 16-bit sums); serving what Triton's ONNX Runtime backend would compute. "
+            "--mode tensorrt-math serves TensorRT's arithmetic instead", "max_abs_gap_on_probe": gaps}})
+
+    def unload(self) -> None:
+        """Stop taking requests, finish the queued ones, free the runtime."""
+        self.ready = False
+        self.batcher.close()
+        self.runner.close()
+
+    def _on_batch(self, stats: BatchStats) -> None:
+        self.metrics.observe_batch(stats)
+        self.stats.batch(stats.rows, stats.compute_s)
 
     def _max_batch(self, wanted: int | None) -> int:
         if not self.signature.batched:
@@ -108,22 +161,37 @@ class ServedModel:
         return DEFAULT_MAX_BATCH if wanted is None else wanted
 
     def metadata(self) -> dict:
+        """KServe v2 model metadata; ``parameters.numerics`` says how outputs are computed."""
         return {"name": self.name, "versions": [self.version], "platform": self.signature.platform,
                 "inputs": [t.to_json() for t in self.signature.inputs],
-                "outputs": [t.to_json() for t in self.signature.outputs]}
+                "outputs": [t.to_json() for t in self.signature.outputs],
+                "parameters": {"numerics": self.numerics}}
 
     def config(self) -> dict:
-        """Triton's model configuration in its JSON form (see :func:`deploy.serving.triton.model_config`)."""
+        """Triton's model configuration in its JSON form (see :func:`deploy.serving.triton.model_config`),
+        with the numerics as a model parameter."""
         from trtq.deploy.serving.triton import model_config
 
         return model_config(self.name, self.signature, self.max_batch if self.signature.batched else 0,
-                            max_queue_delay_us=int(self.options.max_delay_ms * 1000))
+                            max_queue_delay_us=int(self.options.max_delay_ms * 1000),
+                            parameters={"numerics": self.numerics})
 
     def close(self) -> None:
-        """Stop taking requests, finish the queued ones, free the runtime."""
-        self.ready = False
-        self.batcher.close()
-        self.runner.close()
+        """Stop serving for good (the server is shutting down)."""
+        if self.ready:
+            self.unload()
+
+
+def _tensorrt_int8(path: Path) -> bool:
+    """Whether ``path`` is a TensorRT-style int8 Q/DQ model (int8 zero points, no uint8 ones)."""
+    if path.suffix.lower() != ".onnx":
+        return False
+    from trtq.core.onnx_model import load_model
+
+    proto = load_model(path)
+    inits = {t.name: t.data_type for t in proto.graph.initializer}
+    points = [inits.get(n.input[2]) for n in proto.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    return bool(points) and all(p == onnx.TensorProto.INT8 for p in points)
 
 
 class _Metrics:
@@ -195,7 +263,8 @@ def create_app(model: ServedModel, *, access_log: bool = True):
         return Response(status_code=200 if model.ready else 503)
 
     async def server_metadata(request: Request) -> Response:
-        return JSONResponse({"name": "trtq", "version": __version__, "extensions": ["binary_tensor_data"]})
+        return JSONResponse({"name": "trtq", "version": __version__,
+                             "extensions": ["binary_tensor_data", "model_repository", "statistics"]})
 
     async def model_metadata(request: Request) -> Response:
         return JSONResponse(lookup(request).metadata())
@@ -209,8 +278,9 @@ def create_app(model: ServedModel, *, access_log: bool = True):
     async def infer(request: Request) -> Response:
         start = time.perf_counter()
         status = 500
+        phases: dict = {}
         try:
-            response = await _infer(request)
+            response = await _infer(request, phases)
             status = response.status_code
             return response
         except InvalidRequest as exc:
@@ -224,6 +294,7 @@ def create_app(model: ServedModel, *, access_log: bool = True):
             return error(500, f"inference failed: {exc}")
         finally:
             seconds = time.perf_counter() - start
+            model.stats.request(ok=status == 200, total_s=seconds, **phases)
             model.metrics.observe_request(status, seconds)
             model.metrics.queue_depth.labels(model.name).set(model.batcher.depth())
             if access_log:
@@ -231,10 +302,11 @@ def create_app(model: ServedModel, *, access_log: bool = True):
                                                     "ms": round(seconds * 1000, 3),
                                                     "client": request.client.host if request.client else None}})
 
-    async def _infer(request: Request) -> Response:
+    async def _infer(request: Request, phases: dict) -> Response:
         served = lookup(request)
         if not served.ready:
-            raise Overloaded("the model is shutting down")
+            raise Overloaded(f"model '{served.name}' is not loaded (unloaded, or the server is shutting down)")
+        started = time.perf_counter()
         limit = served.options.max_request_bytes
         body = await _read_body(request, limit)
         header_length = request.headers.get(_HEADER)
@@ -250,13 +322,53 @@ def create_app(model: ServedModel, *, access_log: bool = True):
         parsed_request = await loop.run_in_executor(
             parse_pool, lambda: parse_infer_request(_decompress(body, encoding, limit), header_length,
                                                     served.signature, served.max_batch))
+        decoded = time.perf_counter()
         future = served.batcher.submit(parsed_request.inputs, parsed_request.rows)
         outputs = await asyncio.wrap_future(future)
+        inferred = time.perf_counter()
         payload, json_size = await loop.run_in_executor(
             parse_pool, encode_infer_response, served.name, served.version, parsed_request, outputs)
+        queue_s, compute_s, _ = getattr(future, "timing", (0.0, inferred - decoded, 0))
+        phases.update(decode_s=decoded - started, queue_s=queue_s, infer_s=compute_s,
+                      encode_s=time.perf_counter() - inferred, rows=parsed_request.rows)
         if json_size is None:
             return Response(payload, media_type="application/json")
         return Response(payload, media_type="application/octet-stream", headers={_HEADER: str(json_size)})
+
+    async def statistics(request: Request) -> Response:
+        if "model" not in request.path_params:  # all models: this server has one
+            return JSONResponse(model.stats.to_json(model.name, model.version))
+        served = lookup(request)
+        return JSONResponse(served.stats.to_json(served.name, served.version))
+
+    async def repository_index(request: Request) -> Response:
+        state = "READY" if model.ready else "UNAVAILABLE"
+        return JSONResponse([{"name": model.name, "version": model.version, "state": state,
+                              "reason": "" if model.ready else "unloaded"}])
+
+    async def _control(request: Request, action: str) -> Response:
+        name = request.path_params["model"]
+        if "/" in name or "\\" in name or name in (".", ".."):
+            raise InvalidRequest(f"model name {name!r} is not a name: this server loads only {model.path.name} "
+                                 "from its folder")
+        if name != model.name:
+            raise InvalidRequest(f"unknown model '{name}'; this server serves '{model.name}' ({model.path.name})",
+                                 404)
+        body = await _read_body(request, 1 << 20)
+        params = (json.loads(body or b"{}") or {}).get("parameters", {}) if body.strip() else {}
+        if any(str(k).startswith("file:") or k == "config" for k in params):
+            raise InvalidRequest("load with file or config overrides is not supported: the server reloads "
+                                 f"{model.path.name} from disk")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, model.load if action == "load" else model.unload)
+        log.info(action, extra={"fields": {"model": model.name, "path": str(model.path)}})
+        return Response(status_code=200)
+
+    async def load(request: Request) -> Response:
+        return await _control(request, "load")
+
+    async def unload(request: Request) -> Response:
+        return await _control(request, "unload")
 
     async def metrics(request: Request) -> Response:
         model.metrics.queue_depth.labels(model.name).set(model.batcher.depth())
@@ -286,10 +398,13 @@ def create_app(model: ServedModel, *, access_log: bool = True):
 
     prefixes = ["/v2/models/{model}", "/v2/models/{model}/versions/{version}"]
     routes = [Route("/v2/health/live", live), Route("/v2/health/ready", ready), Route("/v2", server_metadata),
-              Route("/metrics", metrics)]
+              Route("/metrics", metrics), Route("/v2/models/stats", statistics),
+              Route("/v2/repository/index", repository_index, methods=["POST"]),
+              Route("/v2/repository/models/{model}/load", load, methods=["POST"]),
+              Route("/v2/repository/models/{model}/unload", unload, methods=["POST"])]
     for p in prefixes:
         routes += [Route(p, model_metadata), Route(p + "/ready", model_ready), Route(p + "/config", model_config),
-                   Route(p + "/infer", infer, methods=["POST"])]
+                   Route(p + "/infer", infer, methods=["POST"]), Route(p + "/stats", statistics)]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_allowed,
                                                                         InvalidRequest: invalid})
     return _CountResponses(app, model.metrics)

@@ -38,11 +38,15 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def model_config(name: str, signature: ModelSignature, max_batch: int, *, max_queue_delay_us: int = int(DEFAULT_MAX_DELAY_MS * 1000),
-                 instance_count: int | None = None, instance_kind: str | None = None) -> dict:
+def model_config(name: str, signature: ModelSignature, max_batch: int, *,
+                 max_queue_delay_us: int = int(DEFAULT_MAX_DELAY_MS * 1000), instance_count: int | None = None,
+                 instance_kind: str | None = None, parameters: dict[str, str] | None = None,
+                 accelerator: dict | None = None) -> dict:
     """Triton's model configuration for ``signature``, in its JSON form (what Triton's
     ``/v2/models/NAME/config`` returns); ``max_batch`` 0 means no batching dimension, else
-    dims leave the batch dimension out."""
+    dims leave the batch dimension out. ``parameters``: model parameters (string values);
+    ``accelerator``: a GPU execution accelerator of the ONNX Runtime backend, e.g.
+    ``{"name": "tensorrt", "parameters": {"precision_mode": "INT8"}}``."""
     batched = max_batch > 0
 
     def tensor(t: TensorSpec) -> dict:
@@ -55,6 +59,10 @@ def model_config(name: str, signature: ModelSignature, max_batch: int, *, max_qu
     if instance_count is not None or instance_kind is not None:
         group = {"count": instance_count} if instance_count is not None else {}
         config["instance_group"] = [{**group, **({"kind": instance_kind} if instance_kind is not None else {})}]
+    if accelerator is not None:
+        config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [accelerator]}}
+    if parameters:
+        config["parameters"] = {k: {"string_value": str(v)} for k, v in parameters.items()}
     return config
 
 
@@ -65,7 +73,14 @@ def _text_format(message: dict, indent: int = 0) -> list[str]:
     pad = "  " * indent
     lines = []
     for key, value in message.items():
-        if isinstance(value, dict):
+        if key == "parameters" and isinstance(value, dict):  # a protobuf map: one entry per key
+            for k, v in value.items():
+                if isinstance(v, dict):
+                    lines += [f"{pad}{key} {{", f"{pad}  key: {_quote(k)}", f"{pad}  value {{",
+                              *_text_format(v, indent + 2), f"{pad}  }}", f"{pad}}}"]
+                else:
+                    lines.append(f"{pad}{key} {{ key: {_quote(k)} value: {_quote(str(v))} }}")
+        elif isinstance(value, dict):
             lines += [f"{pad}{key} {{", *_text_format(value, indent + 1), f"{pad}}}"]
         elif isinstance(value, list) and any(isinstance(v, dict) for v in value):
             lines.append(f"{pad}{key} [")
@@ -86,14 +101,31 @@ def model_config_text(name: str, signature: ModelSignature, max_batch: int, **op
     return "\n".join(_text_format(model_config(name, signature, max_batch, **options))) + "\n"
 
 
+ACCELERATORS = ("tensorrt",)
+
+
+def tensorrt_accelerator(model: onnx.ModelProto) -> dict:
+    """ONNX Runtime's TensorRT execution accelerator for ``model``, its precision taken from the
+    graph: ``INT8`` with Q/DQ nodes (explicit quantization), ``FP16`` with fp16 tensors, else
+    ``FP32``; engines cached between loads (building one takes minutes)."""
+    ops = {n.op_type for n in model.graph.node}
+    half = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer) or any(
+        n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute)
+        for n in model.graph.node)
+    precision = "INT8" if {"QuantizeLinear", "DequantizeLinear"} & ops else "FP16" if half else "FP32"
+    return {"name": "tensorrt", "parameters": {"precision_mode": precision, "trt_engine_cache_enable": "1"}}
+
+
 def export_triton(model: str | os.PathLike, repo: str | os.PathLike, *, name: str | None = None, version: int = 1,
-                  max_batch: int | None = None, max_queue_delay_us: int = int(DEFAULT_MAX_DELAY_MS * 1000), instance_count: int | None = None,
-                  overwrite: bool = False) -> Path:
+                  max_batch: int | None = None, max_queue_delay_us: int = int(DEFAULT_MAX_DELAY_MS * 1000),
+                  instance_count: int | None = None, overwrite: bool = False, accelerator: str | None = None) -> Path:
     """Write ``model`` (.onnx or .engine) into the Triton repository ``repo``; return the model folder.
 
     ``max_batch``: Triton's ``max_batch_size``; default ``DEFAULT_MAX_BATCH`` (32) for an ONNX model and the
     optimization profile's maximum for an engine; 0 for models without a batch dimension
-    (the only value allowed then). An existing version folder is replaced only with
+    (the only value allowed then). ``accelerator="tensorrt"``: an ONNX model runs in Triton's
+    ONNX Runtime backend through its TensorRT execution accelerator (see
+    :func:`tensorrt_accelerator`). An existing version folder is replaced only with
     ``overwrite``. Nothing is left half-written on errors.
     """
     path = Path(model)
@@ -108,6 +140,11 @@ def export_triton(model: str | os.PathLike, repo: str | os.PathLike, *, name: st
     if version < 1:
         raise TrtqError(f"version must be >= 1, got {version}")
     signature = signature_of(path)
+    if accelerator is not None and accelerator not in ACCELERATORS:
+        raise TrtqError(f"unknown accelerator {accelerator!r}; known: {', '.join(ACCELERATORS)}")
+    if accelerator is not None and signature.platform != "onnxruntime_onnx":
+        raise TrtqError("--accelerator applies to ONNX models (Triton's ONNX Runtime backend); an engine runs in "
+                        "the TensorRT backend already")
     limit = _engine_batch_limit(path) if signature.platform == "tensorrt_plan" else None
     if signature.batched:
         if max_batch is None:
@@ -128,9 +165,11 @@ def export_triton(model: str | os.PathLike, repo: str | os.PathLike, *, name: st
     if version_dir.exists() and any(version_dir.iterdir()) and not overwrite:
         raise OutputError(f"{version_dir} already exists; pass overwrite (--overwrite) to replace it, "
                           "or export as another --version")
-    kind = "KIND_GPU" if signature.platform == "tensorrt_plan" else None
+    kind = "KIND_GPU" if signature.platform == "tensorrt_plan" or accelerator else None
+    accel = tensorrt_accelerator(_load_onnx(path)) if accelerator == "tensorrt" else None
     text = model_config_text(name, signature, max_batch, max_queue_delay_us=max_queue_delay_us,
-                             instance_count=instance_count, instance_kind=kind if instance_count else None)
+                             instance_count=instance_count, instance_kind=kind if instance_count else None,
+                             accelerator=accel)
     try:
         model_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -159,6 +198,12 @@ def _engine_batch_limit(path: Path) -> int | None:
                         "full TensorRT (the same version as the server's). Export the ONNX model instead, or "
                         "build the engine with --backend tensorrt on a machine with the matching TensorRT")
     return info.max_batch
+
+
+def _load_onnx(path: Path) -> onnx.ModelProto:
+    from trtq.core.onnx_model import load_model
+
+    return load_model(path)
 
 
 def _copy_onnx(src: Path, dst: Path) -> None:

@@ -150,7 +150,7 @@ def test_concurrent_clients_are_batched_and_get_their_own_results(int8_path):
     equal to single-request results."""
     rng = np.random.default_rng(0)
     xs = rng.normal(size=(8, 200, 1, 3, 8, 8)).astype(np.float32)
-    with OrtRunner(int8_path) as runner:
+    with OrtRunner(int8_path, mode="onnxruntime") as runner:  # what the server runs by default
         expected = np.stack([[runner.infer({"input": x})["logits"] for x in client_xs] for client_xs in xs])
     served = ServedModel(int8_path, options=ServeOptions(max_batch=8, max_delay_ms=5))
     with running(served) as (url, _):
