@@ -66,6 +66,27 @@ def parse_shapes(spec: str) -> tuple[str, tuple[Shape, Shape, Shape]]:
     return m.group(1), shapes  # type: ignore[return-value]
 
 
+def trtexec_shapes(min_specs, opt_specs, max_specs) -> dict[str, tuple[Shape, Shape, Shape]]:
+    """trtexec's ``--minShapes/--optShapes/--maxShapes`` (``name:1x3x224x224,name2:...``, each
+    repeatable) -> name -> (min, opt, max); every input named needs all three."""
+    found: list[dict[str, Shape]] = []
+    for specs in (min_specs, opt_specs, max_specs):
+        shapes: dict[str, Shape] = {}
+        for spec in specs:
+            for item in filter(None, (s.strip() for s in spec.split(","))):
+                m = re.fullmatch(r"(.+):([\dx]+)", item)
+                if not m:
+                    raise BuildError(f"shape {item!r} is not NAME:DIMS like images:1x3x224x224")
+                shapes[m.group(1)] = tuple(int(d) for d in m.group(2).split("x"))
+        found.append(shapes)
+    names = set().union(*found)
+    missing = sorted(f"--{kind}-shapes {n}" for n in names for kind, s in zip(("min", "opt", "max"), found)
+                     if n not in s)
+    if missing:
+        raise BuildError("each input needs a min, opt and max shape; missing: " + ", ".join(missing))
+    return {n: (found[0][n], found[1][n], found[2][n]) for n in sorted(names)}
+
+
 class _Logger:
     """A TensorRT logger that keeps errors for the exception message."""
 

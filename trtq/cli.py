@@ -44,7 +44,8 @@ def _fail_cleanly(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        verbose = click.get_current_context().find_root().params.get("verbose")
+        root = click.get_current_context().find_root()
+        verbose = root.params.get("verbose") or root.meta.get("trtq.verbose")
         try:
             return fn(*args, **kwargs)
         except TrtqError as exc:
@@ -164,7 +165,41 @@ def preprocess_options(fn):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _set_verbose(ctx, param, value):
+    if value:
+        ctx.find_root().meta["trtq.verbose"] = True
+        logging.getLogger().setLevel(logging.INFO)
+
+
+verbose_option = click.option("-v", "--verbose", is_flag=True, expose_value=False, is_eager=True,
+                              callback=_set_verbose, help="Log each step, and show tracebacks on errors.")
+
+
+class _Group(click.Group):
+    """One error style: click's own usage errors print as `error: ...` too, like trtq's."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            if not standalone_mode:
+                raise
+            hint = ""
+            if isinstance(exc, click.UsageError) and exc.ctx is not None:
+                hint = f" (see {exc.ctx.command_path} --help)"
+            err_console.print(_styled("error: ", "bold red", exc.format_message() + hint), soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            if not standalone_mode:
+                raise
+            err_console.print(_styled("error: ", "bold red", "aborted"))
+            sys.exit(1)
+        if standalone_mode:
+            sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="trtq")
 @click.option("-v", "--verbose", is_flag=True, help="Log each step, and show tracebacks on errors.")
 def main(verbose: bool) -> None:
@@ -259,6 +294,7 @@ def main(verbose: bool) -> None:
               "[default: detected from this CPU]")
 @no_progress_option
 @preprocess_options
+@verbose_option
 @_fail_cleanly
 def quantize_cmd(preprocess, onnx_path, checkpoint, model, hf_dir, max_length, calib_data, eval_data, out_dir, method, table,
                  samples, eval_samples, batch_size, engine, int8_rules, fp16_rules, fp32_rules, default_precision,
@@ -405,6 +441,7 @@ def _precision_table(result) -> Table:
               help="Also write a TensorRT 10.x calibration cache (text) here.")
 @no_progress_option
 @preprocess_options
+@verbose_option
 @_fail_cleanly
 def calibrate_cmd(preprocess, model, data, method, samples, batch_size, all_tensors, out, trt_cache, no_progress) -> None:
     """Compute activation ranges of MODEL.onnx and save them as a calibration table."""
@@ -440,6 +477,7 @@ def calibrate_cmd(preprocess, model, data, method, samples, batch_size, all_tens
               show_default=True, help="Folder for sensitivity.json and sensitivity.png.")
 @no_progress_option
 @preprocess_options
+@verbose_option
 @_fail_cleanly
 def sensitivity_cmd(preprocess, model, calib_data, table, eval_data, method, samples, eval_samples, metric, one_way, gptq,
                     top, out_dir, no_progress) -> None:
@@ -483,6 +521,7 @@ def sensitivity_cmd(preprocess, model, calib_data, table, eval_data, method, sam
 @click.option("--min-top1", type=float, help="Pass only if classifier top-1 agreement is at least this (0-1).")
 @json_option
 @preprocess_options
+@verbose_option
 @_fail_cleanly
 def compare_cmd(preprocess, reference, candidate, data, mode, samples, batch_size, min_cosine, min_top1, as_json) -> None:
     """Compare CANDIDATE's outputs with REFERENCE's on the same data (.onnx or .engine).
@@ -508,6 +547,12 @@ def compare_cmd(preprocess, reference, candidate, data, mode, samples, batch_siz
 @click.option("--shapes", multiple=True, metavar="NAME:MIN/OPT/MAX",
               help="Optimization profile of a dynamic input, e.g. images:1x3x224x224/8x3x224x224/32x3x224x224. "
               "Repeatable. Inputs not given get batch 1..--max-batch.")
+@click.option("--min-shapes", "min_shapes", multiple=True, metavar="NAME:DIMS[,NAME:DIMS]",
+              help="trtexec-style (--minShapes): the profile's minimum shapes; with --opt-shapes and --max-shapes.")
+@click.option("--opt-shapes", "opt_shapes", multiple=True, metavar="NAME:DIMS[,NAME:DIMS]",
+              help="trtexec-style (--optShapes): the shapes TensorRT tunes for.")
+@click.option("--max-shapes", "max_shapes", multiple=True, metavar="NAME:DIMS[,NAME:DIMS]",
+              help="trtexec-style (--maxShapes): the profile's maximum shapes.")
 @click.option("--max-batch", default=MAX_BATCH, show_default=True, type=click.IntRange(min=1),
               help="Largest batch of the default optimization profile (inputs not in --shapes).")
 @click.option("--workspace", type=click.IntRange(min=1), metavar="MIB", help="Workspace memory limit in MiB.")
@@ -519,17 +564,20 @@ def compare_cmd(preprocess, reference, candidate, data, mode, samples, batch_siz
 @click.option("--backend", type=click.Choice(["tensorrt", "tensorrt_rtx"]),
               help="Which TensorRT to use [default: tensorrt if installed, else tensorrt_rtx; env TRTQ_BACKEND].")
 @no_progress_option
+@verbose_option
 @_fail_cleanly
-def build_cmd(model, out, shapes, max_batch, workspace, opt_level, timing_cache, caps, backend, no_progress) -> None:
+def build_cmd(model, out, shapes, min_shapes, opt_shapes, max_shapes, max_batch, workspace, opt_level, timing_cache, caps, backend, no_progress) -> None:
     """Build a TensorRT engine from MODEL.onnx, with a JSON sidecar describing it.
 
     Precision comes from the ONNX graph (strongly typed network): Q/DQ nodes make int8
     layers, fp16 tensors fp16 layers. TensorRT for RTX builds without a GPU.
     """
-    from trtq.deploy.build import BuildOptions, parse_shapes
+    from trtq.deploy.build import BuildOptions, parse_shapes, trtexec_shapes
     from trtq.pipeline import run_build
 
-    options = BuildOptions(shapes=dict(parse_shapes(s) for s in shapes), max_batch=max_batch,
+    profiles = dict(parse_shapes(s) for s in shapes)
+    profiles.update(trtexec_shapes(min_shapes, opt_shapes, max_shapes))
+    options = BuildOptions(shapes=profiles, max_batch=max_batch,
                            workspace_bytes=workspace * (1 << 20) if workspace else None,
                            optimization_level=opt_level, timing_cache=timing_cache,
                            compute_capabilities=tuple(caps), backend=backend, progress=not no_progress)
@@ -552,17 +600,27 @@ def _print_engine_info(info) -> None:
 
 
 @main.command("inspect")
-@click.argument("engine", type=click.Path(path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.option("--layers", is_flag=True, help="Also list every compute layer's precision.")
+@json_option
+@verbose_option
 @_fail_cleanly
-def inspect_cmd(engine, layers) -> None:
-    """Describe ENGINE from its sidecar: backend, targets, I/O, per-layer precision plan."""
+def inspect_cmd(model, layers, as_json) -> None:
+    """Describe MODEL: an .engine from its sidecar (verified against the file) — backend, targets,
+    I/O, per-layer precision; or an .onnx — I/O, opsets, Q/DQ nodes by type, compute nodes by
+    precision (as TensorRT builds them)."""
+    if not Path(model).is_file():
+        raise TrtqError(f"{model} does not exist")
+    if Path(model).suffix.lower() == ".onnx":
+        from trtq.deploy.describe import describe_onnx
+
+        return _print_description(describe_onnx(model), layers, as_json)
     from trtq.deploy.engine_info import EngineInfo
 
-    if not Path(engine).is_file():
-        raise TrtqError(f"engine {engine} does not exist")
-    info = EngineInfo.load(engine)
-    info.verify(engine)  # the file itself, not only its sidecar
+    info = EngineInfo.load(model)
+    info.verify(model)  # the file itself, not only its sidecar
+    if as_json:
+        return click.echo(json.dumps(info.to_json(), indent=1))
     _print_engine_info(info)
     if layers:
         for name, precision in info.precision.items():
@@ -570,12 +628,31 @@ def inspect_cmd(engine, layers) -> None:
         try:
             from trtq.deploy.engine import Engine
 
-            with Engine(engine) as loaded:
+            with Engine(model) as loaded:
                 console.print("engine inspector (per-layer formats):")
                 for layer in loaded.layer_information():
                     console.print("  " + json.dumps(layer))
         except TrtqError as exc:
             console.print(f"(engine inspector not available here: {exc})")
+
+
+def _print_description(d, layers: bool, as_json: bool) -> None:
+    from collections import Counter
+
+    if as_json:
+        return click.echo(json.dumps(d.to_json(), indent=1))
+    console.print("opsets: " + ", ".join(f"{k} {v}" for k, v in d.opsets.items()) + f"; {d.nodes} nodes")
+    for kind, tensors in (("input", d.inputs), ("output", d.outputs)):
+        for name, dtype, shape in tensors:
+            console.print(f"  {kind} {name}: {dtype} {list(shape)}")
+    console.print("  Q/DQ: " + (", ".join(f"{n} {k}" for k, n in d.qdq.items()) or "none"))
+    counts = Counter(d.precision.values())
+    console.print("  compute nodes: " + (", ".join(f"{n} {p}" for p, n in sorted(counts.items())) or "none"))
+    for key, value in d.metadata.items():
+        console.print(f"  {key}: {value}")
+    if layers:
+        for name, precision in d.precision.items():
+            console.print(f"  {precision:5s} {name}")
 
 
 @main.command("bench")
@@ -589,6 +666,7 @@ def inspect_cmd(engine, layers) -> None:
               help="For a Q/DQ .onnx: ONNX Runtime's int8 kernels (the deployment speed on a CPU, hence the "
               "default here) or Q/DQ in float (what `trtq compare` checks by default).")
 @json_option
+@verbose_option
 @_fail_cleanly
 def bench_cmd(model, batch, iterations, warmup, shape_specs, mode, as_json) -> None:
     """Latency and throughput of MODEL (.onnx on ONNX Runtime's CPU, or .engine on a GPU)."""
@@ -636,6 +714,7 @@ def bench_cmd(model, batch, iterations, warmup, shape_specs, mode, as_json) -> N
               "ort-int8/qdq-float: the same two, by their `trtq compare` names.")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="Log every inference request (one JSON line each).")
+@verbose_option
 @_fail_cleanly
 def serve_cmd(model, host, port, name, max_batch, max_delay_ms, max_queue, workers, max_request_mb, mode,
               access_log) -> None:
@@ -679,6 +758,7 @@ def serve_cmd(model, host, port, name, max_batch, max_delay_ms, max_queue, worke
               help="ONNX models: run in Triton's ONNX Runtime backend through its TensorRT execution accelerator, "
               "precision from the model (INT8 for Q/DQ, FP16 for fp16 tensors), engines cached. [default: none, "
               "ONNX Runtime's own kernels]")
+@verbose_option
 @_fail_cleanly
 def export_triton_cmd(model, repo, name, version, max_batch, max_queue_delay_us, instances, overwrite,
                       accelerator) -> None:
@@ -695,6 +775,7 @@ def export_triton_cmd(model, repo, name, version, max_batch, max_queue_delay_us,
 
 
 @main.command("models")
+@verbose_option
 def models_cmd() -> None:
     """List the registered models (usable with --model)."""
     from trtq.models import MODELS

@@ -277,3 +277,40 @@ def test_an_unexpected_error_is_one_line_exit_3_and_writes_nothing(tmp_path, cnn
     saved.unlink()
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.glob(".out.staging.*"))
+
+
+def test_usage_errors_share_trtqs_error_style_and_every_command_takes_verbose(tmp_path, cnn_path):
+    runner = CliRunner()
+    res = runner.invoke(main, ["quantize", "--no-such-option"])
+    assert res.exit_code == 2
+    assert len(res.stderr.strip().splitlines()) == 1 and res.stderr.startswith("error: No such option")
+    assert "quantize --help)" in res.stderr
+    from trtq.cli import main as group
+
+    for name, command in group.commands.items():
+        assert "--verbose" in {o for p in command.params for o in p.opts}, name
+    res = runner.invoke(main, ["inspect", str(tmp_path / "missing.engine"), "-v"])
+    assert res.exit_code != 0 and isinstance(res.exception, Exception)  # -v: the exception, not one line
+
+
+def test_inspect_describes_an_onnx_model(tmp_path, cnn_path, cnn_data):
+    from trtq.calibration import calibrate
+    from trtq.quantize import quantize
+
+    int8 = quantize(onnx.load(cnn_path), calibrate(str(cnn_path), cnn_data, progress=False))
+    onnx.save(int8, tmp_path / "q.onnx")
+    res = CliRunner().invoke(main, ["inspect", str(tmp_path / "q.onnx"), "--json"])
+    assert res.exit_code == 0, res.stderr
+    described = json.loads(res.output)
+    assert described["qdq"]["QuantizeLinear int8"] >= 3 and set(described["precision"].values()) == {"int8"}
+    assert described["opsets"]["ai.onnx"] >= 13
+
+
+def test_trtexec_style_shapes():
+    from trtq.core.errors import BuildError
+    from trtq.deploy.build import trtexec_shapes
+
+    got = trtexec_shapes(["images:1x3x8x8,mask:1x1"], ["images:4x3x8x8", "mask:4x1"], ["images:8x3x8x8,mask:8x1"])
+    assert got == {"images": ((1, 3, 8, 8), (4, 3, 8, 8), (8, 3, 8, 8)), "mask": ((1, 1), (4, 1), (8, 1))}
+    with pytest.raises(BuildError, match="missing: --min-shapes mask, --opt-shapes mask"):
+        trtexec_shapes(["images:1x3x8x8"], ["images:4x3x8x8"], ["images:8x3x8x8,mask:8x1"])
