@@ -72,3 +72,29 @@ def test_int8_engine_builds_with_tensorrt_rtx(result, tmp_path):
     meta = json.loads((tmp_path / "e.engine.json").read_text())
     assert list(meta["precision"].values()).count("int8") == 50
     assert meta["inputs"][0]["profile"]["min"][0] == 1 and meta["inputs"][0]["profile"]["max"][0] == 32
+
+
+def test_report_html_holds_the_fidelity_table_and_charts(result):
+    from html.parser import HTMLParser
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.images, self.cells, self.tables = [], [], 0
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "img":
+                self.images.append(attrs.get("src", ""))
+            self.tables += tag == "table"
+
+        def handle_data(self, data):
+            self.cells.append(data.strip())
+
+    page = Page()
+    page.feed(result.files["report_html"].read_text())
+    embedded = [src for src in page.images if src.startswith("data:image/png;base64,") and len(src) > 1000]
+    assert len(embedded) >= 2 and page.tables >= 2
+    top1 = result.report.outputs[0].top1
+    assert "top-1" in page.cells and f"{top1:.1%}" in page.cells  # the fidelity table, with the measured value
+    assert any(c.startswith("GPTQ:") for c in page.cells)

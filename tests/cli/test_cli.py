@@ -38,7 +38,7 @@ def test_quantize_onnx_writes_all_outputs(workdir):
                  "--out", out, "--no-progress")
     assert result.exit_code == 0, result.output + result.stderr
     assert {p.name for p in out.iterdir()} == {"model.fp32.onnx", "model.int8.onnx", "calibration.json",
-                                                "report.json"}
+                                                "report.json", "report.md", "report.html"}
     report = json.loads((out / "report.json").read_text())
     assert report["evaluated_on"].startswith("the calibration data")
     assert report["fidelity"]["outputs"][0]["cosine"] > 0.95

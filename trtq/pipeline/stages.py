@@ -20,6 +20,7 @@ from trtq.core.errors import QuantizationError
 from trtq.deploy import ComparisonReport, OrtRunner, QdqMode, compare_outputs, run_all
 from trtq.deploy.compare import Thresholds
 from trtq.deploy.evaluate import FidelityEvaluator
+from trtq.deploy.layers import layer_errors, layer_inputs
 from trtq.pipeline.job import QuantizeJob
 from trtq.pipeline.source import SourceModel
 from trtq.quantize import ExportParity, calibration_tensors, fold_batchnorm
@@ -43,6 +44,9 @@ KERNEL_COSINE_GAP = 0.01
 #: Evaluation samples the sensitivity ranking of a --target search uses (the search itself
 #: checks the target on every evaluation sample).
 RANK_SAMPLES = 128
+#: Samples and layers the report's per-layer error and range plots use.
+LAYER_SAMPLES = 8
+WORST_LAYERS = 4
 #: A target met with less of the MACs in int8 than this is reported as such.
 LOW_INT8_SHARE = 0.5
 
@@ -118,10 +122,13 @@ class Fidelity:
     eval_source: str
     variants: dict = field(default_factory=dict)  # label -> ComparisonReport
     warnings: tuple[str, ...] = ()
+    layers: tuple = ()  # deploy.layers.LayerError per compute layer, in graph order
+    worst_inputs: dict = field(default_factory=dict)  # fp32 values of the worst int8 layers' inputs
 
     def to_json(self) -> dict:
         return {"evaluated_on": self.eval_source, "fidelity": self.report.to_json(),
-                "ort_integer_kernels": self.kernels.to_json(), "warnings": list(self.warnings)}
+                "ort_integer_kernels": self.kernels.to_json(), "warnings": list(self.warnings),
+                "layers": [x.to_json() for x in self.layers]}
 
 
 def prepare_fp32(job: QuantizeJob, source: SourceModel) -> Fp32Model:
@@ -258,7 +265,12 @@ def measure_fidelity(job: QuantizeJob, source: SourceModel, fp32: Fp32Model, tab
     elif search is not None and quantized.mixed.int8_mac_share < LOW_INT8_SHARE:
         warnings.append(f"the target {search.target} is met with only {quantized.mixed.int8_mac_share:.1%} of the "
                         "MACs in int8: most of the model runs in fp16/fp32, so expect little int8 speed-up")
-    return Fidelity(report, kernels, eval_source, variants, tuple(warnings))
+    # Where the error comes from: each compute layer against the same layer of the fp32 model
+    # it was quantized from, on a few samples; and the inputs of the worst int8 layers.
+    layers = tuple(layer_errors(fp32.model, quantized.model, evald, samples=LAYER_SAMPLES))
+    worst = sorted((x for x in layers if x.precision == "int8"), key=lambda x: x.sqnr_db)[:WORST_LAYERS]
+    worst_inputs = layer_inputs(fp32.model, [x.input for x in worst], evald, samples=LAYER_SAMPLES) if worst else {}
+    return Fidelity(report, kernels, eval_source, variants, tuple(warnings), layers, worst_inputs)
 
 
 def _metric_text(metrics) -> str:
