@@ -91,18 +91,23 @@ class FidelityEvaluator:
 
     def __call__(self, model: onnx.ModelProto) -> dict[str, float | None]:
         self.calls += 1
-        report = compare_outputs(self.reference, self.outputs(model), classifier=self.classifier)
-        worst: dict[str, float | None] = {}
-        for o in report.outputs:
-            for key, value in (("cosine", o.cosine), ("min_cosine", o.min_cosine), ("sqnr_db", o.sqnr_db),
-                               ("top1", o.top1)):
-                if value is None:
-                    worst.setdefault(key, None)
-                    continue
-                value = float(value) if math.isfinite(value) else 1e9
-                current = worst.get(key)
-                worst[key] = value if current is None else min(current, value)
-        return worst
+        return report_metrics(compare_outputs(self.reference, self.outputs(model), classifier=self.classifier))
+
+
+def report_metrics(report) -> dict[str, float | None]:
+    """A ComparisonReport as target metrics: the worst over the outputs of ``cosine``,
+    ``min_cosine``, ``sqnr_db`` and (classifiers) ``top1``."""
+    worst: dict[str, float | None] = {}
+    for o in report.outputs:
+        for key, value in (("cosine", o.cosine), ("min_cosine", o.min_cosine), ("sqnr_db", o.sqnr_db),
+                           ("top1", o.top1)):
+            if value is None:
+                worst.setdefault(key, None)
+                continue
+            value = float(value) if math.isfinite(value) else 1e9
+            current = worst.get(key)
+            worst[key] = value if current is None else min(current, value)
+    return worst
 
 
 def _collect_inputs(model, data, batch_size: int, samples: int | None) -> dict[str, np.ndarray]:
@@ -114,4 +119,4 @@ def _collect_inputs(model, data, batch_size: int, samples: int | None) -> dict[s
     return arrays
 
 
-__all__ = ["METRICS", "FidelityEvaluator", "Target"]
+__all__ = ["METRICS", "FidelityEvaluator", "Target", "report_metrics"]

@@ -82,3 +82,14 @@ def test_a_factory_beside_the_user_imports_from_the_working_directory(tmp_path, 
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     assert resolve_factory("mynet_module:build")() == "built here"
     assert str(tmp_path) not in sys.path  # put back as it was
+
+
+def test_a_target_search_without_eval_data_is_checked_on_samples_it_never_saw(files):
+    res = _run(files, "--target", "cosine>=0.99", "--out", str(files / "t"))
+    assert res.exit_code == 0, res.stderr
+    report = json.loads((files / "t" / "report.json").read_text())
+    # 40 samples: 20 calibrate, 10 choose the plan, 10 are held out for the reported fidelity
+    assert "split 20/10/10" in report["evaluated_on"] and report["fidelity"]["samples"] == 10
+    assert report["calibration"]["samples"] == 20
+    search = json.loads((files / "t" / "precision.json").read_text())["search"]
+    assert search["met"] and search["metrics"]["cosine"] >= 0.99  # on the 10 search samples

@@ -79,6 +79,9 @@ class QuantizeJob:
                 object.__setattr__(self, name, Path(value))
         self.check()
 
+    def search_samples_or_eval(self) -> int:
+        return self.search_samples or self.eval_samples
+
     @property
     def mixed(self) -> bool:
         """Whether anything but plain all-int8 was asked for."""

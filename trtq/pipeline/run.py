@@ -10,7 +10,7 @@ from trtq.core import require, staging_dir
 from trtq.deploy.backend import load_backend
 from trtq.pipeline.artifacts import OUTPUT_FILES, write_artifacts
 from trtq.pipeline.job import QuantizeJob, QuantizeResult
-from trtq.pipeline.source import resolve_source
+from trtq.pipeline.source import resolve_source, split_for_search
 from trtq.pipeline.stages import calibrate_model, measure_fidelity, prepare_fp32, quantize_fp32, round_weights
 
 __all__ = ["quantize_model", "run_quantize"]
@@ -29,6 +29,8 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
         load_backend()  # no TensorRT installed: say so before any slow step
     with staging_dir(job.out_dir, OUTPUT_FILES) as stage:
         source = resolve_source(job)
+        if job.target is not None and source.evald is None:
+            source = split_for_search(source, job)  # the target is checked on samples the search never saw
         fp32 = prepare_fp32(job, source)
         table, clipping = calibrate_model(job, source, fp32)
         rounding = round_weights(job, source, fp32)

@@ -39,7 +39,38 @@ class SourceModel:
     calib: Any
     evald: Any | None
     classifier: bool | None = None
+    search_data: Any | None = None  # what a --target search chooses on (None: the evaluation data)
+    split: str | None = None  # how the user's data was split, when it was
 
+
+#: Without evaluation data, a --target search splits the user's samples, by index modulo 4:
+#: two parts calibrate, one chooses the plan, one is held out for the final check.
+SPLIT_MIN_SAMPLES = 8
+
+
+def split_for_search(source: SourceModel, job: QuantizeJob) -> SourceModel:
+    """The source with its calibration data split into disjoint calibration, search and
+    held-out parts (see :data:`SPLIT_MIN_SAMPLES`), so that the target is checked on samples
+    the search did not choose on."""
+    from dataclasses import replace
+
+    from trtq.core import input_specs
+    from trtq.core.readers import collect_arrays
+
+    cap = job.samples + job.search_samples_or_eval()
+    arrays = collect_arrays(source.calib, input_specs(source.model), job.batch_size, cap)
+    n = len(next(iter(arrays.values())))
+    if n < SPLIT_MIN_SAMPLES:
+        raise DataError(f"--target without --eval-data splits the calibration data into calibration, search and "
+                        f"held-out parts, which needs at least {SPLIT_MIN_SAMPLES} samples; got {n}: give more "
+                        "data, or --eval-data")
+    index = np.arange(n)
+    parts = [{k: v[(index % 4 < 2) if i == 0 else (index % 4 == i + 1)] for k, v in arrays.items()}
+             for i in range(3)]
+    sizes = [len(next(iter(p.values()))) for p in parts]
+    text = (f"the calibration data split {sizes[0]}/{sizes[1]}/{sizes[2]}: calibration, the plan search, and "
+            "a held-out check the search did not see")
+    return replace(source, calib=parts[0], search_data=parts[1], evald=parts[2], split=text)
 
 def resolve_source(job: QuantizeJob) -> SourceModel:
     """The job's model and data; exports PyTorch and Hugging Face models to ONNX."""

@@ -19,7 +19,7 @@ from trtq.core import model_sha256
 from trtq.core.errors import QuantizationError
 from trtq.deploy import ComparisonReport, OrtRunner, QdqMode, compare_outputs, run_all
 from trtq.deploy.compare import Thresholds
-from trtq.deploy.evaluate import FidelityEvaluator
+from trtq.deploy.evaluate import FidelityEvaluator, report_metrics
 from trtq.deploy.layers import layer_errors, layer_inputs
 from trtq.pipeline.job import QuantizeJob
 from trtq.pipeline.source import SourceModel
@@ -186,6 +186,8 @@ def round_weights(job: QuantizeJob, source: SourceModel, fp32: Fp32Model) -> Wei
 
 
 def evaluation_data(source: SourceModel) -> tuple[Any, str]:
+    if source.split is not None:
+        return source.evald, f"a held-out part of the calibration data ({source.split})"
     if source.evald is None:
         return source.calib, "the calibration data (no evaluation data given: not held out)"
     return source.evald, "held-out evaluation data"
@@ -204,7 +206,7 @@ def quantize_fp32(job: QuantizeJob, source: SourceModel, fp32: Fp32Model, table:
             quantized, shifts = corrected.model, corrected.records
         return QuantizedModel(quantized, mixed, job.plan, label, bias_shifts=_tuple(shifts),
                               bias_samples=job.bias_samples)
-    evald, _ = evaluation_data(source)
+    evald = source.search_data if source.search_data is not None else evaluation_data(source)[0]
     evaluator = FidelityEvaluator(fp32.reference, evald, batch_size=job.batch_size, classifier=source.classifier,
                                   samples=job.search_samples or job.eval_samples)
     # The ranking needs relative sensitivities only: at most RANK_SAMPLES samples.
@@ -262,7 +264,11 @@ def measure_fidelity(job: QuantizeJob, source: SourceModel, fp32: Fp32Model, tab
     if search is not None and not search.met:
         warnings.append(f"the target {search.target} is out of reach: even with every layer group out of "
                         f"int8 the search got {_metric_text(search.metrics)}; wrote that model anyway")
-    elif search is not None and quantized.mixed.int8_mac_share < LOW_INT8_SHARE:
+    elif search is not None and source.search_data is not None and not job.target.met(report_metrics(report)):
+        warnings.append(f"the target {search.target} was met on the samples the search chose on, but not on the "
+                        f"held-out check ({_metric_text(report_metrics(report))}): the plan may not generalize; "
+                        "give more data or --eval-data")
+    if search is not None and search.met and quantized.mixed.int8_mac_share < LOW_INT8_SHARE:
         warnings.append(f"the target {search.target} is met with only {quantized.mixed.int8_mac_share:.1%} of the "
                         "MACs in int8: most of the model runs in fp16/fp32, so expect little int8 speed-up")
     # Where the error comes from: each compute layer against the same layer of the fp32 model
