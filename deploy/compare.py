@@ -7,7 +7,14 @@ Metrics per output (``ref`` = reference, ``d = cand - ref``):
 * ``cosine``: per-sample cosine of the flattened outputs, mean and minimum;
 * ``sqnr_db``: ``10 log10(sum ref^2 / sum d^2)`` over all samples;
 * for classifiers (``[N, C]`` outputs, C >= 2): ``top1`` = share of samples whose argmax
-  agrees, ``top5`` = share whose reference argmax is in the candidate's top 5.
+  agrees, ``top5`` = share whose reference argmax is in the candidate's top 5;
+* the task metric the output's shape and values call for (``task`` says which):
+  sequences ``[N, T, C]`` (C >= 2): ``position_top1`` = share of positions whose argmax
+  agrees, ``sequence`` = share of samples whose greedy CTC decoding (argmax per step,
+  repeats merged, class 0 the blank) is identical; maps ``[N, K, H, W]`` (H, W > 1):
+  ``mask_iou`` = IoU of the thresholded masks (at 0.5 for probabilities in [0, 1], else 0 for
+  logits); embeddings (2-D outputs that are not class scores): ``neighbours`` = share of
+  samples whose nearest other sample is the same (see :func:`neighbour_agreement`).
 
 A :class:`ComparisonReport` is truthy when every output meets the thresholds.
 """
@@ -44,6 +51,11 @@ class OutputMetrics:
     sqnr_db: float
     top1: float | None = None
     top5: float | None = None
+    task: str = "tensor"  # classifier | sequence | map | embedding | tensor
+    position_top1: float | None = None
+    sequence: float | None = None
+    mask_iou: float | None = None
+    neighbours: float | None = None
 
     def passes(self, t: Thresholds) -> bool:
         ok = self.cosine >= t.min_cosine
@@ -117,7 +129,35 @@ def output_metrics(name: str, ref: np.ndarray, cand: np.ndarray, classifier: boo
         top1 = float((cand_top5[:, 0] == ref_top).mean())
         top5 = float((cand_top5 == ref_top[:, None]).any(axis=1).mean())
     return OutputMetrics(name, max_abs, max_abs / peak if peak > 0 else math.inf if max_abs else 0.0,
-                         float(cos.mean()), float(cos.min()), sqnr, top1, top5)
+                         float(cos.mean()), float(cos.min()), sqnr, top1, top5,
+                         **_task_metrics(ref, cand, is_classifier))
+
+
+def _ctc_greedy(steps: np.ndarray) -> list[tuple[int, ...]]:
+    """Greedy CTC decoding of ``[N, T]`` argmax ids: repeats merged, blanks (0) dropped."""
+    out = []
+    for row in steps:
+        keep = np.concatenate([[True], row[1:] != row[:-1]]) & (row != 0)
+        out.append(tuple(row[keep].tolist()))
+    return out
+
+
+def _task_metrics(ref: np.ndarray, cand: np.ndarray, is_classifier: bool) -> dict:
+    """The task metric for the output's shape and values (see the module docstring)."""
+    if is_classifier:
+        return {"task": "classifier"}
+    if ref.ndim == 3 and ref.shape[2] >= 2:
+        r, c = ref.argmax(axis=2), cand.argmax(axis=2)
+        same = [a == b for a, b in zip(_ctc_greedy(r), _ctc_greedy(c))]
+        return {"task": "sequence", "position_top1": float((r == c).mean()), "sequence": float(np.mean(same))}
+    if ref.ndim == 4 and ref.shape[2] > 1 and ref.shape[3] > 1:
+        threshold = 0.5 if ref.min() >= 0 and ref.max() <= 1 else 0.0
+        a, b = ref > threshold, cand > threshold
+        union = int((a | b).sum())
+        return {"task": "map", "mask_iou": float((a & b).sum() / union) if union else 1.0}
+    if ref.ndim == 2 and len(ref) >= 2:
+        return {"task": "embedding", "neighbours": neighbour_agreement(ref, cand)}
+    return {"task": "tensor"}
 
 
 def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], *,

@@ -23,8 +23,8 @@ from trtq.core.errors import TrtqError
 from trtq.core.onnx_model import input_specs, load_model
 from trtq.core.readers import fit_batch_size
 
-METRICS = ("top1", "cosine", "min_cosine", "sqnr_db")
-_TARGET = re.compile(r"^\s*(top1|cosine|min_cosine|sqnr|sqnr_db)\s*>=\s*([-+0-9.eE]+)\s*$")
+METRICS = ("top1", "cosine", "min_cosine", "sqnr_db", "sequence", "position_top1", "mask_iou", "neighbours")
+_TARGET = re.compile(r"^\s*(" + "|".join(("sqnr", *METRICS)) + r")\s*>=\s*([-+0-9.eE]+)\s*$")
 
 
 @dataclass(frozen=True)
@@ -39,15 +39,17 @@ class Target:
         m = _TARGET.match(text or "")
         if not m:
             raise TrtqError(f"cannot read the target '{text}': write METRIC>=VALUE with METRIC one of "
-                            "top1, cosine, min_cosine, sqnr_db (e.g. 'top1>=0.97', 'cosine>=0.99')")
+                            f"{', '.join(METRICS)} (e.g. 'top1>=0.97', 'cosine>=0.99', 'sequence>=0.95', "
+                            "'mask_iou>=0.95')")
         metric = "sqnr_db" if m.group(1) == "sqnr" else m.group(1)
         return cls(metric, float(m.group(2)))
 
     def met(self, metrics: Mapping[str, float | None]) -> bool:
         value = metrics.get(self.metric)
         if value is None:
-            raise TrtqError(f"the target needs '{self.metric}', which these outputs do not have "
-                            "(top1 needs a classifier's (N, classes) output)")
+            raise TrtqError(f"the target needs '{self.metric}', which these outputs do not have (top1: a "
+                            "classifier's (N, classes) output; sequence/position_top1: (N, T, classes); mask_iou: "
+                            "(N, K, H, W) maps; neighbours: embeddings)")
         return value >= self.threshold
 
     def __str__(self) -> str:
@@ -100,9 +102,11 @@ def report_metrics(report) -> dict[str, float | None]:
     worst: dict[str, float | None] = {}
     for o in report.outputs:
         for key, value in (("cosine", o.cosine), ("min_cosine", o.min_cosine), ("sqnr_db", o.sqnr_db),
-                           ("top1", o.top1)):
+                           ("top1", o.top1), ("sequence", o.sequence), ("position_top1", o.position_top1),
+                           ("mask_iou", o.mask_iou), ("neighbours", o.neighbours)):
             if value is None:
-                worst.setdefault(key, None)
+                if key in ("cosine", "min_cosine", "sqnr_db", "top1"):
+                    worst.setdefault(key, None)  # the task metrics appear only where an output has them
                 continue
             value = float(value) if math.isfinite(value) else 1e9
             current = worst.get(key)

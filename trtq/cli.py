@@ -396,13 +396,21 @@ def _metrics_table(title: str, reports) -> Table:
     rows = [
         ("top-1 agreement", lambda m: "-" if m.top1 is None else f"{m.top1:.1%}"),
         ("top-5 agreement", lambda m: "-" if m.top5 is None else f"{m.top5:.1%}"),
+        ("sequences identical (CTC)", lambda m: "-" if m.sequence is None else f"{m.sequence:.1%}"),
+        ("per-position top-1", lambda m: "-" if m.position_top1 is None else f"{m.position_top1:.1%}"),
+        ("mask IoU", lambda m: "-" if m.mask_iou is None else f"{m.mask_iou:.4f}"),
+        ("neighbour agreement", lambda m: "-" if m.neighbours is None else f"{m.neighbours:.1%}"),
         ("cosine (mean)", lambda m: f"{m.cosine:.4f}"),
         ("cosine (min)", lambda m: f"{m.min_cosine:.4f}"),
         ("SQNR (dB)", lambda m: f"{m.sqnr_db:.1f}"),
         ("max abs error", lambda m: f"{m.max_abs:.4g}"),
         ("max rel error", lambda m: f"{m.max_rel:.4g}"),
     ]
+    shown = {"sequences identical (CTC)": "sequence", "per-position top-1": "position_top1",
+             "mask IoU": "mask_iou", "neighbour agreement": "neighbours"}
     for label, fmt in rows:
+        if label in shown and all(getattr(m, shown[label]) is None for _, m in columns):
+            continue  # a task metric no output has
         table.add_row(label, *(fmt(m) for _, m in columns))
     return table
 

@@ -71,3 +71,38 @@ def test_neighbour_agreement_against_a_loop():
     expected = np.mean([nearest(ref, i) == nearest(cand, i) for i in range(len(ref))])
     assert neighbour_agreement(ref, cand) == pytest.approx(expected)
     assert 0 < expected < 1 and neighbour_agreement(ref, ref) == 1.0
+
+
+def test_task_metrics_follow_the_output_shape():
+    from trtq.deploy.compare import output_metrics
+    from trtq.deploy.evaluate import Target, report_metrics
+
+    rng = np.random.default_rng(0)
+    # Sequences [N, T, C]: in sample 0 one blank step becomes a class, so its decoding differs;
+    # samples 1 and 2 are untouched.
+    ref = np.full((3, 5, 4), -5.0, np.float32)
+    ids = np.array([[1, 0, 2, 2, 0], [3, 3, 0, 1, 1], [2, 0, 0, 2, 3]])
+    np.put_along_axis(ref, ids[..., None], 5.0, axis=2)
+    cand = ref.copy()
+    cand[0, 1] = -5.0
+    cand[0, 1, 3] = 5.0  # blank -> class 3: "1 3 2" instead of "1 2"
+    m = output_metrics("seq", ref, cand)
+    assert m.task == "sequence" and m.position_top1 == pytest.approx(14 / 15)
+    assert m.sequence == pytest.approx(2 / 3) and m.top1 is None
+    # Probability maps [N, 1, H, W]: IoU of the masks at 0.5.
+    prob = rng.uniform(0, 1, (2, 1, 8, 8)).astype(np.float32)
+    moved = prob.copy()
+    moved[0, 0, 0, :] = 1 - moved[0, 0, 0, :]
+    a, b = prob > 0.5, moved > 0.5
+    m = output_metrics("map", prob, moved)
+    assert m.task == "map" and m.mask_iou == pytest.approx((a & b).sum() / (a | b).sum())
+    # Embeddings: nearest-neighbour agreement.
+    emb = rng.normal(size=(6, 16)).astype(np.float32)
+    m = output_metrics("emb", emb, emb + 1e-4, classifier=False)
+    assert m.task == "embedding" and m.neighbours == 1.0
+    # Targets take the task metrics.
+    report = compare_outputs({"seq": ref}, {"seq": cand})
+    assert not Target.parse("sequence>=0.9").met(report_metrics(report))
+    assert Target.parse("position_top1>=0.9").met(report_metrics(report))
+    with pytest.raises(TrtqError, match="mask_iou"):
+        Target.parse("mask_iou>=0.9").met(report_metrics(report))
