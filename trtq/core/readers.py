@@ -389,22 +389,14 @@ def collect_arrays(data: Any, specs: list[InputSpec], batch_size: int = 32,
     """Every validated batch of ``data`` (at most ``samples`` samples) joined into one array
     per input; ``{}`` when there is none. For small fixed sets that are run many times.
 
-    For a model with a fixed batch size the sample count is cut to a multiple of it, so the
-    arrays can be run in batches of exactly that size.
+    For a model with a fixed batch size the sample count is a multiple of it (:func:`iter_batches`
+    leaves a short remainder out), so the arrays can be run in batches of exactly that size.
     """
     parts: dict[str, list[np.ndarray]] = {}
     for _, feed in iter_batches(data, specs, batch_size, samples):
         for k, v in feed.items():
             parts.setdefault(k, []).append(np.asarray(v))
-    arrays = {k: np.concatenate(v) for k, v in parts.items()}
-    static = static_batch_size(specs)
-    if static and arrays:
-        n = len(next(iter(arrays.values())))
-        if n < static:
-            raise DataError(f"the model runs batches of exactly {static} samples (its inputs fix the batch "
-                            f"dimension) but the data has only {n}")
-        arrays = {k: v[: n - n % static] for k, v in arrays.items()}
-    return arrays
+    return {k: np.concatenate(v) for k, v in parts.items()}
 
 
 def count_samples(data: Any, cap: int | None = None) -> int | None:
