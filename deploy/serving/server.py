@@ -124,7 +124,7 @@ class ServedModel:
         from trtq.deploy.runner import OrtRunner
         from trtq.quantize.targets import needs_reduce_range
 
-        if not (_tensorrt_int8(self.path) and needs_reduce_range()):
+        if not (needs_reduce_range() and _tensorrt_int8(self.path)):  # the CPU flags first: no file re-read
             return
         feed = synthetic_feed(self.runner, 1, None)
         with OrtRunner(self.path, mode=QdqMode.FLOAT) as exact:
@@ -355,7 +355,14 @@ def create_app(model: ServedModel, *, access_log: bool = True):
             raise InvalidRequest(f"unknown model '{name}'; this server serves '{model.name}' ({model.path.name})",
                                  404)
         body = await _read_body(request, 1 << 20)
-        params = (json.loads(body or b"{}") or {}).get("parameters", {}) if body.strip() else {}
+        try:
+            request_body = json.loads(body) if body.strip() else {}
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidRequest(f"the {action} request body is not valid JSON: {exc}") from None
+        params = request_body.get("parameters", {}) if isinstance(request_body, dict) else None
+        if not isinstance(params, dict):
+            raise InvalidRequest(f"the {action} request body must be a JSON object with an optional 'parameters' "
+                                 "object")
         if any(str(k).startswith("file:") or k == "config" for k in params):
             raise InvalidRequest("load with file or config overrides is not supported: the server reloads "
                                  f"{model.path.name} from disk")

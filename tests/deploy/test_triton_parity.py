@@ -125,3 +125,14 @@ def test_a_cpu_without_vnni_is_told_at_startup(int8_path, monkeypatch):
         assert not [r for r in records.records if r.getMessage() == "numerics"]
     finally:
         logger.removeHandler(records)
+
+
+def test_a_malformed_model_control_body_is_a_400(int8_path):
+    from tests.deploy.test_serving import _request
+
+    served = ServedModel(int8_path, name="tiny")
+    with running(served) as (url, _):
+        for body in (b"{not json", b"[1, 2]", b'{"parameters": 3}'):
+            status, payload, _ = _request(url, "POST", "/v2/repository/models/tiny/load", body)
+            assert status == 400 and b"request body" in payload, (body, status, payload)
+        assert _request(url, "POST", "/v2/repository/models/tiny/load", b"")[0] == 200
