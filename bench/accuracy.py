@@ -95,7 +95,7 @@ def main() -> None:
             int8 = make()
             seconds = time.perf_counter() - t
             out = run_all(OrtRunner(int8), held_out, batch_size=32)
-            m = compare_outputs(ref, out, classifier=classifier).outputs[0]
+            m = compare_outputs(ref, out, tasks={"*": "classifier" if classifier else "embedding"}).outputs[0]
             if classifier:
                 print(f"{label:52s} {m.top1:11.1%} {m.cosine:7.4f} {m.sqnr_db:8.1f} {seconds:7.1f}", flush=True)
             else:

@@ -68,7 +68,7 @@ def main() -> None:
         table = calibrate(model, calib, "minmax", batch_size=16, progress=False)
         weights = {} if args.no_gptq else gptq_weights(model, calib, progress=False).weights
         evaluate = FidelityEvaluator(model, held_out, batch_size=32,
-                                     classifier=None if name == "efficientnet_lite0" else False)
+                                     tasks={} if name == "efficientnet_lite0" else {"*": "embedding"})
 
         def row(variant, metrics, moved="-", share=None, seconds=None):
             top1 = "-" if metrics.get("top1") is None else f"{metrics['top1']:.1%}"

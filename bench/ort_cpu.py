@@ -69,7 +69,7 @@ def main() -> None:
         if label == "fp32":
             continue
         fidelity[label] = [compare_outputs(ref, run_all(OrtRunner(m, mode=mode), held_out, batch_size=32),
-                                           classifier=True).outputs[0] for mode in (QdqMode.FLOAT, QdqMode.ORT_INT8)]
+                                           tasks={"*": "classifier"}).outputs[0] for mode in (QdqMode.FLOAT, QdqMode.ORT_INT8)]
     runners = {label: OrtRunner(m, mode=QdqMode.ORT_INT8, name=label) for label, m in rows.items()}
     p50 = {(label, b): [] for label in rows for b in (1, 8)}
     for _ in range(args.repeat):

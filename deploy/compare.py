@@ -15,6 +15,7 @@ Metrics per output (``ref`` = reference, ``d = cand - ref``):
   ``mask_iou`` = IoU of the thresholded masks (at 0.5 for probabilities in [0, 1], else 0 for
   logits); embeddings (2-D outputs that are not class scores): ``neighbours`` = share of
   samples whose nearest other sample is the same (see :func:`neighbour_agreement`).
+  ``--metric`` (``tasks``) overrides the choice, per output or for all (:func:`parse_metric_overrides`).
 
 A :class:`ComparisonReport` is truthy when every output meets the thresholds.
 """
@@ -24,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -106,11 +107,61 @@ def neighbour_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float((nearest(reference) == nearest(candidate)).mean())
 
 
-def output_metrics(name: str, ref: np.ndarray, cand: np.ndarray, classifier: bool | None = None) -> OutputMetrics:
-    """Metrics of one output (see the module docstring)."""
+#: The task each ``--metric`` name implies (``METRIC`` or ``OUTPUT=METRIC``).
+METRIC_TASKS = {"top1": "classifier", "top5": "classifier", "sequence": "sequence", "position_top1": "sequence",
+                "mask_iou": "map", "neighbours": "embedding", "cosine": "tensor", "min_cosine": "tensor",
+                "sqnr": "tensor", "sqnr_db": "tensor"}
+TASKS = ("classifier", "sequence", "map", "embedding", "tensor")
+
+
+def parse_metric_overrides(items: Iterable[str]) -> dict[str, str]:
+    """``["top1", "box=cosine"]`` -> ``{"*": "classifier", "box": "tensor"}``: the task each
+    output is read as (``*`` = every output not named). Unknown metrics raise TrtqError."""
+    tasks: dict[str, str] = {}
+    for item in items:
+        output, _, metric = item.rpartition("=")
+        metric = metric.strip()
+        if metric not in METRIC_TASKS:
+            raise TrtqError(f"unknown metric '{metric}' in '{item}'; choose one of {', '.join(METRIC_TASKS)} "
+                            "(optionally OUTPUT=METRIC for one output)")
+        tasks[output.strip() or "*"] = METRIC_TASKS[metric]
+    return tasks
+
+
+def auto_task(ref: np.ndarray) -> str:
+    """The task an output's shape suggests (see the module docstring)."""
+    if ref.ndim == 2 and ref.shape[1] >= 2:
+        return "classifier"
+    if ref.ndim == 3 and ref.shape[2] >= 2:
+        return "sequence"
+    if ref.ndim == 4 and ref.shape[2] > 1 and ref.shape[3] > 1:
+        return "map"
+    if ref.ndim == 2 and len(ref) >= 2:
+        return "embedding"
+    return "tensor"
+
+
+def _check_task(name: str, ref: np.ndarray, task: str) -> None:
+    """A task given by ``--metric`` that the output's shape cannot have: one clear error."""
+    need = {"classifier": (ref.ndim == 2 and ref.shape[1] >= 2, "(N, classes)"),
+            "sequence": (ref.ndim == 3 and ref.shape[2] >= 2, "(N, T, classes)"),
+            "map": (ref.ndim >= 3 and ref.shape[-1] > 1 and ref.shape[-2] > 1, "(N, [K,] H, W)"),
+            "embedding": (len(ref) >= 2, "at least 2 samples")}
+    ok, shape = need.get(task, (True, ""))
+    if not ok:
+        raise TrtqError(f"output '{name}' cannot be read as a {task} output: it has shape {tuple(ref.shape)}, "
+                        f"the {task} metrics need {shape}; give another --metric for it (e.g. {name}=cosine)")
+
+
+def output_metrics(name: str, ref: np.ndarray, cand: np.ndarray, task: str | None = None) -> OutputMetrics:
+    """Metrics of one output (see the module docstring); ``task`` overrides :func:`auto_task`."""
     if ref.shape != cand.shape:
         raise TrtqError(f"output '{name}' has shape {cand.shape} in the candidate and {ref.shape} "
                         "in the reference; they cannot be compared")
+    if task is None:
+        task = auto_task(ref)
+    else:
+        _check_task(name, ref, task)
     r = ref.astype(np.float64).reshape(len(ref), -1)
     c = cand.astype(np.float64).reshape(len(cand), -1)
     d = c - r
@@ -122,15 +173,14 @@ def output_metrics(name: str, ref: np.ndarray, cand: np.ndarray, classifier: boo
     noise = float((d ** 2).sum())
     sqnr = math.inf if noise == 0 else 10 * math.log10(max(float((r ** 2).sum()), 1e-300) / noise)
     top1 = top5 = None
-    is_classifier = ref.ndim == 2 and ref.shape[1] >= 2 if classifier is None else classifier
-    if is_classifier:
+    if task == "classifier":
         ref_top = r.argmax(axis=1)
         cand_top5 = np.argsort(-c, axis=1)[:, :5]
         top1 = float((cand_top5[:, 0] == ref_top).mean())
         top5 = float((cand_top5 == ref_top[:, None]).any(axis=1).mean())
     return OutputMetrics(name, max_abs, max_abs / peak if peak > 0 else math.inf if max_abs else 0.0,
-                         float(cos.mean()), float(cos.min()), sqnr, top1, top5,
-                         **_task_metrics(ref, cand, is_classifier))
+                         float(cos.mean()), float(cos.min()), sqnr, top1, top5, task=task,
+                         **_task_metrics(ref, cand, task))
 
 
 def _ctc_greedy(steps: np.ndarray) -> list[tuple[int, ...]]:
@@ -142,38 +192,44 @@ def _ctc_greedy(steps: np.ndarray) -> list[tuple[int, ...]]:
     return out
 
 
-def _task_metrics(ref: np.ndarray, cand: np.ndarray, is_classifier: bool) -> dict:
-    """The task metric for the output's shape and values (see the module docstring)."""
-    if is_classifier:
-        return {"task": "classifier"}
-    if ref.ndim == 3 and ref.shape[2] >= 2:
+def _task_metrics(ref: np.ndarray, cand: np.ndarray, task: str) -> dict:
+    """The metrics of ``task`` beyond the generic ones (see the module docstring)."""
+    if task == "sequence":
         r, c = ref.argmax(axis=2), cand.argmax(axis=2)
         same = [a == b for a, b in zip(_ctc_greedy(r), _ctc_greedy(c))]
-        return {"task": "sequence", "position_top1": float((r == c).mean()), "sequence": float(np.mean(same))}
-    if ref.ndim == 4 and ref.shape[2] > 1 and ref.shape[3] > 1:
+        return {"position_top1": float((r == c).mean()), "sequence": float(np.mean(same))}
+    if task == "map":
         threshold = 0.5 if ref.min() >= 0 and ref.max() <= 1 else 0.0
         a, b = ref > threshold, cand > threshold
         union = int((a | b).sum())
-        return {"task": "map", "mask_iou": float((a & b).sum() / union) if union else 1.0}
-    if ref.ndim == 2 and len(ref) >= 2:
-        return {"task": "embedding", "neighbours": neighbour_agreement(ref, cand)}
-    return {"task": "tensor"}
+        return {"mask_iou": float((a & b).sum() / union) if union else 1.0}
+    if task == "embedding":
+        return {"neighbours": neighbour_agreement(ref, cand)}
+    return {}
 
 
 def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], *,
                     reference_name: str = "reference", candidate_name: str = "candidate",
-                    thresholds: Thresholds = Thresholds(), classifier: bool | None = None) -> ComparisonReport:
+                    thresholds: Thresholds = Thresholds(), tasks: Mapping[str, str] | None = None) -> ComparisonReport:
+    """Compare output arrays by name; ``tasks`` maps an output name (or ``*``, every other
+    output) to its task (see :data:`TASKS`); outputs it does not name get :func:`auto_task`'s."""
+    tasks = dict(tasks or {})
+    unknown = sorted(set(tasks) - set(reference) - {"*"})
+    if unknown:
+        raise TrtqError(f"--metric names output(s) {unknown} the model does not have; its outputs are "
+                        f"{sorted(reference)}")
     missing = [n for n in reference if n not in candidate]
     if missing:
         raise TrtqError(f"the candidate has no output(s) {missing}; its outputs are {sorted(candidate)}")
-    metrics = tuple(output_metrics(n, reference[n], candidate[n], classifier) for n in reference)
+    metrics = tuple(output_metrics(n, reference[n], candidate[n], tasks.get(n, tasks.get("*")))
+                    for n in reference)
     samples = len(next(iter(reference.values()))) if reference else 0
     return ComparisonReport(reference_name, candidate_name, samples, metrics, thresholds)
 
 
 def compare(reference: str | os.PathLike | Runner, candidate: str | os.PathLike | Runner, data: Any, *,
             mode: QdqMode | str = QdqMode.FLOAT, batch_size: int = 32, samples: int | None = None,
-            thresholds: Thresholds = Thresholds(), classifier: bool | None = None,
+            thresholds: Thresholds = Thresholds(), tasks: Mapping[str, str] | None = None,
             preprocess: PreprocessSpec | None = None) -> ComparisonReport:
     """Run ``data`` (arrays, a ``.npy``/``.npz`` path or an image folder) through both models and
     compare every output of the reference. ``mode``: how a Q/DQ ``.onnx`` candidate runs (see
@@ -188,4 +244,4 @@ def compare(reference: str | os.PathLike | Runner, candidate: str | os.PathLike 
             if r is not given:
                 r.close()
     return compare_outputs(ref_out, cand_out, reference_name=ref_runner.name,
-                           candidate_name=cand_runner.name, thresholds=thresholds, classifier=classifier)
+                           candidate_name=cand_runner.name, thresholds=thresholds, tasks=tasks)

@@ -52,8 +52,32 @@ class Target:
                             "(N, K, H, W) maps; neighbours: embeddings)")
         return value >= self.threshold
 
+    def met_with_margin(self, metrics: Mapping[str, float | None], samples: int, z: float = 1.0) -> bool:
+        """:meth:`met`, demanding for a per-sample share (``top1``, ``sequence``, ``neighbours``)
+        that the Wilson lower confidence bound of the share over ``samples`` samples, not the
+        share itself, reach the threshold. A search that stops at the first plan meeting the
+        target on its samples picks plans that were lucky on them; the bound (``z=1``: one-sided
+        84%) counters that. ``z=0`` or other metrics: the plain comparison."""
+        self.met(metrics)  # a metric the outputs lack: the same clear error
+        value = float(metrics[self.metric])
+        if z <= 0 or self.metric not in SHARE_METRICS or samples < 1:
+            return value >= self.threshold
+        return wilson_lower_bound(value, samples, z) >= self.threshold
+
     def __str__(self) -> str:
         return f"{self.metric}>={self.threshold:g}"
+
+
+#: Metrics that are a share of samples (one success or failure per sample).
+SHARE_METRICS = ("top1", "sequence", "neighbours")
+
+
+def wilson_lower_bound(share: float, samples: int, z: float) -> float:
+    """The Wilson score interval's lower end for ``share`` observed over ``samples`` trials."""
+    n, z2 = samples, z * z
+    centre = share + z2 / (2 * n)
+    spread = z * math.sqrt(max(share * (1 - share), 0.0) / n + z2 / (4 * n * n))
+    return (centre - spread) / (1 + z2 / n)
 
 
 class FidelityEvaluator:
@@ -64,8 +88,8 @@ class FidelityEvaluator:
     """
 
     def __init__(self, reference: str | os.PathLike | onnx.ModelProto, data: Any, *, batch_size: int = 32,
-                 samples: int | None = None, classifier: bool | None = None) -> None:
-        self.classifier = classifier  # None: an (N, classes) output counts as a classifier's
+                 samples: int | None = None, tasks: Mapping[str, str] | None = None) -> None:
+        self.tasks = dict(tasks or {})  # output -> task; unnamed outputs: what their shape suggests
         # The evaluation inputs, kept as arrays: every candidate sees exactly the same samples.
         reference = load_model(reference)
         batch_size = fit_batch_size(input_specs(reference), batch_size)  # a fixed batch dim wins
@@ -82,7 +106,7 @@ class FidelityEvaluator:
         n = min(samples, self.samples)
         other.feed = {k: v[:n] for k, v in self.feed.items()}
         other.reference = {k: v[:n] for k, v in self.reference.items()}
-        other.samples, other.batch_size, other.calls, other.classifier = n, self.batch_size, 0, self.classifier
+        other.samples, other.batch_size, other.calls, other.tasks = n, self.batch_size, 0, self.tasks
         return other
 
     def outputs(self, model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -93,7 +117,7 @@ class FidelityEvaluator:
 
     def __call__(self, model: onnx.ModelProto) -> dict[str, float | None]:
         self.calls += 1
-        return report_metrics(compare_outputs(self.reference, self.outputs(model), classifier=self.classifier))
+        return report_metrics(compare_outputs(self.reference, self.outputs(model), tasks=self.tasks))
 
 
 def report_metrics(report) -> dict[str, float | None]:
@@ -123,4 +147,4 @@ def _collect_inputs(model, data, batch_size: int, samples: int | None) -> dict[s
     return arrays
 
 
-__all__ = ["METRICS", "FidelityEvaluator", "Target", "report_metrics"]
+__all__ = ["METRICS", "SHARE_METRICS", "FidelityEvaluator", "Target", "report_metrics", "wilson_lower_bound"]

@@ -5,6 +5,9 @@ Photos: scikit-image's colour photos, matplotlib's ``grace_hopper.jpg``, scikit-
 
 Calibration crops come only from :data:`CALIBRATION_PHOTOS`; evaluation crops come from
 all photos with another seed, so :data:`HELD_OUT_PHOTOS` are never seen by calibration.
+Two evaluation sets share no source photo with calibration at all: :func:`held_out_crops`
+(:data:`HELD_OUT_PHOTOS`, seed 1) and :func:`other_crops` (:data:`OTHER_PHOTOS`, scikit-image's
+greyscale photos and matplotlib's gift-pack photo, seed 2).
 A crop is a random-resized crop (area 25-100 %, aspect 3/4-4/3) with a random horizontal
 flip, resized to the model's size: the usual ImageNet-style augmentation, made
 deterministic by the seed.
@@ -23,8 +26,10 @@ from trtq.core.errors import DataError
 CALIBRATION_PHOTOS = ("astronaut", "rocket", "motorcycle_left", "motorcycle_right", "china",
                       "hubble_deep_field", "ihc", "retina")
 HELD_OUT_PHOTOS = ("chelsea", "coffee", "grace_hopper", "flower")
+OTHER_PHOTOS = ("camera", "brick", "grass", "gravel", "coins", "moon", "clock_motion", "gift_pack")
 CALIBRATION_SEED = 0
 EVALUATION_SEED = 1
+OTHER_SEED = 2
 
 
 def photo_paths() -> dict[str, Path]:
@@ -35,14 +40,16 @@ def photo_paths() -> dict[str, Path]:
 
         d = Path(skimage.__file__).parent / "data"
         for name in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-                     "motorcycle_right.png", "hubble_deep_field.jpg", "ihc.png", "retina.jpg"):
+                     "motorcycle_right.png", "hubble_deep_field.jpg", "ihc.png", "retina.jpg", "camera.png",
+                     "brick.png", "grass.png", "gravel.png", "coins.png", "moon.png", "clock_motion.png"):
             paths[name.rsplit(".", 1)[0]] = d / name
     except ImportError:
         pass
     try:
         import matplotlib
 
-        paths["grace_hopper"] = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+        d = Path(matplotlib.get_data_path()) / "sample_data"
+        paths["grace_hopper"], paths["gift_pack"] = d / "grace_hopper.jpg", d / "Minduka_Present_Blue_Pack.png"
     except ImportError:
         pass
     try:
@@ -124,3 +131,14 @@ def calibration_crops(count: int, size: int = 224) -> np.ndarray:
 def evaluation_crops(count: int, size: int = 224) -> np.ndarray:
     """Crops of all photos, held-out ones included, with a seed calibration does not use."""
     return sample_crops(count, size, CALIBRATION_PHOTOS + HELD_OUT_PHOTOS, EVALUATION_SEED)
+
+
+def held_out_crops(count: int, size: int = 224) -> np.ndarray:
+    """Crops of the held-out photos only: no source photo in common with calibration."""
+    return sample_crops(count, size, HELD_OUT_PHOTOS, EVALUATION_SEED)
+
+
+def other_crops(count: int, size: int = 224) -> np.ndarray:
+    """Crops of :data:`OTHER_PHOTOS` (another seed): a second set sharing no photo with calibration
+    nor with :func:`held_out_crops`."""
+    return sample_crops(count, size, OTHER_PHOTOS, OTHER_SEED)

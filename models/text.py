@@ -2,7 +2,8 @@
 
 Deterministic (same Python version, same sentences, same order) and offline; used as the
 default calibration and evaluation text for transformer checkpoints, the way the sample
-photos serve image models. Held-out sentences are simply later ones.
+photos serve image models. Held-out sentences are simply later ones; :func:`other_sentences`
+is a second evaluation set from other modules, none of whose sentences is in the first pool.
 """
 
 from __future__ import annotations
@@ -17,12 +18,17 @@ _MODULES = ("json", "os", "re", "collections", "argparse", "pathlib", "subproces
             "functools", "itertools", "tarfile", "zipfile", "socket", "ssl", "sqlite3", "csv")
 
 
-@functools.lru_cache(maxsize=1)
-def _all_sentences() -> tuple[str, ...]:
+_OTHER_MODULES = ("shutil", "tempfile", "random", "statistics", "heapq", "textwrap", "urllib.request", "xml.dom",
+                  "configparser", "gzip", "pickle", "struct", "queue", "sched", "selectors", "difflib", "calendar",
+                  "fractions", "gettext", "locale", "mailbox", "shelve", "traceback", "warnings", "weakref")
+
+
+@functools.lru_cache(maxsize=None)
+def _all_sentences(modules: tuple[str, ...] = _MODULES) -> tuple[str, ...]:
     import pydoc
 
     out: dict[str, None] = {}
-    for name in _MODULES:
+    for name in modules:
         text = pydoc.render_doc(importlib.import_module(name), renderer=pydoc.plaintext)
         for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split())):
             if 5 <= len(s.split()) <= 60 and re.search(r"[a-z]{3}", s):
@@ -36,6 +42,17 @@ def sentences(count: int, skip: int = 0) -> list[str]:
     if skip + count > len(pool):
         raise ValueError(f"only {len(pool)} sentences are available, {skip + count} were asked for")
     return list(pool[skip:skip + count])
+
+
+def other_sentences(count: int) -> list[str]:
+    """``count`` sentences from other standard-library modules than :func:`sentences`' pool,
+    with every sentence that pool holds left out."""
+    seen = set(_all_sentences())
+    pool = [s for s in _all_sentences(_OTHER_MODULES) if s not in seen
+            and "Python Library Documentation" not in s and "MODULE REFERENCE" not in s]
+    if count > len(pool):
+        raise ValueError(f"only {len(pool)} other sentences are available, {count} were asked for")
+    return pool[:count]
 
 
 def minilm_dir() -> Path:

@@ -153,3 +153,20 @@ def test_a_string_names_one_tensor_not_its_letters():
     data = np.random.default_rng(0).normal(0, 1, (8, 3, 8, 8)).astype(np.float32)
     table = trtq.calibrate(make_cnn(), data, tensors="r1", progress=False)
     assert list(table.ranges) == ["r1"]
+
+
+def test_metric_naming_an_output_the_model_lacks_fails_before_any_work(tmp_path):
+    import onnx
+    from click.testing import CliRunner
+
+    from tests.conftest import make_cnn
+    from trtq.cli import main
+
+    onnx.save(make_cnn(), tmp_path / "m.onnx")
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).normal(0, 1, (16, 3, 8, 8)).astype(np.float32))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["quantize", "--onnx", str(tmp_path / "m.onnx"), "--calib-data",
+                                       str(tmp_path / "calib.npy"), "--out", str(out), "--metric", "box=cosine",
+                                       "--no-progress"])
+    assert result.exit_code == 2 and "error: --metric names output(s) ['box']" in result.output
+    assert "outputs are ['logits']" in result.output and not out.exists()

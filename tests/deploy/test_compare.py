@@ -98,7 +98,7 @@ def test_task_metrics_follow_the_output_shape():
     assert m.task == "map" and m.mask_iou == pytest.approx((a & b).sum() / (a | b).sum())
     # Embeddings: nearest-neighbour agreement.
     emb = rng.normal(size=(6, 16)).astype(np.float32)
-    m = output_metrics("emb", emb, emb + 1e-4, classifier=False)
+    m = output_metrics("emb", emb, emb + 1e-4, task="embedding")
     assert m.task == "embedding" and m.neighbours == 1.0
     # Targets take the task metrics.
     report = compare_outputs({"seq": ref}, {"seq": cand})
@@ -106,3 +106,28 @@ def test_task_metrics_follow_the_output_shape():
     assert Target.parse("position_top1>=0.9").met(report_metrics(report))
     with pytest.raises(TrtqError, match="mask_iou"):
         Target.parse("mask_iou>=0.9").met(report_metrics(report))
+
+
+def test_metric_overrides_choose_how_outputs_are_read():
+    from trtq.deploy.compare import parse_metric_overrides
+
+    assert parse_metric_overrides(["top1", "box=cosine", "mask=mask_iou"]) == {
+        "*": "classifier", "box": "tensor", "mask": "map"}
+    with pytest.raises(TrtqError, match="unknown metric 'iou'"):
+        parse_metric_overrides(["iou"])
+    rng = np.random.default_rng(0)
+    # A (N, H, W) probability map: by shape a "sequence", read as a map when told so.
+    prob = rng.uniform(0, 1, (4, 16, 16)).astype(np.float32)
+    assert output_metrics("p", prob, prob).task == "sequence"
+    m = output_metrics("p", prob, prob, task="map")
+    assert m.task == "map" and m.mask_iou == 1.0 and m.sequence is None
+    # A 4-number box regression: by shape a "classifier", a plain tensor when told so.
+    box = rng.uniform(0, 1, (8, 4)).astype(np.float32)
+    assert output_metrics("box", box, box).top1 == 1.0
+    assert output_metrics("box", box, box, task="tensor").top1 is None
+    with pytest.raises(TrtqError, match="cannot be read as a sequence output.*box=cosine"):
+        output_metrics("box", box, box, task="sequence")
+    with pytest.raises(TrtqError, match=r"--metric names output\(s\) \['nope'\]"):
+        compare_outputs({"box": box}, {"box": box}, tasks={"nope": "tensor"})
+    report = compare_outputs({"box": box, "p": prob}, {"box": box, "p": prob}, tasks={"p": "map", "*": "tensor"})
+    assert [o.task for o in report.outputs] == ["tensor", "map"]

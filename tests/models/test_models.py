@@ -17,6 +17,25 @@ def test_crops_are_deterministic_and_held_out_photos_stay_out():
 
 
 @needs_models
+def test_two_evaluation_sets_share_no_photo_with_calibration_or_each_other():
+    from trtq.models import images
+
+    sets = (images.CALIBRATION_PHOTOS, images.HELD_OUT_PHOTOS, images.OTHER_PHOTOS)
+    assert sum(len(s) for s in sets) == len(set().union(*sets))
+    assert set(images.OTHER_PHOTOS) <= set(images.photo_paths())
+    other = images.other_crops(4, 32)
+    assert other.shape == (4, 32, 32, 3) and not (other == images.held_out_crops(4, 32)).all()
+
+
+def test_other_sentences_are_not_in_the_calibration_pool():
+    from trtq.models import text
+
+    pool = set(text._all_sentences())
+    other = text.other_sentences(200)
+    assert len(set(other)) == 200 and pool.isdisjoint(other)
+
+
+@needs_models
 @needs_torch
 @pytest.mark.parametrize("photo, classes", [("chelsea", {281, 282, 285}), ("coffee", {967, 968, 504})])
 def test_efficientnet_lite0_recognises_photos(photo, classes):

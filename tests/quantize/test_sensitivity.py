@@ -150,3 +150,20 @@ def test_refinement_puts_back_groups_the_target_does_not_need(setup):
     assert fine.met and fine.moved == ("fc",)
     assert fine.mixed.int8_mac_share > coarse.mixed.int8_mac_share
     assert [s.moved for s in fine.steps[-3:]] == [2, 1, 0]  # one try per moved group, each kept if met
+
+
+def test_share_targets_demand_the_lower_confidence_bound():
+    from trtq.deploy.evaluate import Target, wilson_lower_bound
+
+    t = Target.parse("top1>=0.97")
+    # 63 of 64 is 98.4% > 97%, but on 64 samples that is not evidence of 97%: the bound says no.
+    assert t.met({"top1": 63 / 64}) and not t.met_with_margin({"top1": 63 / 64}, 64)
+    assert t.met_with_margin({"top1": 1.0}, 64) and t.met_with_margin({"top1": 63 / 64}, 64, z=0)
+    # More samples, tighter bound: 98.4% on 1024 samples is enough.
+    assert t.met_with_margin({"top1": 1008 / 1024}, 1024)
+    # Not a share: the plain comparison.
+    assert Target.parse("cosine>=0.99").met_with_margin({"cosine": 0.991}, 8)
+    # The bound: below the share, above 0, and at z=0 the share itself.
+    for share, n in ((0.9, 50), (1.0, 10), (0.0, 10)):
+        low = wilson_lower_bound(share, n, 1.0)
+        assert 0.0 <= low <= share and wilson_lower_bound(share, n, 0.0) == pytest.approx(share)

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from trtq.core.errors import DependencyError, require
+from trtq.pipeline.report import task_metric_text
 
 __all__ = ["html_report"]
 
@@ -78,18 +79,8 @@ def _fmt(value, pct: bool = False) -> str:
     return f"{value:.1%}" if pct else f"{value:.4f}"
 
 
-def _task(o) -> str:
-    if o.task == "sequence":
-        return f"sequences identical {_fmt(o.sequence, True)}, per position {_fmt(o.position_top1, True)}"
-    if o.task == "map":
-        return f"mask IoU {_fmt(o.mask_iou)}"
-    if o.task == "embedding":
-        return f"neighbours {_fmt(o.neighbours, True)}"
-    return o.task
-
-
 def _fidelity(reports: Mapping[str, Any]) -> str:
-    rows = [(label, o.name, _task(o), _fmt(o.top1, True), _fmt(o.top5, True), _fmt(o.cosine), _fmt(o.min_cosine),
+    rows = [(label, o.name, task_metric_text(o), _fmt(o.top1, True), _fmt(o.top5, True), _fmt(o.cosine), _fmt(o.min_cosine),
              f"{o.sqnr_db:.1f}") for label, r in reports.items() for o in r.outputs]
     return _table(("model", "output", "task metric", "top-1", "top-5", "cosine (mean)", "cosine (min)", "SQNR dB"),
                   rows)

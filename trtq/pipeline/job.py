@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from trtq.core.errors import QuantizationError
 from trtq.core.readers import PreprocessSpec
+from trtq.deploy.compare import parse_metric_overrides
 from trtq.deploy.evaluate import Target
 from trtq.quantize.precision import Precision, PrecisionPlan
 from trtq.quantize.targets import QuantTarget
@@ -54,6 +55,7 @@ class QuantizeJob:
     plan: PrecisionPlan = field(default_factory=PrecisionPlan)
     target: Target | None = None  # search the plan (see quantize.sensitivity)
     search_samples: int | None = None  # evaluation samples the search uses (default: eval_samples)
+    target_margin: float = 1.0  # z of the lower confidence bound a share target must reach (0: the plain share)
     command: str = ""  # how the job was started, for the report's "reproduce" line
     bias_correction: bool = False  # see quantize.bias_correction (after GPTQ it lowers SQNR: off by default)
     bias_samples: int = 64
@@ -65,6 +67,7 @@ class QuantizeJob:
     runtime: QuantTarget = field(default_factory=QuantTarget)  # the runtime the int8 model is written for
     strict: bool = False  # plan patterns that match no node: an error instead of a warning
     preprocess: PreprocessSpec | None = None  # how image folders become inputs (None: fitted to the model)
+    metrics: tuple[str, ...] = ()  # --metric: "METRIC" or "OUTPUT=METRIC", how outputs are read (default: shape)
 
     def __post_init__(self) -> None:
         if isinstance(self.target, str):
@@ -73,11 +76,19 @@ class QuantizeJob:
             object.__setattr__(self, "runtime", QuantTarget.parse(self.runtime))
         if not isinstance(self.plan, PrecisionPlan):
             raise QuantizationError(f"plan must be a PrecisionPlan, got {type(self.plan).__name__}")
+        if isinstance(self.metrics, str):
+            object.__setattr__(self, "metrics", (self.metrics,))
+        parse_metric_overrides(self.metrics)  # an unknown metric: an error now, not after calibration
         for name in ("out_dir", "checkpoint", "onnx", "hf", "table"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
         self.check()
+
+    @property
+    def tasks(self) -> dict[str, str]:
+        """``metrics`` as output -> task (see ``trtq.deploy.compare.parse_metric_overrides``)."""
+        return parse_metric_overrides(self.metrics)
 
     def search_samples_or_eval(self) -> int:
         return self.search_samples or self.eval_samples

@@ -19,11 +19,25 @@ def _fmt(value, pct: bool = False, digits: int = 4) -> str:
     return f"{value:.1%}" if pct else f"{value:.{digits}f}"
 
 
+def task_metric_text(o) -> str:
+    """The output's task (how it was read) and that task's own metric, in words."""
+    if o.task == "sequence":
+        return f"sequence: identical {_fmt(o.sequence, True)}, per position {_fmt(o.position_top1, True)}"
+    if o.task == "map":
+        return f"map: mask IoU {_fmt(o.mask_iou)}"
+    if o.task == "embedding":
+        return f"embedding: neighbours {_fmt(o.neighbours, True)}"
+    if o.task == "classifier":
+        return f"classifier: top-1 {_fmt(o.top1, True)}, top-5 {_fmt(o.top5, True)}"
+    return o.task
+
+
 def fidelity_rows(reports: Mapping[str, ComparisonReport]) -> list[str]:
-    lines = ["| variant | output | top-1 | cosine (mean) | cosine (min) | SQNR dB |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| variant | output | task metric | cosine (mean) | cosine (min) | SQNR dB |",
+             "| --- | --- | --- | ---: | ---: | ---: |"]
     for variant, report in reports.items():
         for o in report.outputs:
-            lines.append(f"| {variant} | {o.name} | {_fmt(o.top1, pct=True)} | {_fmt(o.cosine)} | "
+            lines.append(f"| {variant} | {o.name} | {task_metric_text(o)} | {_fmt(o.cosine)} | "
                          f"{_fmt(o.min_cosine)} | {o.sqnr_db:.1f} |")
     return lines
 
@@ -63,4 +77,4 @@ def markdown_report(*, command: str, model_label: str, eval_source: str, samples
     return "\n".join(out) + "\n"
 
 
-__all__ = ["fidelity_rows", "markdown_report"]
+__all__ = ["fidelity_rows", "markdown_report", "task_metric_text"]

@@ -7,9 +7,9 @@ parity check), the calibration data and the evaluation data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import onnx
@@ -28,8 +28,9 @@ __all__ = ["SourceModel", "resolve_source"]
 class SourceModel:
     """The fp32 model as the user gave it (exported if it was not ONNX) and the data to run it on.
 
-    ``classifier``: ``None`` lets the output shape decide ((N, classes) is a classifier's);
-    ``False`` for embedding models, whose 2-D outputs are not class scores.
+    ``tasks``: output name (or ``*``) -> task (``trtq.deploy.compare.TASKS``), from ``--metric``;
+    outputs it does not name are read by their shape. Hugging Face embedding models get
+    ``embedding`` (their 2-D outputs are not class scores).
     """
 
     kind: str  # onnx | checkpoint | registered | import | hf
@@ -38,7 +39,7 @@ class SourceModel:
     parity: ExportParity | None
     calib: Any
     evald: Any | None
-    classifier: bool | None = None
+    tasks: Mapping[str, str] = field(default_factory=dict)
     search_data: Any | None = None  # what a --target search chooses on (None: the evaluation data)
     split: str | None = None  # how the user's data was split, when it was
 
@@ -74,6 +75,15 @@ def split_for_search(source: SourceModel, job: QuantizeJob) -> SourceModel:
 
 def resolve_source(job: QuantizeJob) -> SourceModel:
     """The job's model and data; exports PyTorch and Hugging Face models to ONNX."""
+    source = _resolve(job)
+    outputs = [o.name for o in source.model.graph.output]
+    unknown = sorted(set(job.tasks) - set(outputs) - {"*"})
+    if unknown:  # before any stage runs, not when the report is written
+        raise DataError(f"--metric names output(s) {unknown} the model does not have; its outputs are {outputs}")
+    return source
+
+
+def _resolve(job: QuantizeJob) -> SourceModel:
     spec = _registered_spec(job)
     if job.hf is not None:
         return _hf_source(job)
@@ -105,7 +115,7 @@ def resolve_source(job: QuantizeJob) -> SourceModel:
     if job.onnx is not None:
         proto = load_model(job.onnx)
         check_runnable(proto, str(job.onnx))  # before any stage trips over it
-        return SourceModel("onnx", str(job.onnx), proto, None, calib, evald)
+        return SourceModel("onnx", str(job.onnx), proto, None, calib, evald, job.tasks)
     name = job.model or DEFAULT_MODEL
     if job.checkpoint is not None:
         module, kind = load_checkpoint(job.checkpoint, resolve_factory(job.model)), "checkpoint"
@@ -117,7 +127,7 @@ def resolve_source(job: QuantizeJob) -> SourceModel:
         proto, parity = export(module, _first_array(calib)[:8], input_name=spec.input_name if spec else "input",
                                output_name="logits" if spec else "output")
     label = name + (f" ({job.checkpoint})" if job.checkpoint else "")
-    return SourceModel(kind, label, proto, parity, calib, evald)
+    return SourceModel(kind, label, proto, parity, calib, evald, job.tasks)
 
 
 def _registered_spec(job: QuantizeJob):
@@ -166,5 +176,5 @@ def _hf_source(job: QuantizeJob) -> SourceModel:
     evald = text_data(job.eval_data, job.eval_samples, job.samples, "evaluation data")
     with progress_bar("exporting to ONNX", None, enabled=job.progress):
         proto, parity, _ = export_hf(job.hf, calib if isinstance(calib, dict) else _first_array(calib))
-    classifier = None if info.kind == "sequence-classification" else False
-    return SourceModel("hf", f"Hugging Face checkpoint {job.hf}", proto, parity, calib, evald, classifier)
+    tasks = {} if info.kind == "sequence-classification" else {"*": "embedding"}
+    return SourceModel("hf", f"Hugging Face checkpoint {job.hf}", proto, parity, calib, evald, {**tasks, **job.tasks})

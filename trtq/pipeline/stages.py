@@ -207,12 +207,15 @@ def quantize_fp32(job: QuantizeJob, source: SourceModel, fp32: Fp32Model, table:
         return QuantizedModel(quantized, mixed, job.plan, label, bias_shifts=_tuple(shifts),
                               bias_samples=job.bias_samples)
     evald = source.search_data if source.search_data is not None else evaluation_data(source)[0]
-    evaluator = FidelityEvaluator(fp32.reference, evald, batch_size=job.batch_size, classifier=source.classifier,
+    evaluator = FidelityEvaluator(fp32.reference, evald, batch_size=job.batch_size, tasks=source.tasks,
                                   samples=job.search_samples or job.eval_samples)
     # The ranking needs relative sensitivities only: at most RANK_SAMPLES samples.
     sensitivity = analyze(fp32.model, table, evaluator.head(RANK_SAMPLES), reverse=False, progress=job.progress,
                           weights=rounding.weights)
-    search = search_precision(fp32.model, table, evaluator, job.target.met, ranking=sensitivity.ranking(),
+    def met(metrics) -> bool:
+        return job.target.met_with_margin(metrics, evaluator.samples, job.target_margin)
+
+    search = search_precision(fp32.model, table, evaluator, met, ranking=sensitivity.ranking(),
                               weights=rounding.weights, base=job.plan, target=str(job.target),
                               progress=job.progress)
     quantized, shifts = search.mixed.model, None
@@ -222,7 +225,7 @@ def quantize_fp32(job: QuantizeJob, source: SourceModel, fp32: Fp32Model, table:
         fixed = correct_bias(fp32.model, quantized, source.calib, samples=job.bias_samples,
                              batch_size=job.batch_size, progress=job.progress)
         corrected, shifts = fixed.model, fixed.records
-        if job.target.met(evaluator(corrected)) or not search.met:
+        if met(evaluator(corrected)) or not search.met:
             quantized = corrected
         else:
             shifts = None
@@ -244,7 +247,7 @@ def measure_fidelity(job: QuantizeJob, source: SourceModel, fp32: Fp32Model, tab
         return run_all(OrtRunner(model, mode=mode, name=name), evald, job.batch_size, job.eval_samples, job.progress)
 
     def versus(out, name: str, **kwargs) -> ComparisonReport:
-        return compare_outputs(ref, out, reference_name="fp32", candidate_name=name, classifier=source.classifier,
+        return compare_outputs(ref, out, reference_name="fp32", candidate_name=name, tasks=source.tasks,
                                **kwargs)
 
     ref = outputs(fp32.reference, "fp32")
