@@ -43,7 +43,8 @@ class BuildOptions:
     ``shapes``: input name -> (min, opt, max) shapes; inputs not given get a profile
     derived from the model, with a dynamic batch axis spanning 1..``max_batch`` (opt =
     ``max_batch``). ``compute_capabilities``: TensorRT-RTX targets (e.g. ``("SM89",)``);
-    empty means every SM80-or-newer capability the installed TensorRT-RTX supports. ``timing_cache`` is
+    empty means every SM80-or-newer capability the installed TensorRT-RTX supports (SM89 and newer
+    for a model with fp8 layers; see :func:`rtx_targets`). ``timing_cache`` is
     loaded if it exists and saved after the build (not on TensorRT-RTX, where it needs a GPU).
     """
 
@@ -197,7 +198,38 @@ def default_compute_capabilities(trt) -> tuple[str, ...]:
                  if n.startswith("SM") and n[2:].isdigit() and int(n[2:]) >= 80)
 
 
-def _configure(trt, backend: Backend, builder, options: BuildOptions, profiles) -> object:
+#: The first compute capability with FP8 Tensor Cores (Ada); TensorRT-RTX refuses fp8 for others.
+FP8_MIN_SM = 89
+
+
+def uses_fp8(model: onnx.ModelProto) -> bool:
+    """Whether the model holds FP8 (float8e4m3fn) Q/DQ."""
+    fp8 = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT8E4M3FN}
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in fp8
+               for n in model.graph.node)
+
+
+def _sm(cap: str) -> int:
+    return int(cap[2:]) if cap.startswith("SM") and cap[2:].isdigit() else 0
+
+
+def rtx_targets(trt, options: BuildOptions, fp8: bool) -> tuple[str, ...]:
+    """The compute capabilities to build for: the requested ones, else every SM80-or-newer one
+    (SM89-or-newer when the model has fp8 layers). Requested targets without FP8 Tensor Cores
+    for an fp8 model: a BuildError naming them."""
+    if not options.compute_capabilities:
+        caps = default_compute_capabilities(trt)
+        return tuple(c for c in caps if _sm(c) >= FP8_MIN_SM) if fp8 else caps
+    if fp8:
+        old = [c for c in options.compute_capabilities if _sm(c) < FP8_MIN_SM]
+        if old:
+            raise BuildError(f"the model has fp8 layers, which need FP8 Tensor Cores (SM{FP8_MIN_SM}, Ada, or newer); "
+                             f"{', '.join(old)} {'has' if len(old) == 1 else 'have'} none: build for SM{FP8_MIN_SM}+ "
+                             "targets, or quantize those layers to int8 for older GPUs")
+    return options.compute_capabilities
+
+
+def _configure(trt, backend: Backend, builder, options: BuildOptions, profiles, fp8: bool = False) -> object:
     config = builder.create_builder_config()
     if options.workspace_bytes:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
@@ -210,7 +242,7 @@ def _configure(trt, backend: Backend, builder, options: BuildOptions, profiles) 
             profile.set_shape(name, lo, opt, hi)
         config.add_optimization_profile(profile)
     if backend.is_rtx:
-        caps = options.compute_capabilities or default_compute_capabilities(trt)
+        caps = rtx_targets(trt, options, fp8)
         config.num_compute_capabilities = len(caps)  # must be set before each capability
         for i, cap in enumerate(caps):
             if cap not in trt.ComputeCapability.__members__:
@@ -274,7 +306,7 @@ def _build(backend: Backend, proto: onnx.ModelProto, options: BuildOptions, prof
         builder, network, parser, errors = _parse(trt, proto, logger)
         if errors:
             raise BuildError(f"{backend.name} {backend.version} cannot parse the ONNX model: " + "; ".join(errors))
-        config = _configure(trt, backend, builder, options, profiles)
+        config = _configure(trt, backend, builder, options, profiles, uses_fp8(proto))
         if options.progress:
             with _phase_progress() as progress:
                 monitor = _Monitor(trt, progress)  # keep alive: TensorRT holds only a reference

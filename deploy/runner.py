@@ -25,7 +25,7 @@ from trtq.core.onnx_model import InputSpec, input_specs, load_model
 from trtq.core.progress import progress_bar
 from trtq.core.readers import count_samples, iter_batches
 from trtq.core.errors import ModelError, TrtqError, require
-from trtq.core.runtime import ort_session
+from trtq.core.runtime import QDQ_REWRITES, ort_session
 
 
 class QdqMode(str, enum.Enum):
@@ -67,9 +67,11 @@ class OrtRunner:
         self.outputs = [o.name for o in proto.graph.output]
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        disabled: tuple[str, ...] = ()
         if self.mode is QdqMode.FLOAT:
             opts.add_session_config_entry("session.disable_quant_qdq", "1")
-        self._session = ort_session(proto, opts, providers, self.name)
+            disabled = QDQ_REWRITES  # not TensorRT's math (and wrong for fp8: see QDQ_REWRITES)
+        self._session = ort_session(proto, opts, providers, self.name, disabled)
 
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:

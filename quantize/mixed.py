@@ -23,7 +23,7 @@ from trtq.quantize.fold import fold_batchnorm
 from trtq.quantize.fp16 import convert_fp16
 from trtq.quantize.graph import get_attr
 from trtq.quantize.precision import NodePrecision, Precision, PrecisionPlan, plan_summary
-from trtq.quantize.qdq import quantize, rules_for
+from trtq.quantize.qdq import DEFAULT_INT4_BLOCK, quantize, rules_for
 from trtq.quantize.targets import QuantTarget
 
 log = logging.getLogger(__name__)
@@ -79,24 +79,33 @@ def node_macs(model: onnx.ModelProto) -> dict[str, int]:
 
 def apply_plan(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable, plan: PrecisionPlan, *,
                force: bool = False, target: QuantTarget | str | None = None,
-               weights: Mapping[str, np.ndarray] | None = None) -> MixedModel:
-    """The fp32 ``model`` with ``plan`` applied: int8 Q/DQ, fp16 regions, fp32 elsewhere.
+               weights: Mapping[str, np.ndarray] | None = None,
+               int4_weights: Mapping[str, np.ndarray] | None = None,
+               int4_block: int = DEFAULT_INT4_BLOCK) -> MixedModel:
+    """The fp32 ``model`` with ``plan`` applied: int8 and fp8 Q/DQ, fp16 regions, fp32 elsewhere.
     ``target``: the runtime the int8 part is written for (see :func:`quantize.quantize`).
     ``weights``: int8-ready weights by node name (:func:`quantize.rounding.gptq_weights`),
-    used for the nodes the plan puts in int8; the others keep the model's own."""
+    used for the nodes the plan puts in int8; the others keep the model's own. ``int4_weights``:
+    the same for the int4w nodes (``gptq_weights(..., qmax=7, block=int4_block)``), whose weights
+    become INT4 with ``int4_block`` inputs per scale."""
     target = QuantTarget.parse(target)
     proto = load_model(model)
     folded = fold_batchnorm(proto)
     assignments = plan.resolve(folded, table, rules_for(target))
     int8 = {n for n, a in assignments.items() if a.precision is Precision.INT8}
     fp16 = {n for n, a in assignments.items() if a.precision is Precision.FP16}
-    if weights:
+    fp8 = {n for n, a in assignments.items() if a.precision is Precision.FP8}
+    int4 = {n for n, a in assignments.items() if a.precision is Precision.INT4W}
+    if weights or int4_weights:
         from trtq.quantize.rounding import substitute_weights
 
         # The weights change, the activations' names do not: the table still applies.
         force = force or table.model_sha256 == model_sha256(proto)
-        proto = substitute_weights(folded, weights, int8)
-    out = quantize(proto, table, force=force, nodes=int8, target=target)
+        proto = folded
+        for chosen, nodes in ((weights, int8), (int4_weights, int4)):
+            if chosen and nodes:
+                proto = substitute_weights(proto, chosen, nodes)
+    out = quantize(proto, table, force=force, nodes=int8, target=target, fp8=fp8, int4w=int4, int4_block=int4_block)
     out = convert_fp16(out, fp16)
     mixed = MixedModel(out, assignments, node_macs(folded))
     summary = mixed.summary()

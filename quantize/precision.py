@@ -1,4 +1,4 @@
-"""Precision plans: which nodes run in int8, fp16 or fp32.
+"""Precision plans: which nodes run in int8, fp8 (E4M3), fp16 or fp32.
 
 A :class:`PrecisionPlan` is a default precision plus overrides. Each override matches nodes
 by one pattern:
@@ -10,15 +10,17 @@ by one pattern:
 
 Precedence, from strongest to weakest: an exact name, then a glob or regex, then an op
 type, then the default. When several overrides of the same strength match one node, the
-safer precision wins (fp32 over fp16 over int8), whatever their order: plans read the
+safer precision wins (fp32 over fp16 over fp8 over int8 over int4w), whatever their order: plans read the
 same from a file and from flags.
 
 Resolution (:meth:`PrecisionPlan.resolve`) turns the plan into one :class:`NodePrecision`
 per node, with the reason when the node cannot have what was asked:
 
-* int8 applies to the ops trtq places Q/DQ pairs on (:data:`quantize.rules.QDQ_RULES`);
-  other nodes asked for int8 run in fp32 (TensorRT fuses most of them into the int8
-  kernels anyway);
+* int8 and fp8 apply to the ops trtq places Q/DQ pairs on (:data:`quantize.rules.QDQ_RULES`,
+  the same placement for both); other nodes asked for them run in fp32 (TensorRT fuses
+  most of them into the quantized kernels anyway);
+* int4w (weight-only INT4, block-wise) applies to MatMul and Gemm nodes with a constant 2-D
+  weight; their activations stay float; other nodes asked for it run in fp32;
 * numerically sensitive ops (:data:`SENSITIVE_OPS`: Softmax, normalizations, reductions,
   Exp/Log/Pow/Sqrt, Div...) stay in fp32 when fp16 comes from the default or a pattern;
   naming the node exactly, or its op type, puts it in fp16 anyway;
@@ -67,7 +69,9 @@ NEVER_FP16 = frozenset({
 
 
 class Precision(str, enum.Enum):
+    INT4W = "int4w"  # weight-only INT4, block-wise scales (MatMul/Gemm weights; see quantize.qdq)
     INT8 = "int8"
+    FP8 = "fp8"  # E4M3, scales amax / 448 (see quantize.qdq)
     FP16 = "fp16"
     FP32 = "fp32"
 
@@ -76,10 +80,10 @@ class Precision(str, enum.Enum):
         try:
             return cls(str(value.value if isinstance(value, Precision) else value).lower())
         except ValueError:
-            raise QuantizationError(f"unknown precision '{value}': use int8, fp16 or fp32") from None
+            raise QuantizationError(f"unknown precision '{value}': use int4w, int8, fp8, fp16 or fp32") from None
 
 
-_SAFETY = {Precision.INT8: 0, Precision.FP16: 1, Precision.FP32: 2}
+_SAFETY = {Precision.INT4W: -1, Precision.INT8: 0, Precision.FP8: 1, Precision.FP16: 2, Precision.FP32: 3}
 _STRENGTH = {"name": 3, "glob": 2, "regex": 2, "op": 1}
 
 
@@ -148,10 +152,12 @@ class PrecisionPlan:
 
     @classmethod
     def from_flags(cls, default: str = "int8", *, int8: Iterable[str] = (), fp16: Iterable[str] = (),
-                   fp32: Iterable[str] = ()) -> "PrecisionPlan":
+                   fp32: Iterable[str] = (), fp8: Iterable[str] = (), int4w: Iterable[str] = ()) -> "PrecisionPlan":
         """Overrides from comma-separated lists, as ``--int8 'Conv,Gemm' --fp16 '/blocks.1/*'`` give them."""
         rules = []
-        for precision, items in ((Precision.INT8, int8), (Precision.FP16, fp16), (Precision.FP32, fp32)):
+        for precision, items in ((Precision.INT4W, int4w), (Precision.INT8, int8), (Precision.FP8, fp8),
+                                 (Precision.FP16, fp16),
+                                 (Precision.FP32, fp32)):
             for item in items:
                 rules.extend(PrecisionRule(p.strip(), precision) for p in str(item).split(",") if p.strip())
         return cls(Precision.parse(default), tuple(rules))
@@ -247,8 +253,10 @@ class PrecisionPlan:
                 continue
             asked, rule = self.asked(node)
             got, reason = asked, ""
-            if asked is Precision.INT8 and not _quantizable(node, g, rules):
-                got, reason = Precision.FP32, f"no int8 rule for {node.op_type}"
+            if asked is Precision.INT4W and not int4_weight_node(node, g):
+                got, reason = Precision.FP32, "int4w is for MatMul/Gemm nodes with a constant 2-D weight"
+            elif asked in (Precision.INT8, Precision.FP8) and not _quantizable(node, g, rules):
+                got, reason = Precision.FP32, f"no {asked.value} rule for {node.op_type}"
             elif asked is Precision.FP16:
                 kind = "default" if rule == "default" else PrecisionRule(rule, asked).kind
                 explicit = kind in ("name", "op")
@@ -278,6 +286,23 @@ def _refuse_unknown(data: Any, known: frozenset | set, what: str) -> None:
     if unknown:
         raise QuantizationError(f"{what} has unknown key{'s' if len(unknown) > 1 else ''} "
                                 f"{', '.join(repr(k) for k in unknown)}; the keys are {', '.join(sorted(known))}")
+
+
+def int4_weight_node(node: onnx.NodeProto, g: GraphIndex) -> bool:
+    """A MatMul/Gemm whose weight (input 1) is a constant 2-D float matrix: what int4w applies to."""
+    if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or g.is_constant(node.input[0]):
+        return False
+    if node.op_type == "Gemm" and _attr(node, "transA", 0):
+        return False
+    w = g.constant(node.input[1])
+    return w is not None and w.ndim == 2 and w.dtype == np.float32
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
 
 
 def _quantizable(node: onnx.NodeProto, g: GraphIndex, rules: Mapping[str, Rule]) -> bool:

@@ -10,6 +10,18 @@ output channel for weights. Weights are stored as int8 initializers behind a
 DequantizeLinear (what TensorRT runs, and 4x smaller); biases stay float.
 Placement is decided by :data:`quantize.rules.QDQ_RULES`.
 
+**FP8** (E4M3, ``fp8`` nodes): the same placement, zero points of type ``float8e4m3fn``
+(0), ``s = amax / 448`` (E4M3's largest finite value) per tensor for activations and per
+output channel for weights, ``q = saturate(round_to_nearest_even_fp8(x / s))``; weights are
+stored as float8e4m3fn initializers behind a DequantizeLinear. Calibration is amax-based: FP8's
+exponent covers outliers with the same relative precision, so clipping buys little and
+costs the largest values. FP8 Q/DQ needs opset 19 (the model is converted) and IR version 9.
+
+**INT4 weight-only** (``int4w`` nodes: MatMul/Gemm with a constant 2-D weight): no Q/DQ on the
+activation; the weight is stored as int4 behind a DequantizeLinear with ``block_size`` (opset
+21, IR version 10) along its input dimension: one scale ``amax / 7`` per block of ``block``
+inputs and per output, levels in [-7, 7] (-8 unused: symmetric, as TensorRT's INT4 weights).
+
 ``target="ort-cpu"`` writes ONNX Runtime's CPU form instead (see :mod:`quantize.targets`):
 uint8 activations with a zero point, ``r = s * (q - z)``, ``s = (hi - lo) / 255`` over the
 calibrated range widened to include 0, ``z = round(-lo / s)``; int8 weights as above, with
@@ -43,6 +55,13 @@ QMAX = 127
 #: paths built from float32's minimum): quantizing them would destroy every other value.
 MAX_ACTIVATION_AMAX = 1e5
 MIN_OPSET = 13  # per-channel DequantizeLinear needs the axis attribute
+FP8_MAX = 448.0  # E4M3's largest finite magnitude
+FP8_OPSET = 19  # float8 types in QuantizeLinear/DequantizeLinear
+FP8_IR_VERSION = 9
+INT4_QMAX = 7
+INT4_OPSET = 21  # block_size on DequantizeLinear, int4 types
+INT4_IR_VERSION = 10
+DEFAULT_INT4_BLOCK = 128
 
 
 @dataclass(frozen=True)
@@ -69,7 +88,7 @@ def asymmetric_params(lo: float, hi: float) -> QuantParams:
     return QuantParams(np.asarray(scale, np.float32), np.asarray(zero_point, np.uint8))
 
 
-def weight_params(w: np.ndarray, axis: int | None, qmax: int = QMAX) -> QuantParams:
+def weight_params(w: np.ndarray, axis: int | None, qmax: float = QMAX) -> QuantParams:
     """Symmetric int8 parameters per output channel (``axis``) or per tensor (``None``),
     with ``|q| <= qmax`` (127; 63 for 7-bit "reduced range" weights).
 
@@ -99,6 +118,64 @@ def fake_quantize(x: np.ndarray, amax: np.ndarray | float) -> np.ndarray:
     return (np.clip(np.rint(x / scale), -QMAX, QMAX) * scale).astype(x.dtype, copy=False)
 
 
+def _fp8():
+    import ml_dtypes
+
+    return ml_dtypes.float8_e4m3fn
+
+
+def fp8_scale(amax: np.ndarray | float) -> np.ndarray:
+    """``amax / 448`` (a zero ``amax`` gets scale 1, as for int8)."""
+    amax = np.asarray(amax, np.float64)
+    return np.where(amax > 0, amax / FP8_MAX, 1.0).astype(np.float32)
+
+
+def quantize_fp8(x: np.ndarray, scale: np.ndarray | float) -> np.ndarray:
+    """``x / scale`` saturated to ±448 and rounded to the nearest even E4M3 value (what
+    QuantizeLinear with a float8e4m3fn zero point and ``saturate=1`` computes)."""
+    return np.clip(np.asarray(x, np.float32) / scale, -FP8_MAX, FP8_MAX).astype(_fp8())
+
+
+def fake_quantize_fp8(x: np.ndarray, amax: np.ndarray | float) -> np.ndarray:
+    """FP8 Q/DQ in float (the NumPy reference of what the fp8 model computes)."""
+    scale = fp8_scale(amax)
+    return (quantize_fp8(x, scale).astype(np.float32) * scale).astype(x.dtype, copy=False)
+
+
+def int4_weight_axis(node: onnx.NodeProto) -> int:
+    """The input (reduction) axis of a MatMul/Gemm weight: 0 for ``[in, out]``, 1 for Gemm's ``transB``."""
+    if node.op_type == "Gemm":
+        for a in node.attribute:
+            if a.name == "transB" and a.i:
+                return 1
+    return 0
+
+
+def int4_block_scales(w: np.ndarray, axis: int, block: int, qmax: int = INT4_QMAX) -> np.ndarray:
+    """Per-block scales ``amax / qmax`` of a 2-D weight: ``w``'s shape with ``axis`` cut to
+    ``ceil(size / block)`` (a zero block gets scale 1)."""
+    wt = np.moveaxis(np.abs(w.astype(np.float64)), axis, 0)  # [K, N]
+    k = wt.shape[0]
+    nb = -(-k // block)
+    padded = np.zeros((nb * block, *wt.shape[1:]))
+    padded[:k] = wt
+    amax = padded.reshape(nb, block, *wt.shape[1:]).max(axis=1)
+    return np.moveaxis(np.where(amax > 0, amax / qmax, 1.0), 0, axis).astype(np.float32)
+
+
+def expand_blocks(scale: np.ndarray, axis: int, block: int, size: int) -> np.ndarray:
+    """Block scales repeated to the weight's shape along ``axis`` (``size`` entries)."""
+    return np.repeat(scale, block, axis=axis).take(np.arange(size), axis=axis)
+
+
+def quantize_int4(w: np.ndarray, scale: np.ndarray, axis: int, block: int) -> np.ndarray:
+    """INT4 levels of ``w`` (nearest, in [-7, 7]) for block ``scale`` (:func:`int4_block_scales`)."""
+    import ml_dtypes
+
+    full = expand_blocks(scale, axis, block, w.shape[axis])
+    return np.clip(np.rint(w / full), -INT4_QMAX, INT4_QMAX).astype(ml_dtypes.int4)
+
+
 class _QdqWriter:
     """Creates Q/DQ nodes and their constants; one shared Q/DQ pair per activation tensor."""
 
@@ -108,36 +185,72 @@ class _QdqWriter:
         self.dequantized: dict[str, str] = {}
         self.new_nodes: dict[int, list[onnx.NodeProto]] = {}  # keyed by consumer index
 
-    def activation(self, tensor: str, lo: float, hi: float, before: int) -> str:
-        if tensor in self.dequantized:
-            return self.dequantized[tensor]
-        p = activation_params(max(abs(lo), abs(hi))) if self.target.symmetric else asymmetric_params(lo, hi)
+    def activation(self, tensor: str, lo: float, hi: float, before: int, fp8: bool = False) -> str:
+        key = f"{tensor}@fp8" if fp8 else tensor
+        if key in self.dequantized:
+            return self.dequantized[key]
+        if fp8:
+            p = QuantParams(fp8_scale(max(abs(lo), abs(hi))), np.zeros((), _fp8()))
+        else:
+            p = activation_params(max(abs(lo), abs(hi))) if self.target.symmetric else asymmetric_params(lo, hi)
         g = self.g
+        tensor_in, tensor = tensor, tensor + ("_fp8" if fp8 else "")
         scale = g.add_initializer(f"{tensor}_scale", p.scale)
         zp = g.add_initializer(f"{tensor}_zero_point", p.zero_point)
         q_out, dq_out = g.unique(f"{tensor}_quantized"), g.unique(f"{tensor}_dequantized")
         nodes = [
-            helper.make_node("QuantizeLinear", [tensor, scale, zp], [q_out], name=g.unique(f"{tensor}_QuantizeLinear")),
-            helper.make_node("DequantizeLinear", [q_out, scale, zp], [dq_out], name=g.unique(f"{tensor}_DequantizeLinear")),
+            helper.make_node("QuantizeLinear", [tensor_in, scale, zp], [q_out],
+                             name=g.unique(f"{tensor}_QuantizeLinear")),
+            helper.make_node("DequantizeLinear", [q_out, scale, zp], [dq_out],
+                             name=g.unique(f"{tensor}_DequantizeLinear")),
         ]
         self.new_nodes.setdefault(before, []).extend(nodes)
-        self.dequantized[tensor] = dq_out
+        self.dequantized[key] = dq_out
         return dq_out
 
-    def weight(self, tensor: str, value: np.ndarray, axis: int | None, before: int) -> str:
-        key = f"{tensor}@{axis}"
+    def weight(self, tensor: str, value: np.ndarray, axis: int | None, before: int, fp8: bool = False) -> str:
+        key = f"{tensor}@{axis}" + ("@fp8" if fp8 else "")
         if key in self.dequantized:
             return self.dequantized[key]
-        qmax = self.target.weight_qmax
-        p = weight_params(value, axis, qmax)
         g = self.g
-        q = g.add_initializer(f"{tensor}_quantized", quantize_weight(value, p, qmax))
+        if fp8:
+            per = weight_params(value, axis, FP8_MAX)  # scale amax / 448 per channel
+            p = QuantParams(per.scale, np.zeros(per.scale.shape, _fp8()), per.axis)
+            shape = [1] * value.ndim
+            if p.axis is not None:
+                shape[p.axis] = -1
+            stored = quantize_fp8(value, p.scale.reshape(shape))
+            tensor = tensor + "_fp8"
+        else:
+            qmax = self.target.weight_qmax
+            p = weight_params(value, axis, qmax)
+            stored = quantize_weight(value, p, qmax)
+        q = g.add_initializer(f"{tensor}_quantized", stored)
         scale = g.add_initializer(f"{tensor}_scale", p.scale)
         zp = g.add_initializer(f"{tensor}_zero_point", p.zero_point)
         dq_out = g.unique(f"{tensor}_dequantized")
         attrs = {"axis": p.axis} if p.axis is not None else {}
         node = helper.make_node("DequantizeLinear", [q, scale, zp], [dq_out],
                                 name=g.unique(f"{tensor}_DequantizeLinear"), **attrs)
+        self.new_nodes.setdefault(before, []).append(node)
+        self.dequantized[key] = dq_out
+        return dq_out
+
+    def weight_int4(self, tensor: str, value: np.ndarray, axis: int, block: int, before: int) -> str:
+        """An int4 block-quantized weight behind ``DequantizeLinear(axis, block_size)``."""
+        import ml_dtypes
+
+        key = f"{tensor}@int4@{axis}@{block}"
+        if key in self.dequantized:
+            return self.dequantized[key]
+        g = self.g
+        scale = int4_block_scales(value, axis, block)
+        q = g.add_initializer(f"{tensor}_int4", quantize_int4(value, scale, axis, block))
+        s = g.add_initializer(f"{tensor}_int4_scale", scale)
+        zp = g.add_initializer(f"{tensor}_int4_zero_point", np.zeros(scale.shape, ml_dtypes.int4))
+        dq_out = g.unique(f"{tensor}_int4_dequantized")
+        node = helper.make_node("DequantizeLinear", [q, s, zp], [dq_out], name=g.unique(f"{tensor}_DequantizeLinear"),
+                                axis=axis, block_size=block)
         self.new_nodes.setdefault(before, []).append(node)
         self.dequantized[key] = dq_out
         return dq_out
@@ -191,7 +304,8 @@ def calibration_tensors(model: str | os.PathLike | onnx.ModelProto,
 
 def quantize(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable, *,
              force: bool = False, nodes: Iterable[str] | None = None,
-             target: QuantTarget | str | None = None) -> onnx.ModelProto:
+             target: QuantTarget | str | None = None, fp8: Iterable[str] | None = None,
+             int4w: Iterable[str] | None = None, int4_block: int = DEFAULT_INT4_BLOCK) -> onnx.ModelProto:
     """Return an explicitly quantized copy of ``model`` (Q/DQ pairs, TensorRT-style int8).
 
     BatchNorm is folded into convolutions first. ``table`` must have been computed for
@@ -200,6 +314,8 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable
     float and logged. ``nodes`` limits int8 to the named nodes (names after BatchNorm
     folding; default: every node a Q/DQ rule applies to). ``target``: ``"tensorrt"``
     (default) or ``"ort-cpu"``, or a :class:`quantize.targets.QuantTarget` (see there).
+    ``fp8``: nodes quantized to FP8 E4M3 instead (same placement; TensorRT only). ``int4w``:
+    MatMul/Gemm nodes whose weight alone becomes INT4 with ``int4_block`` inputs per scale.
     """
     if isinstance(table, (str, os.PathLike)):
         from trtq.calibration import load_table
@@ -209,7 +325,14 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable
         raise QuantizationError(f"table must be a CalibrationTable or the path of a saved one, got "
                                 f"{type(table).__name__}: run trtq.calibrate(model, data) first")
     nodes = names_arg(nodes, "nodes")
+    fp8_nodes = set(names_arg(fp8, "fp8") or ())
+    int4_nodes = set(names_arg(int4w, "int4w") or ())
+    if int4_nodes and (int4_block < 1 or int4_block & (int4_block - 1)):
+        raise QuantizationError(f"the int4 block size must be a power of two (32, 64, 128...), got {int4_block}")
     target = QuantTarget.parse(target)
+    if fp8_nodes and not target.symmetric:
+        raise QuantizationError("fp8 is for TensorRT (Ada GPUs and newer); ONNX Runtime's CPU kernels have no fp8: "
+                                "drop --target-runtime ort-cpu, or the fp8 nodes")
     rules = rules_for(target)
     model = load_model(model)
     already = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
@@ -221,8 +344,9 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable
             "the calibration table was computed for another model (SHA-256 "
             f"{table.model_sha256[:12]}... vs {model_sha256(model)[:12]}...): recalibrate this model (trtq calibrate "
             "MODEL --data DATA), or pass force=True if only its weights changed and every tensor name is the same")
-    if any(o.domain in ("", "ai.onnx") and o.version < MIN_OPSET for o in model.opset_import):
-        model = _upgrade_opset(model)
+    need = INT4_OPSET if int4_nodes else FP8_OPSET if fp8_nodes else MIN_OPSET
+    if any(o.domain in ("", "ai.onnx") and o.version < need for o in model.opset_import):
+        model = _upgrade_opset(model, need)
     model = fold_batchnorm(model)
     out = copy_model(model)
     g = GraphIndex(out.graph)
@@ -230,8 +354,17 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable
     skipped = []
     selected = None if nodes is None else set(nodes)
     plans: dict[int, list[InputQuant]] = {}
+    int4_done = 0
     for index, node in enumerate(out.graph.node):
-        if selected is not None and node.name not in selected:
+        if node.name in int4_nodes:
+            w = g.constant(node.input[1]) if len(node.input) > 1 else None
+            if node.op_type not in ("MatMul", "Gemm") or w is None or w.ndim != 2:
+                raise QuantizationError(f"int4w is for MatMul/Gemm nodes with a constant 2-D weight; "
+                                        f"{node.op_type} '{node.name}' has none")
+            node.input[1] = writer.weight_int4(node.input[1], w, int4_weight_axis(node), int4_block, index)
+            int4_done += 1
+            continue
+        if selected is not None and node.name not in selected and node.name not in fp8_nodes:
             continue
         wanted, reason = _plan_node(node, g, table, rules)
         if reason:
@@ -244,16 +377,23 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable
         node = out.graph.node[index]
         for iq in wanted:
             name = node.input[iq.index]
+            in_fp8 = node.name in fp8_nodes
             if iq.weight:
-                node.input[iq.index] = writer.weight(name, g.constant(name), iq.axis, index)
+                node.input[iq.index] = writer.weight(name, g.constant(name), iq.axis, index, in_fp8)
             else:
-                node.input[iq.index] = writer.activation(name, table[name].lo, table[name].hi, index)
+                node.input[iq.index] = writer.activation(name, table[name].lo, table[name].hi, index, in_fp8)
     quantized = len(plans)
+    if fp8_nodes:
+        out.ir_version = max(out.ir_version, FP8_IR_VERSION)
+    if int4_done:
+        out.ir_version = max(out.ir_version, INT4_IR_VERSION)
     insert_before(out.graph, writer.new_nodes)
     remove_unused_initializers(out.graph)
     for msg in skipped:
         log.warning("left in float: %s", msg)
-    log.info("quantized %d nodes to int8 (%d left in float by the range check)", quantized, len(skipped))
+    n_fp8 = sum(out.graph.node[i].name in fp8_nodes for i in plans)
+    log.info("quantized %d nodes to int8, %d to fp8 and %d weights to int4 (%d left in float by the range check)",
+             quantized - n_fp8, n_fp8, int4_done, len(skipped))
     helper.set_model_props(out, {**{p.key: p.value for p in out.metadata_props},
                                  "trtq.quantization": target.describe(),
                                  "trtq.calibration_method": table.method})
@@ -296,11 +436,13 @@ def _drop_unfused(g: GraphIndex, plans: dict[int, list[InputQuant]]) -> dict[int
             del plans[i]
 
 
-def _upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+def _upgrade_opset(model: onnx.ModelProto, opset: int = MIN_OPSET) -> onnx.ModelProto:
     from onnx import version_converter
 
+    why = "int4 block-wise weights" if opset >= INT4_OPSET else "fp8 Q/DQ" if opset >= FP8_OPSET \
+        else "per-channel Q/DQ"
     try:
-        return version_converter.convert_version(model, MIN_OPSET)
+        return version_converter.convert_version(model, opset)
     except Exception as exc:  # the converter raises plain RuntimeError/ValueError
-        raise QuantizationError(f"the model's opset is below {MIN_OPSET} (needed for per-channel "
-                                f"Q/DQ) and converting it failed: {exc}") from exc
+        raise QuantizationError(f"the model's opset is below {opset} (needed for {why}) and converting it "
+                                f"failed: {exc}") from exc

@@ -66,7 +66,8 @@ class RoundedLayer:
 
 def gptq_levels(w: np.ndarray, h: np.ndarray, scale: np.ndarray, qmax: int = QMAX, damp: float = DAMP) -> np.ndarray:
     """Integer levels for ``P`` independent problems: ``w`` ``[P, O, D]`` (rows: output
-    channels, columns: inputs), ``h`` ``[P, D, D]`` (``X^T X``), ``scale`` ``[P, O]``.
+    channels, columns: inputs), ``h`` ``[P, D, D]`` (``X^T X``), ``scale`` ``[P, O]`` (per
+    channel) or ``[P, O, D]`` (a scale per weight: block-wise INT4, blocks expanded).
 
     Columns are quantized in order; each one's error, divided by the Cholesky factor of
     ``H^-1``, is subtracted from the remaining columns (GPTQ, Algorithm 1, without blocks).
@@ -90,9 +91,10 @@ def gptq_levels(w: np.ndarray, h: np.ndarray, scale: np.ndarray, qmax: int = QMA
         u = upper[:, start:end, start:end]
         for i in range(end - start):
             col = block[:, :, i]
-            qi = np.clip(np.rint(col / s), -qmax, qmax)
+            si = s[:, :, start + i] if s.ndim == 3 else s
+            qi = np.clip(np.rint(col / si), -qmax, qmax)
             q[:, :, start + i] = qi
-            err = (col - qi * s) / u[:, i, i][:, None]
+            err = (col - qi * si) / u[:, i, i][:, None]
             block[:, :, i + 1:] -= err[:, :, None] * u[:, None, i, i + 1:]
             errors[:, :, i] = err
         if end < d:
@@ -102,7 +104,7 @@ def gptq_levels(w: np.ndarray, h: np.ndarray, scale: np.ndarray, qmax: int = QMA
 
 def output_sqnr_db(w: np.ndarray, levels: np.ndarray, scale: np.ndarray, h: np.ndarray) -> float:
     """``10 log10(tr(W H W^T) / tr(E H E^T))`` with ``E = W - levels * scale``, over all problems."""
-    e = w - levels * scale[..., None]
+    e = w - levels * (scale if scale.ndim == w.ndim else scale[..., None])
     signal = np.einsum("pod,pde,poe->", w, h, w)
     noise = np.einsum("pod,pde,poe->", e, h, e)
     return 10 * math.log10(max(signal, 1e-30) / max(noise, 1e-30))
@@ -186,18 +188,22 @@ def _accumulate(layer: _Layer, x: np.ndarray, rng: np.random.Generator) -> None:
 
 
 def gptq_weights(model: str | os.PathLike | onnx.ModelProto, data: Any, *, samples: int = 64, batch_size: int = 8,
-                 qmax: int = QMAX, progress: bool = True,
-                 seed: int = 0) -> RoundedWeights[RoundedLayer]:
+                 qmax: int = QMAX, progress: bool = True, seed: int = 0, block: int | None = None,
+                 nodes: Iterable[str] | None = None) -> RoundedWeights[RoundedLayer]:
     """GPTQ-rounded weights of ``model``'s layers (BatchNorm folded), by node name.
 
     ``data``: calibration inputs; ``samples`` of them build each layer's ``H`` from the
     layer's fp32 inputs. ``qmax``: 127 (TensorRT), 63 for 7-bit weights. Layers with too
     few input rows (see :data:`MIN_ROWS`) or where GPTQ does not beat nearest rounding on
-    the statistics are left out.
+    the statistics are left out. ``block``: block-wise scales along the input dimension
+    (INT4 weights: ``qmax=7``, ``block=128``), for MatMul/Gemm layers only; ``nodes``: only
+    these layers.
     """
     src = load_model(model)
     g = GraphIndex(src.graph)
-    layers = _layers(src, g)
+    wanted = None if nodes is None else set(nodes)
+    layers = [layer for layer in _layers(src, g) if (wanted is None or layer.node.name in wanted)
+              and (block is None or layer.kind == "gemm")]
     if not layers:
         return RoundedWeights()
     batch_size = fit_batch_size(input_specs(src), batch_size)  # a fixed batch dim wins
@@ -215,7 +221,7 @@ def gptq_weights(model: str | os.PathLike | onnx.ModelProto, data: Any, *, sampl
     weights, report = {}, []
     with progress_bar("GPTQ rounding", len(layers), unit="layers", enabled=progress) as bar:
         for layer in layers:
-            done = _round_layer(g, layer, qmax)
+            done = _round_layer(g, layer, qmax, block)
             if done is None:
                 log.info("GPTQ: %s keeps nearest rounding (%d input rows for %d columns)", layer.node.name,
                          layer.rows, layer.matrix.shape[2])
@@ -244,24 +250,32 @@ def substitute_weights(model: onnx.ModelProto, weights: Mapping[str, np.ndarray]
     return out
 
 
-def _round_layer(g: GraphIndex, layer: _Layer, qmax: int) -> tuple[np.ndarray, RoundedLayer] | None:
+def _round_layer(g: GraphIndex, layer: _Layer, qmax: int,
+                 block: int | None = None) -> tuple[np.ndarray, RoundedLayer] | None:
     node, w = layer.node, layer.matrix.astype(np.float64)
     if layer.rows < MIN_ROWS * w.shape[2]:
         return None
-    amax = np.abs(w).max(axis=2)
-    scale = np.where(amax > 0, amax / qmax, 1.0)
+    d = w.shape[2]
+    size = block or d  # one block of all inputs: a scale per output channel
+    nb = -(-d // size)
+    padded = np.zeros((*w.shape[:2], nb * size))
+    padded[..., :d] = np.abs(w)
+    amax = padded.reshape(*w.shape[:2], nb, size).max(axis=3)  # [P, O, blocks]
+    scale = np.repeat(np.where(amax > 0, amax / qmax, 1.0), size, axis=2)[..., :d]  # [P, O, D]
     h = layer.h / max(layer.rows, 1)
-    nearest = np.clip(np.rint(w / scale[..., None]), -qmax, qmax)
+    nearest = np.clip(np.rint(w / scale), -qmax, qmax)
     levels = gptq_levels(w, h, scale, qmax)
-    # Keep each channel's largest weight at +-qmax, so the scale recomputed from the
-    # rounded weights is this scale and quantizing them gives these levels exactly.
-    top = np.abs(w).argmax(axis=2)
-    pp, oo = np.meshgrid(np.arange(w.shape[0]), np.arange(w.shape[1]), indexing="ij")
-    levels[pp, oo, top] = np.sign(w[pp, oo, top]) * qmax
+    # Keep each block's largest weight at +-qmax, so the scale recomputed from the rounded
+    # weights is this scale and quantizing them gives these levels exactly.
+    blocks = np.moveaxis(padded.reshape(*w.shape[:2], nb, size), 2, 0)  # [nb, P, O, size]
+    for b in range(nb):
+        top = b * size + blocks[b].argmax(axis=2)
+        pp, oo = np.meshgrid(np.arange(w.shape[0]), np.arange(w.shape[1]), indexing="ij")
+        levels[pp, oo, top] = np.sign(w[pp, oo, top]) * qmax
     before, after = output_sqnr_db(w, nearest, scale, h), output_sqnr_db(w, levels, scale, h)
     if after <= before:  # never worse than nearest rounding on the statistics
         return None
-    rounded = levels * scale[..., None]
+    rounded = levels * scale
     original = g.constant(node.input[1])
     if layer.kind == "gemm":
         value = rounded[0] if (node.op_type == "Gemm" and get_attr(node, "transB", 0)) else rounded[0].T

@@ -165,6 +165,10 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable,
     if not groups:
         raise QuantizationError("the model has no layers trtq quantizes (Conv, Gemm, MatMul...)")
     baseline = evaluate(build(PrecisionPlan(Precision.INT8)))
+    if baseline.get(metric) is None:
+        have = ", ".join(k for k, v in baseline.items() if v is not None)
+        raise QuantizationError(f"the ranking metric '{metric}' is not measured on this model's outputs (it has: "
+                                f"{have}); rank by one of those")
     rows = []
     with progress_bar("sensitivity", (1 + reverse) * len(groups), unit="runs", enabled=progress) as bar:
         for grp in groups:

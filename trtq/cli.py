@@ -258,9 +258,17 @@ def main(verbose: bool) -> None:
 @click.option("--int8", "int8_rules", multiple=True, metavar="PATTERNS",
               help="Nodes to run in int8: comma-separated op types (Conv), node names, globs ('/blocks.1/*') "
               "or regexes ('re:...'). Repeatable.")
+@click.option("--int4w", "int4w_rules", multiple=True, metavar="PATTERNS",
+              help="MatMul/Gemm nodes whose weights become INT4, block-wise (activations stay float; opset 21, "
+              "GPTQ-rounded at 4 bits unless --no-gptq). Same syntax.")
+@click.option("--int4-block", type=click.Choice(["32", "64", "128"]), default="128", show_default=True,
+              help="Inputs per scale of --int4w weights (smaller: more accurate, more scales).")
+@click.option("--fp8", "fp8_rules", multiple=True, metavar="PATTERNS",
+              help="Nodes to run in FP8 E4M3 (same syntax; Q/DQ with float8e4m3fn, scales amax/448, opset 19). "
+              "TensorRT runs fp8 on Ada GPUs and newer (SM89+).")
 @click.option("--fp16", "fp16_rules", multiple=True, metavar="PATTERNS", help="Nodes to run in fp16 (same syntax).")
 @click.option("--fp32", "fp32_rules", multiple=True, metavar="PATTERNS", help="Nodes to keep in fp32 (same syntax).")
-@click.option("--default-precision", type=click.Choice(["int8", "fp16", "fp32"]), default=None,
+@click.option("--default-precision", type=click.Choice(["int4w", "int8", "fp8", "fp16", "fp32"]), default=None,
               help="Precision of nodes no pattern matches. [default: int8, or the --plan file's]")
 @click.option("--plan", "plan_path", type=click.Path(path_type=Path),
               help="A precision plan (JSON or YAML: default + overrides), or the precision.json an earlier run "
@@ -283,7 +291,7 @@ def main(verbose: bool) -> None:
 @click.option("--smoothquant/--no-smoothquant", default=True, show_default=True,
               help="Move activation outliers of MatMul/Gemm inputs into their weights (SmoothQuant), per layer group "
               "with the strength that minimizes that group's int8 output error, and only where it lowers it. "
-              "Not with --table (the table fixes the tensors).")
+              "Not with --table (the table fixes the tensors), nor for a plan with no int8 layers.")
 @click.option("--layer-clipping", is_flag=True,
               help="After calibration, clip each activation feeding only weighted layers to the fraction of its "
               "range (1.0-0.4) that minimizes those layers' int8 output error. Off by default: measured to buy "
@@ -308,7 +316,9 @@ def main(verbose: bool) -> None:
 @verbose_option
 @_fail_cleanly
 def quantize_cmd(preprocess, onnx_path, checkpoint, model, hf_dir, max_length, calib_data, eval_data, out_dir, method, table,
-                 samples, eval_samples, batch_size, engine, int8_rules, fp16_rules, fp32_rules, default_precision,
+                 samples, eval_samples, batch_size, engine, int8_rules, int4w_rules, int4_block, fp8_rules,
+                 fp16_rules, fp32_rules,
+                 default_precision,
                  plan_path, strict, target, search_samples, target_margin, bias_correction, smoothquant,
                  layer_clipping, gptq, equalize, target_runtime, reduce_range, metrics, no_progress) -> None:
     """Quantize a model to explicit int8 (Q/DQ) ONNX and report its fidelity.
@@ -333,7 +343,9 @@ def quantize_cmd(preprocess, onnx_path, checkpoint, model, hf_dir, max_length, c
                       max_length=max_length, calib_data=calib_data, eval_data=eval_data, method=method, table=table,
                       samples=samples, eval_samples=eval_samples, batch_size=batch_size, engine=engine,
                       progress=not no_progress,
-                      plan=_precision_plan(plan_path, default_precision, int8_rules, fp16_rules, fp32_rules),
+                      plan=_precision_plan(plan_path, default_precision, int8_rules, fp16_rules, fp32_rules,
+                                           fp8_rules, int4w_rules),
+                      int4_block=int(int4_block),
                       strict=strict, target=target, search_samples=search_samples, target_margin=target_margin,
                       command=_command_line(),
                       bias_correction=bias_correction, smoothquant=smoothquant, layer_clipping=layer_clipping,
@@ -388,12 +400,12 @@ def _command_line() -> str:
     return " ".join(shlex.quote(a) for a in ["trtq", *sys.argv[1:]])
 
 
-def _precision_plan(plan_path, default_precision, int8_rules, fp16_rules, fp32_rules):
+def _precision_plan(plan_path, default_precision, int8_rules, fp16_rules, fp32_rules, fp8_rules=(), int4w_rules=()):
     from trtq.quantize.precision import PrecisionPlan
 
     base = PrecisionPlan.load(plan_path) if plan_path else PrecisionPlan()
     flags = PrecisionPlan.from_flags(default_precision or base.default.value, int8=int8_rules, fp16=fp16_rules,
-                                     fp32=fp32_rules)
+                                     fp32=fp32_rules, fp8=fp8_rules, int4w=int4w_rules)
     return PrecisionPlan(flags.default, (*base.overrides, *flags.overrides))
 
 
@@ -488,8 +500,10 @@ def calibrate_cmd(preprocess, model, data, method, samples, batch_size, all_tens
 @click.option("--eval-samples", default=128, show_default=True, type=click.IntRange(min=1),
               help="Evaluation samples (each group is measured on all of them; `trtq quantize --target` ranks on "
               "at most 128 too).")
-@click.option("--metric", type=click.Choice(["cosine", "top1", "sqnr_db"]), default="cosine", show_default=True,
-              help="What the ranking sorts by.")
+@click.option("--metric", type=click.Choice(["cosine", "top1", "sqnr_db", "sequence", "position_top1", "mask_iou",
+                                             "neighbours"]), default="cosine", show_default=True,
+              help="What the ranking sorts by (a task metric only where an output has it: top1 for (N, classes), "
+              "sequence/position_top1 for (N, T, classes), mask_iou for maps, neighbours for embeddings).")
 @click.option("--one-way", is_flag=True, help="Skip the all-but-one runs (half the time).")
 @click.option("--gptq/--no-gptq", default=True, show_default=True,
               help="Int8 weights GPTQ-rounded as `trtq quantize` writes them (needs --calib-data; with only "

@@ -167,3 +167,11 @@ def test_share_targets_demand_the_lower_confidence_bound():
     for share, n in ((0.9, 50), (1.0, 10), (0.0, 10)):
         low = wilson_lower_bound(share, n, 1.0)
         assert 0.0 <= low <= share and wilson_lower_bound(share, n, 0.0) == pytest.approx(share)
+
+
+def test_ranking_by_a_metric_the_outputs_lack_is_an_error(setup):
+    from trtq.core.errors import QuantizationError
+
+    model, table, evaluator = setup
+    with pytest.raises(QuantizationError, match="ranking metric 'sequence' is not measured .* top1"):
+        analyze(model, table, evaluator, metric="sequence", reverse=False, progress=False)

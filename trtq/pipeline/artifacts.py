@@ -39,6 +39,10 @@ def _changes(fp32: Fp32Model, rounding: WeightRounding, clipping, quantized: Qua
             f", layer output SQNR +{gains[len(gains) // 2]:.1f} dB median" if gains else ""))
     else:
         out.append("GPTQ: off (weights rounded to nearest)")
+    if rounding.int4_layers is not None:
+        gains = sorted(r.sqnr_db - r.sqnr_nearest_db for r in rounding.int4_layers)
+        out.append(f"GPTQ (int4w): {len(gains)} layers' int4 weights re-rounded" + (
+            f", layer output SQNR +{gains[len(gains) // 2]:.1f} dB median" if gains else ""))
     if fp32.equalized is not None:
         out.append(f"cross-layer equalization: {sum(e.alpha is not None for e in fp32.equalized)} of "
                    f"{len(fp32.equalized)} conv pairs rescaled")
@@ -89,6 +93,7 @@ def write_artifacts(stage: Path, job: QuantizeJob, source: SourceModel, fp32: Fp
         **fp32.to_json(),
         "evaluated_on": fidelity.eval_source,
         "gptq": rounding.to_json(),
+        "gptq_int4": rounding.int4_json(),
         "layer_clipping": None if clipping is None else [c.to_json() for c in clipping],
         "calibration": {"method": table.method, "samples": table.samples, "tensors": len(table)},
         "precision": {k: v for k, v in precision.items() if k != "nodes"},

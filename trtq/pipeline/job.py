@@ -64,6 +64,7 @@ class QuantizeJob:
     equalize: bool = False  # see quantize.equalize (measured to buy little: off by default)
     gptq: bool = True  # see quantize.rounding: error-compensating int8 weight rounding
     gptq_samples: int = 64
+    int4_block: int = 128  # inputs per scale of int4w weights (32, 64 or 128)
     runtime: QuantTarget = field(default_factory=QuantTarget)  # the runtime the int8 model is written for
     strict: bool = False  # plan patterns that match no node: an error instead of a warning
     preprocess: PreprocessSpec | None = None  # how image folders become inputs (None: fitted to the model)
@@ -93,6 +94,10 @@ class QuantizeJob:
     def search_samples_or_eval(self) -> int:
         return self.search_samples or self.eval_samples
 
+    def uses(self, precision: Precision) -> bool:
+        """Whether the plan asks for ``precision`` anywhere (default or an override)."""
+        return precision in (self.plan.default, *(r.precision for r in self.plan.overrides))
+
     @property
     def mixed(self) -> bool:
         """Whether anything but plain all-int8 was asked for."""
@@ -114,6 +119,12 @@ class QuantizeJob:
         if self.target is not None:
             raise QuantizationError("--target searches fp16/fp32 layers for TensorRT; with --target-runtime ort-cpu "
                                     "choose --fp32 layers by hand (see `trtq sensitivity`)")
+        if self.uses(Precision.INT4W):
+            raise QuantizationError("--target-runtime ort-cpu writes int8 and fp32 only; int4w (block-wise INT4 "
+                                    "weights) is for TensorRT")
+        if Precision.FP8 in (self.plan.default, *(r.precision for r in self.plan.overrides)):
+            raise QuantizationError("--target-runtime ort-cpu writes int8 and fp32 only: ONNX Runtime's CPU provider "
+                                    "has no fp8 kernels; fp8 is for TensorRT on Ada GPUs and newer")
         if Precision.FP16 in (self.plan.default, *(r.precision for r in self.plan.overrides)):
             raise QuantizationError("--target-runtime ort-cpu writes int8 and fp32 only: ONNX Runtime's CPU "
                                     "provider has no fast fp16 kernels; use --fp32 for the layers to keep out of int8")

@@ -44,8 +44,11 @@ class SourceModel:
     split: str | None = None  # how the user's data was split, when it was
 
 
-#: Without evaluation data, a --target search splits the user's samples, by index modulo 4:
-#: two parts calibrate, one chooses the plan, one is held out for the final check.
+#: Without evaluation data, a --target search splits the user's samples (at most ``--samples``
+#: plus twice the search samples) into three disjoint parts, spread over the data by a fixed
+#: shuffle: calibration (``--samples``, at most half), the plan search (half of the rest, at
+#: most the search samples) and a held-out check (the rest). More data, more search samples:
+#: a share target such as top-1 0.97 needs hundreds of samples to be told from 0.95.
 SPLIT_MIN_SAMPLES = 8
 
 
@@ -58,16 +61,19 @@ def split_for_search(source: SourceModel, job: QuantizeJob) -> SourceModel:
     from trtq.core import input_specs
     from trtq.core.readers import collect_arrays
 
-    cap = job.samples + job.search_samples_or_eval()
+    search = job.search_samples_or_eval()
+    cap = job.samples + 2 * search
     arrays = collect_arrays(source.calib, input_specs(source.model), job.batch_size, cap)
     n = len(next(iter(arrays.values())))
     if n < SPLIT_MIN_SAMPLES:
         raise DataError(f"--target without --eval-data splits the calibration data into calibration, search and "
                         f"held-out parts, which needs at least {SPLIT_MIN_SAMPLES} samples; got {n}: give more "
                         "data, or --eval-data")
-    index = np.arange(n)
-    parts = [{k: v[(index % 4 < 2) if i == 0 else (index % 4 == i + 1)] for k, v in arrays.items()}
-             for i in range(3)]
+    calib_n = min(job.samples, n // 2)
+    search_n = min(search, (n - calib_n + 1) // 2)
+    labels = np.repeat([0, 1, 2], [calib_n, search_n, n - calib_n - search_n])
+    labels = labels[np.random.default_rng(0).permutation(n)]  # spread over the data (often sorted by class)
+    parts = [{k: v[labels == i] for k, v in arrays.items()} for i in range(3)]
     sizes = [len(next(iter(p.values()))) for p in parts]
     text = (f"the calibration data split {sizes[0]}/{sizes[1]}/{sizes[2]}: calibration, the plan search, and "
             "a held-out check the search did not see")

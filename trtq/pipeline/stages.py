@@ -29,6 +29,7 @@ from trtq.quantize.clipping import refine_clipping
 from trtq.quantize.equalize import equalize
 from trtq.quantize.mixed import MixedModel, apply_plan
 from trtq.quantize.precision import Precision, PrecisionPlan, assignments_json
+from trtq.quantize.qdq import INT4_QMAX
 from trtq.quantize.rounding import gptq_weights
 from trtq.quantize.sensitivity import PrecisionSearchResult, SensitivityReport, analyze, search_precision
 from trtq.quantize.smoothquant import smooth_quant
@@ -44,6 +45,8 @@ KERNEL_COSINE_GAP = 0.01
 #: Evaluation samples the sensitivity ranking of a --target search uses (the search itself
 #: checks the target on every evaluation sample).
 RANK_SAMPLES = 128
+#: Calibration samples for INT4 GPTQ statistics (4 bits need more rows per column than int8).
+INT4_GPTQ_SAMPLES = 256
 #: Samples and layers the report's per-layer error and range plots use.
 LAYER_SAMPLES = 8
 WORST_LAYERS = 4
@@ -79,9 +82,14 @@ class WeightRounding:
 
     weights: dict = field(default_factory=dict)
     layers: tuple | None = None  # quantize.rounding.RoundedLayer per layer (None: GPTQ off)
+    int4: dict = field(default_factory=dict)  # the same for int4w nodes (block-wise INT4 levels)
+    int4_layers: tuple | None = None
 
     def to_json(self) -> list | None:
         return None if self.layers is None else [r.to_json() for r in self.layers]
+
+    def int4_json(self) -> list | None:
+        return None if self.int4_layers is None else [r.to_json() for r in self.int4_layers]
 
 
 @dataclass(frozen=True)
@@ -144,9 +152,11 @@ def prepare_fp32(job: QuantizeJob, source: SourceModel) -> Fp32Model:
             raise QuantizationError(text + " (--strict)")
         warnings.append(text)  # printed with the run's other warnings
     smoothed, equalized = [], None
-    if job.smoothquant and job.table is None:
+    if job.smoothquant and job.table is None and (job.uses(Precision.INT8) or job.target is not None):
         # The same function in fp32, with activation outliers moved into the weights where
-        # that lowers the int8 error; everything below starts from it.
+        # that lowers the int8 error; everything below starts from it. Not for a plan without
+        # int8: its strengths are chosen for int8, and the outliers it moves into the weights
+        # are what 4-bit weights handle worst.
         smoothing = smooth_quant(model, source.calib, samples=job.samples, batch_size=min(job.batch_size, 16),
                                  progress=job.progress)
         model, smoothed = smoothing.model, smoothing.records
@@ -182,7 +192,12 @@ def round_weights(job: QuantizeJob, source: SourceModel, fp32: Fp32Model) -> Wei
         return WeightRounding()
     rounded = gptq_weights(fp32.model, source.calib, samples=min(job.samples, job.gptq_samples),
                            qmax=job.runtime.weight_qmax, progress=job.progress)
-    return WeightRounding(rounded.weights, rounded.layers)
+    if not job.uses(Precision.INT4W):
+        return WeightRounding(rounded.weights, rounded.layers)
+    # 4 bits need more rows per input column than int8's 64 samples give transformer layers.
+    int4 = gptq_weights(fp32.model, source.calib, samples=min(job.samples, INT4_GPTQ_SAMPLES), qmax=INT4_QMAX,
+                        block=job.int4_block, progress=job.progress)
+    return WeightRounding(rounded.weights, rounded.layers, int4.weights, int4.layers)
 
 
 def evaluation_data(source: SourceModel) -> tuple[Any, str]:
@@ -198,7 +213,8 @@ def quantize_fp32(job: QuantizeJob, source: SourceModel, fp32: Fp32Model, table:
     """Apply the job's plan, or search one that meets its target; then bias correction if asked."""
     label = "mixed" if job.mixed else "int8"
     if job.target is None:
-        mixed = apply_plan(fp32.model, table, job.plan, target=job.runtime, weights=rounding.weights)
+        mixed = apply_plan(fp32.model, table, job.plan, target=job.runtime, weights=rounding.weights,
+                           int4_weights=rounding.int4, int4_block=job.int4_block)
         quantized, shifts = mixed.model, None
         if job.bias_correction:
             corrected = correct_bias(fp32.model, quantized, source.calib, samples=job.bias_samples,
