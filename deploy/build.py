@@ -25,6 +25,7 @@ from trtq.deploy.engine_info import BuiltEngine, EngineInfo, EngineTensor
 from trtq.deploy.plan import precision_plan
 from trtq.core.errors import BuildError
 from trtq.core.fileio import atomic_write_bytes
+from trtq.core.runtime import has_fp8
 
 log = logging.getLogger(__name__)
 
@@ -202,13 +203,6 @@ def default_compute_capabilities(trt) -> tuple[str, ...]:
 FP8_MIN_SM = 89
 
 
-def uses_fp8(model: onnx.ModelProto) -> bool:
-    """Whether the model holds FP8 (float8e4m3fn) Q/DQ."""
-    fp8 = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT8E4M3FN}
-    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in fp8
-               for n in model.graph.node)
-
-
 def _sm(cap: str) -> int:
     return int(cap[2:]) if cap.startswith("SM") and cap[2:].isdigit() else 0
 
@@ -306,7 +300,7 @@ def _build(backend: Backend, proto: onnx.ModelProto, options: BuildOptions, prof
         builder, network, parser, errors = _parse(trt, proto, logger)
         if errors:
             raise BuildError(f"{backend.name} {backend.version} cannot parse the ONNX model: " + "; ".join(errors))
-        config = _configure(trt, backend, builder, options, profiles, uses_fp8(proto))
+        config = _configure(trt, backend, builder, options, profiles, has_fp8(proto))
         if options.progress:
             with _phase_progress() as progress:
                 monitor = _Monitor(trt, progress)  # keep alive: TensorRT holds only a reference

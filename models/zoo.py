@@ -75,6 +75,18 @@ def _train(model, batches: Callable[[int], tuple], loss_fn, steps: int, lr: floa
     return model.eval()
 
 
+def _random_rows(size: int, *arrays: np.ndarray) -> Callable[[int], tuple]:
+    """``batch(step)``: the same ``size`` random rows (seeded by the step) of each array, as tensors."""
+    torch = _torch()
+    tensors = [torch.from_numpy(a) for a in arrays]
+
+    def batch(step: int) -> tuple:
+        idx = torch.from_numpy(np.random.default_rng(step).integers(0, len(tensors[0]), size))
+        return tuple(t[idx] for t in tensors)
+
+    return batch
+
+
 def _export(module, args: tuple, input_names, output_names, opset: int, dynamic_axes=None) -> onnx.ModelProto:
     """The TorchScript exporter (what most ONNX files in the wild came from), BN folded."""
     torch = _torch()
@@ -118,13 +130,7 @@ def _classifier():
             return self.head(x.mean((2, 3)))
 
     x, y, _ = synthetic.shapes(3072, seed=100)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-
-    def batch(step):
-        idx = torch.from_numpy(np.random.default_rng(step).integers(0, len(xt), 64))
-        return xt[idx], yt[idx]
-
-    return _train(ShapesCNN(), batch, lambda m, a, b: nn.functional.cross_entropy(m(a), b), steps=300)
+    return _train(ShapesCNN(), _random_rows(64, x, y), lambda m, a, b: nn.functional.cross_entropy(m(a), b), steps=300)
 
 
 def _shapes_data(count: int, seed: int) -> dict[str, np.ndarray]:
@@ -179,13 +185,8 @@ def _segmenter():
             return torch.sigmoid(self.out(up))
 
     x, m = synthetic.scenes(1536, seed=100, height=48, width=48)
-    xt, mt = torch.from_numpy(x), torch.from_numpy(m)
-
-    def batch(step):
-        idx = torch.from_numpy(np.random.default_rng(step).integers(0, len(xt), 32))
-        return xt[idx], mt[idx]
-
-    return _train(TextDetector(), batch, lambda net, a, b: nn.functional.binary_cross_entropy(net(a), b), steps=300)
+    return _train(TextDetector(), _random_rows(32, x, m),
+                  lambda net, a, b: nn.functional.binary_cross_entropy(net(a), b), steps=300)
 
 
 def _segmenter_onnx() -> onnx.ModelProto:
@@ -287,18 +288,12 @@ def _two_io():
             return self.cls(h), torch.sigmoid(self.box(h))
 
     x, y, boxes = synthetic.shapes(3072, seed=101)
-    side = _side(x)
-    xt, st, yt, bt = (torch.from_numpy(a) for a in (x, side, y, boxes))
-
-    def batch(step):
-        idx = torch.from_numpy(np.random.default_rng(step).integers(0, len(xt), 64))
-        return xt[idx], st[idx], yt[idx], bt[idx]
 
     def loss(net, a, s, b, box):
         logits, pred = net(a, s)
         return nn.functional.cross_entropy(logits, b) + 10 * nn.functional.mse_loss(pred, box)
 
-    return _train(TwoIO(), batch, loss, steps=600)
+    return _train(TwoIO(), _random_rows(64, x, _side(x), y, boxes), loss, steps=600)
 
 
 def _side(images: np.ndarray) -> np.ndarray:
@@ -340,13 +335,7 @@ def _looped():
             return self.head(x.mean((2, 3)))
 
     x, y, _ = synthetic.shapes(3072, seed=102)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-
-    def batch(step):
-        idx = torch.from_numpy(np.random.default_rng(step).integers(0, len(xt), 64))
-        return xt[idx], yt[idx]
-
-    return _train(Looped(), batch, lambda m, a, b: nn.functional.cross_entropy(m(a), b), steps=600)
+    return _train(Looped(), _random_rows(64, x, y), lambda m, a, b: nn.functional.cross_entropy(m(a), b), steps=600)
 
 
 def _subgraphs_onnx() -> onnx.ModelProto:

@@ -43,7 +43,7 @@ import numpy as np
 import onnx
 
 from trtq.calibration.table import CalibrationTable
-from trtq.quantize.graph import GraphIndex
+from trtq.quantize.graph import GraphIndex, get_attr
 from trtq.quantize.rules import QDQ_RULES, Rule
 from trtq.core.errors import QuantizationError
 from trtq.core.fileio import atomic_write_text
@@ -292,17 +292,10 @@ def int4_weight_node(node: onnx.NodeProto, g: GraphIndex) -> bool:
     """A MatMul/Gemm whose weight (input 1) is a constant 2-D float matrix: what int4w applies to."""
     if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or g.is_constant(node.input[0]):
         return False
-    if node.op_type == "Gemm" and _attr(node, "transA", 0):
+    if node.op_type == "Gemm" and get_attr(node, "transA", 0):
         return False
     w = g.constant(node.input[1])
     return w is not None and w.ndim == 2 and w.dtype == np.float32
-
-
-def _attr(node: onnx.NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
 
 
 def _quantizable(node: onnx.NodeProto, g: GraphIndex, rules: Mapping[str, Rule]) -> bool:

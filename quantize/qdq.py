@@ -42,7 +42,7 @@ from onnx import helper
 from trtq.calibration import CalibrationTable
 from trtq.core.onnx_model import check_model, load_model, model_sha256
 from trtq.quantize.fold import fold_batchnorm
-from trtq.quantize.graph import GraphIndex, copy_model, insert_before, remove_unused_initializers
+from trtq.quantize.graph import GraphIndex, copy_model, get_attr, insert_before, remove_unused_initializers
 from trtq.quantize.rules import ORT_CPU_RULES, QDQ_RULES, InputQuant, Rule
 from trtq.quantize.targets import QuantTarget
 from trtq.core.errors import QuantizationError
@@ -144,11 +144,7 @@ def fake_quantize_fp8(x: np.ndarray, amax: np.ndarray | float) -> np.ndarray:
 
 def int4_weight_axis(node: onnx.NodeProto) -> int:
     """The input (reduction) axis of a MatMul/Gemm weight: 0 for ``[in, out]``, 1 for Gemm's ``transB``."""
-    if node.op_type == "Gemm":
-        for a in node.attribute:
-            if a.name == "transB" and a.i:
-                return 1
-    return 0
+    return 1 if node.op_type == "Gemm" and get_attr(node, "transB", 0) else 0
 
 
 def int4_block_scales(w: np.ndarray, axis: int, block: int, qmax: int = INT4_QMAX) -> np.ndarray:

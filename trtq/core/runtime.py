@@ -55,6 +55,7 @@ QDQ_REWRITES = ("ReluQuantRewrite", "ClipQuantRewrite")
 
 
 def has_fp8(model: onnx.ModelProto) -> bool:
+    """Whether the model holds float8e4m3fn initializers (fp8 Q/DQ zero points and weights)."""
     return any(i.data_type == onnx.TensorProto.FLOAT8E4M3FN for i in model.graph.initializer)
 
 

@@ -122,10 +122,10 @@ class QuantizeJob:
         if self.uses(Precision.INT4W):
             raise QuantizationError("--target-runtime ort-cpu writes int8 and fp32 only; int4w (block-wise INT4 "
                                     "weights) is for TensorRT")
-        if Precision.FP8 in (self.plan.default, *(r.precision for r in self.plan.overrides)):
+        if self.uses(Precision.FP8):
             raise QuantizationError("--target-runtime ort-cpu writes int8 and fp32 only: ONNX Runtime's CPU provider "
                                     "has no fp8 kernels; fp8 is for TensorRT on Ada GPUs and newer")
-        if Precision.FP16 in (self.plan.default, *(r.precision for r in self.plan.overrides)):
+        if self.uses(Precision.FP16):
             raise QuantizationError("--target-runtime ort-cpu writes int8 and fp32 only: ONNX Runtime's CPU "
                                     "provider has no fast fp16 kernels; use --fp32 for the layers to keep out of int8")
 
