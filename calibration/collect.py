@@ -17,9 +17,7 @@ import dataclasses
 import logging
 import math
 import os
-import queue
-import threading
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -27,7 +25,9 @@ import onnx
 from trtq.calibration.augment import DEFAULT_MAX_ELEMENTS, Probe, augment, expose
 from trtq.calibration.observers import check_finite, make_observer
 from trtq.core.onnx_model import infer_types, input_specs, load_model, model_sha256
+from trtq.core.budget import MemoryBudget, chunks, current_budget, sample_shapes
 from trtq.core.progress import progress_bar
+from trtq.core.threads import run_ahead
 from trtq.core.readers import count_samples, iter_batches
 from trtq.calibration.table import CalibrationTable
 from trtq.core.errors import CalibrationError, require
@@ -68,12 +68,29 @@ def _session(model: onnx.ModelProto, providers: Sequence[str] | None):
 class _Runner:
     """Runs one batch through the calibration graph; re-runs it exactly when a sum is not finite."""
 
-    def __init__(self, proto: onnx.ModelProto, probes: list[Probe], session, providers) -> None:
+    def __init__(self, proto: onnx.ModelProto, probes: list[Probe], session, providers,
+                 budget: MemoryBudget) -> None:
         self.proto, self.probes, self.session, self.providers = proto, probes, session, providers
+        self.budget = budget
         self.outputs = [o.name for o in session.get_outputs()]
         self._exact = None
 
     def __call__(self, first: int, feed: dict) -> list[tuple[np.ndarray | None, float, float]]:
+        """Each probe's (values, min, max) on this batch; run in slices of as many samples as
+        the memory budget allows, the slices' statistics joined as one batch's."""
+        n = len(next(iter(feed.values()))) if feed else 0
+        rows = self.budget.rows(self.budget.ort_bytes(self.proto, sample_shapes(feed)), n)
+        if rows >= n:
+            return self._run(first, feed)
+        parts = [self._run(first + i * rows, chunk) for i, chunk in enumerate(chunks(feed, rows))]
+        joined = []
+        for stats in zip(*parts):
+            values = [v for v, _, _ in stats if v is not None]
+            joined.append((np.concatenate(values) if values else None, min(lo for _, lo, _ in stats),
+                           max(hi for _, _, hi in stats)))
+        return joined
+
+    def _run(self, first: int, feed: dict) -> list[tuple[np.ndarray | None, float, float]]:
         try:
             values = dict(zip(self.outputs, self.session.run(self.outputs, feed)))
         except Exception as exc:  # ORT raises its own exception types
@@ -103,55 +120,11 @@ class _Runner:
         return {t: np.asarray(arrays[t], dtype=np.float32) for t in tensors}
 
 
-_DONE = object()
-
-
-def _ahead(items: Iterator, fn: Callable[[Any], Any]) -> Iterator:
-    """Yield ``fn(item)`` for each item, computed one item ahead in a worker thread.
-
-    ONNX Runtime releases the GIL, so the model runs (on the next batch) while the caller's
-    observers work on the current one. The worker starts item ``k + 1`` only once item ``k``
-    was taken, so at most two results are alive. Errors raised in the worker (bad data, a
-    failing run) are raised here, in order.
-    """
-    slot: queue.Queue = queue.Queue(maxsize=1)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                result = fn(item)
-                slot.put(result)
-                del result
-                slot.join()  # wait until the caller has taken it
-            slot.put(_DONE)
-        except BaseException as exc:  # handed to the consumer, raised there
-            slot.put(exc)
-
-    worker = threading.Thread(target=produce, name="trtq-calibration", daemon=True)
-    worker.start()
-    try:
-        while (item := slot.get()) is not _DONE:
-            slot.task_done()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while worker.is_alive():  # unblock a worker waiting on the slot
-            try:
-                slot.get_nowait()
-                slot.task_done()
-            except queue.Empty:
-                worker.join(timeout=0.05)
-
-
 def calibrate(model: str | os.PathLike | onnx.ModelProto, data: Any, method: str = "minmax", *,
               batch_size: int = 8, samples: int | None = None,
               providers: Sequence[str] | None = None, tensors: Iterable[str] | None = None,
-              max_elements: int | None = DEFAULT_MAX_ELEMENTS, progress: bool = True) -> CalibrationTable:
+              max_elements: int | None = DEFAULT_MAX_ELEMENTS, progress: bool = True,
+              budget: MemoryBudget | None = None) -> CalibrationTable:
     """Run ``data`` through ``model`` and return the range of every float activation.
 
     ``data`` is any form accepted by :func:`calibration.readers.iter_batches`. ``tensors``
@@ -161,7 +134,9 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: Any, method: str
     statistics leave ONNX Runtime (see :mod:`calibration.augment`): min, max and sum of
     every value and, for histogram methods, every value of a tensor whose batch holds at
     most ``max_elements`` values, else an even subsample of its rows (``None``: all).
-    Memory does not grow with the number of samples.
+    Memory does not grow with the number of samples, and ONNX Runtime's working memory stays
+    within ``budget`` (default: :func:`trtq.core.budget.current_budget`): a batch it would
+    not fit runs in slices.
     """
     batch_size = count_arg(batch_size, "batch_size")
     samples = count_arg(samples, "samples", optional=True)
@@ -180,13 +155,13 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: Any, method: str
     needs_values = any(getattr(o, "needs_values", True) for o in observers.values())
     graph, probes = augment(proto, names, values=needs_values, batch_size=batch_size,
                             max_elements=max_elements)
-    run = _Runner(proto, probes, _session(graph, providers), providers)
+    run = _Runner(proto, probes, _session(graph, providers), providers, budget or current_budget())
     seen = 0
     with progress_bar(f"calibrating ({method})", count_samples(data, samples), enabled=progress) as bar:
         # Three stages in three threads: reading/decoding the next batch, running the model
         # on the current one, and the observers on the previous one.
-        batches = _ahead(iter_batches(data, specs, batch_size, samples), lambda b: b)
-        for first, n, stats in _ahead(batches, lambda b: (b[0], len(next(iter(b[1].values()))), run(*b))):
+        batches = run_ahead(iter_batches(data, specs, batch_size, samples), lambda b: b)
+        for first, n, stats in run_ahead(batches, lambda b: (b[0], len(next(iter(b[1].values()))), run(*b))):
             for p, (values, lo, hi) in zip(probes, stats):
                 obs = observers[p.tensor]
                 if values is None:  # min/max observers need only the extremes

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from trtq.core.budget import current_budget, run_sliced, sample_shapes
 from trtq.core.onnx_model import input_specs, load_model
 from trtq.core.readers import collect_arrays, fit_batch_size
 from trtq.deploy.plan import COMPUTE_OPS, precision_plan
@@ -36,10 +37,13 @@ def _outputs(model: onnx.ModelProto, names: list[str], feed: dict[str, np.ndarra
     from trtq.quantize.graph import float_session
 
     session = float_session(model, names)
+    budget = current_budget()
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     n = len(next(iter(feed.values())))
     for i in range(0, n, batch):
-        for name, value in zip(names, session.run(names, {k: v[i:i + batch] for k, v in feed.items()})):
+        part = {k: v[i:i + batch] for k, v in feed.items()}
+        values = run_sliced(lambda f: session.run(names, f), part, budget.rows_for(model, part, names))
+        for name, value in zip(names, values):
             parts[name].append(value)
     return {k: np.concatenate(v) for k, v in parts.items()}
 
@@ -59,12 +63,19 @@ def layer_errors(reference: Any, candidate: Any, data: Any, *, samples: int = 8,
     batch_size = fit_batch_size(specs, batch_size)
     feed = collect_arrays(data, specs, batch_size, samples)
     names = [n.output[0] for n in nodes]
-    want, got = _outputs(ref, names, feed, batch_size), _outputs(cand, names, feed, batch_size)
+    # Both models' outputs of a group of layers at a time (on all samples, the two together
+    # within half the memory budget), reduced to signal and noise energy at once.
+    signal, noise = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+    budget = current_budget()
+    n = len(next(iter(feed.values())))
+    for group in budget.groups(budget.tensor_bytes(ref, sample_shapes(feed), names), share=0.25 / n):
+        want, got = _outputs(ref, group, feed, batch_size), _outputs(cand, group, feed, batch_size)
+        for name in group:
+            r, c = want.pop(name).astype(np.float64), got.pop(name).astype(np.float64)
+            signal[name], noise[name] = float((r ** 2).sum()), float(((c - r) ** 2).sum())
     out = []
     for node, name in zip(nodes, names):
-        r, c = want[name].astype(np.float64), got[name].astype(np.float64)
-        noise = float(((c - r) ** 2).sum())
-        sqnr = 10 * math.log10(float((r ** 2).sum()) / noise) if noise > 0 else float("inf")
+        sqnr = 10 * math.log10(signal[name] / noise[name]) if noise[name] > 0 else float("inf")
         out.append(LayerError(node.name, node.op_type, precision.get(node.name, "fp32"), sqnr,
                               ref_nodes[node.name].input[0]))
     return out
@@ -76,7 +87,11 @@ def layer_inputs(reference: Any, tensors: list[str], data: Any, *, samples: int 
     ref = load_model(reference)
     specs = input_specs(ref)
     batch_size = fit_batch_size(specs, batch_size)
-    feed = collect_arrays(data, specs, batch_size, samples)
+    # As many samples as the memory budget holds of these tensors (at least one).
+    budget = current_budget()
+    first = collect_arrays(data, specs, batch_size, batch_size)
+    each = sum(budget.tensor_bytes(ref, sample_shapes(first), tensors).values()) if first else 0
+    feed = collect_arrays(data, specs, batch_size, budget.rows(4 * each, samples))
     inner = [t for t in tensors if t not in feed]
     values = _outputs(ref, inner, feed, batch_size) if inner else {}
     return {t: (feed[t] if t in feed else values[t]) for t in tensors}

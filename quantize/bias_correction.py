@@ -31,6 +31,7 @@ from onnx import numpy_helper
 
 from trtq.core.onnx_model import input_specs, load_model
 from trtq.core.progress import progress_bar
+from trtq.core.budget import current_budget, run_sliced
 from trtq.core.readers import collect_arrays, fit_batch_size
 from trtq.quantize.graph import GraphIndex, copy_model, float_session
 from trtq.core.errors import QuantizationError
@@ -53,10 +54,12 @@ def _channel_means(model: onnx.ModelProto, outputs: list[str], feed: dict[str, n
                    batch_size: int) -> list[np.ndarray]:
     """Per output: an ``(N, C)`` array of the channel means (axis 1) of each sample."""
     session = float_session(model, outputs)
+    budget = current_budget()
     n = len(next(iter(feed.values())))
     parts: list[list[np.ndarray]] = [[] for _ in outputs]
     for i in range(0, n, batch_size):
-        values = session.run(outputs, {k: v[i:i + batch_size] for k, v in feed.items()})
+        batch = {k: v[i:i + batch_size] for k, v in feed.items()}
+        values = run_sliced(lambda f: session.run(outputs, f), batch, budget.rows_for(model, batch, outputs))
         for part, v in zip(parts, values):
             v = np.asarray(v, np.float64)
             part.append(v.reshape(v.shape[0], v.shape[1], -1).mean(axis=2) if v.ndim > 2 else v)

@@ -41,6 +41,7 @@ from onnx import TensorProto, helper
 
 from trtq.core.onnx_model import input_specs, load_model
 from trtq.core.progress import progress_bar
+from trtq.core.budget import current_budget, run_sliced
 from trtq.core.readers import collect_arrays, fit_batch_size
 from trtq.quantize.graph import GraphIndex, copy_model, float_session, get_attr, remove_unused_initializers
 from trtq.quantize.qdq import fake_quantize
@@ -205,13 +206,15 @@ def _statistics(model: onnx.ModelProto, tensors: list[str], feed: dict[str, np.n
     """Per tensor: channel ``max|x|`` over the even-numbered samples, and up to ``keep``
     odd-numbered samples kept whole (to score on)."""
     session = float_session(model, tensors)
+    budget = current_budget()
     n = len(next(iter(feed.values())))
     even: dict[str, np.ndarray] = {}
     odd: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
     kept = 0
     with progress_bar("equalization statistics", n, enabled=progress) as bar:
         for i in range(0, n, batch_size):
-            values = session.run(tensors, {k: v[i:i + batch_size] for k, v in feed.items()})
+            batch = {k: v[i:i + batch_size] for k, v in feed.items()}
+            values = run_sliced(lambda f: session.run(tensors, f), batch, budget.rows_for(model, batch, tensors))
             count = len(values[0])
             parity = (np.arange(count) + i) % 2
             take = np.flatnonzero(parity == 1)[:max(keep - kept, 0)]

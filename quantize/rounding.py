@@ -30,7 +30,9 @@ import onnx
 
 from trtq.core.onnx_model import input_specs, load_model
 from trtq.core.progress import progress_bar
-from trtq.core.readers import collect_arrays, fit_batch_size
+from trtq.core.budget import MemoryBudget, current_budget, sample_shapes
+from trtq.core.readers import collect_arrays, static_batch_size
+from trtq.core.threads import run_ahead
 from trtq.quantize.graph import GraphIndex, copy_model, float_session, get_attr, remove_unused_initializers
 from trtq.quantize.qdq import QMAX
 from trtq.core.errors import QuantizationError
@@ -44,6 +46,9 @@ DAMP = 0.01
 BLOCK = 128
 #: Spatial positions sampled per sample and conv input (im2col rows).
 POSITIONS = 256
+#: ... for depthwise convs, whose per-channel ``H`` has only ``kh * kw`` columns: 64
+#: positions of 64 samples are 4096 rows for at most 25 columns, and a quarter of the time.
+DEPTHWISE_POSITIONS = 64
 #: A layer needs at least this many input rows per input column (``rows >= MIN_ROWS * D``):
 #: fewer, and GPTQ fits the calibration samples rather than the layer (the classifier of
 #: EfficientNet-Lite0 sees one row per sample: 64 rows for 1280 columns).
@@ -105,8 +110,8 @@ def gptq_levels(w: np.ndarray, h: np.ndarray, scale: np.ndarray, qmax: int = QMA
 def output_sqnr_db(w: np.ndarray, levels: np.ndarray, scale: np.ndarray, h: np.ndarray) -> float:
     """``10 log10(tr(W H W^T) / tr(E H E^T))`` with ``E = W - levels * scale``, over all problems."""
     e = w - levels * (scale if scale.ndim == w.ndim else scale[..., None])
-    signal = np.einsum("pod,pde,poe->", w, h, w)
-    noise = np.einsum("pod,pde,poe->", e, h, e)
+    signal = float(np.sum((w @ h) * w))  # H is symmetric: tr(W H W^T), as BLAS products
+    noise = float(np.sum((e @ h) * e))
     return 10 * math.log10(max(signal, 1e-30) / max(noise, 1e-30))
 
 
@@ -130,19 +135,36 @@ def _conv_geometry(node: onnx.NodeProto, w: np.ndarray):
     return (kh, kw), list(get_attr(node, "strides", [1, 1])), pads, list(get_attr(node, "dilations", [1, 1]))
 
 
-def _patches(x: np.ndarray, geometry, rng: np.random.Generator) -> np.ndarray:
-    """im2col at up to :data:`POSITIONS` sampled output positions: ``[N, C, M, kh * kw]``."""
+def _positions(shape: tuple, geometry, rng: np.random.Generator, most: int = POSITIONS) -> np.ndarray:
+    """Up to ``most`` output positions (flat indices, sorted) drawn for one batch."""
     (kh, kw), strides, pads, dil = geometry
-    n, c, height, width = x.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    height, width = shape[2:]
     oh = (height + pads[0] + pads[2] - dil[0] * (kh - 1) - 1) // strides[0] + 1
     ow = (width + pads[1] + pads[3] - dil[1] * (kw - 1) - 1) // strides[1] + 1
-    m = min(POSITIONS, oh * ow)
-    idx = np.sort(rng.choice(oh * ow, m, replace=False))
-    oy, ox = idx // ow * strides[0], idx % ow * strides[1]
-    iy = oy[:, None, None] + (np.arange(kh) * dil[0])[None, :, None]
-    ix = ox[:, None, None] + (np.arange(kw) * dil[1])[None, None, :]
-    return xp[:, :, iy, ix].reshape(n, c, m, kh * kw)
+    return np.sort(rng.choice(oh * ow, min(most, oh * ow), replace=False))
+
+
+def _patches(x: np.ndarray, geometry, idx: np.ndarray) -> np.ndarray:
+    """im2col at the output positions ``idx``, laid out for the products that follow:
+    ``[C, kh * kw, N * M]``.
+
+    One ``take`` per tap along the flattened spatial axis (padding read as zeros), then one
+    transposing copy: no padded copy of the activation, no multi-array fancy indexing (both
+    were most of this pass's time).
+    """
+    (kh, kw), strides, pads, dil = geometry
+    n, c, height, width = x.shape
+    ow = (width + pads[1] + pads[3] - dil[1] * (kw - 1) - 1) // strides[1] + 1
+    m = len(idx)
+    oy, ox = idx // ow * strides[0] - pads[0], idx % ow * strides[1] - pads[1]
+    iy = np.broadcast_to((np.arange(kh) * dil[0])[:, None, None] + oy, (kh, kw, m)).reshape(kh * kw, m)
+    ix = np.broadcast_to((np.arange(kw) * dil[1])[None, :, None] + ox, (kh, kw, m)).reshape(kh * kw, m)
+    inside = (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
+    flat = np.clip(iy, 0, height - 1) * width + np.clip(ix, 0, width - 1)
+    patches = np.take(x.reshape(n, c, height * width), flat, axis=2)  # [N, C, kk, M]
+    if not inside.all():
+        patches *= inside
+    return np.ascontiguousarray(patches.transpose(1, 2, 0, 3)).reshape(c, kh * kw, n * m)
 
 
 def _layers(model: onnx.ModelProto, g: GraphIndex) -> list[_Layer]:
@@ -168,28 +190,38 @@ def _layers(model: onnx.ModelProto, g: GraphIndex) -> list[_Layer]:
     return layers
 
 
-def _accumulate(layer: _Layer, x: np.ndarray, rng: np.random.Generator) -> None:
-    """Add this batch's ``X^T X`` (float32 products, summed into float64)."""
+def _patch_bytes(layer: _Layer, input_bytes: int) -> int:
+    """Bytes per sample of the im2col patches :func:`_patches` builds from this layer's input."""
+    if layer.kind == "gemm":
+        return 0
+    kk = layer.geometry[0][0] * layer.geometry[0][1]
+    channels = layer.matrix.shape[0] if layer.kind == "depthwise" else layer.matrix.shape[2] // kk
+    most = DEPTHWISE_POSITIONS if layer.kind == "depthwise" else POSITIONS
+    return kk * min(input_bytes, channels * most * 4)
+
+
+def _accumulate(layer: _Layer, x: np.ndarray, idx: np.ndarray | None) -> None:
+    """Add this batch's ``X^T X`` (float32 products, summed into float64); convs at the
+    output positions ``idx``."""
     x = x.astype(np.float32, copy=False)
     if layer.kind == "gemm":
         rows = x.reshape(-1, x.shape[-1])
         layer.h[0] += rows.T @ rows
         layer.rows += len(rows)
         return
-    patches = _patches(x, layer.geometry, rng)  # [N, C, M, kk]
-    n, c, m, kk = patches.shape
-    if layer.kind == "dense":
-        rows = patches.transpose(0, 2, 1, 3).reshape(n * m, c * kk)
-        layer.h[0] += rows.T @ rows
-    else:
-        per_channel = patches.transpose(1, 0, 2, 3).reshape(c, n * m, kk)
-        layer.h += np.einsum("cri,crj->cij", per_channel, per_channel)
-    layer.rows += n * m
+    patches = _patches(x, layer.geometry, idx)  # [C, kk, rows]
+    c, kk, rows = patches.shape
+    if layer.kind == "dense":  # one BLAS product over all channels and taps
+        flat = patches.reshape(c * kk, rows)
+        layer.h[0] += flat @ flat.T
+    else:  # depthwise: a [kk, kk] product per channel
+        layer.h += patches @ patches.transpose(0, 2, 1)
+    layer.rows += rows
 
 
 def gptq_weights(model: str | os.PathLike | onnx.ModelProto, data: Any, *, samples: int = 64, batch_size: int = 8,
                  qmax: int = QMAX, progress: bool = True, seed: int = 0, block: int | None = None,
-                 nodes: Iterable[str] | None = None) -> RoundedWeights[RoundedLayer]:
+                 nodes: Iterable[str] | None = None, budget: MemoryBudget | None = None) -> RoundedWeights[RoundedLayer]:
     """GPTQ-rounded weights of ``model``'s layers (BatchNorm folded), by node name.
 
     ``data``: calibration inputs; ``samples`` of them build each layer's ``H`` from the
@@ -197,7 +229,8 @@ def gptq_weights(model: str | os.PathLike | onnx.ModelProto, data: Any, *, sampl
     few input rows (see :data:`MIN_ROWS`) or where GPTQ does not beat nearest rounding on
     the statistics are left out. ``block``: block-wise scales along the input dimension
     (INT4 weights: ``qmax=7``, ``block=128``), for MatMul/Gemm layers only; ``nodes``: only
-    these layers.
+    these layers. ``budget``: the memory the statistics pass may hold (default: the current
+    :class:`~trtq.core.budget.MemoryBudget`); the result does not depend on it.
     """
     src = load_model(model)
     g = GraphIndex(src.graph)
@@ -206,18 +239,47 @@ def gptq_weights(model: str | os.PathLike | onnx.ModelProto, data: Any, *, sampl
               and (block is None or layer.kind == "gemm")]
     if not layers:
         return RoundedWeights()
-    batch_size = fit_batch_size(input_specs(src), batch_size)  # a fixed batch dim wins
-    feed = collect_arrays(data, input_specs(src), batch_size, samples)
+    specs = input_specs(src)
+    static = static_batch_size(specs)
+    batch_size = static or batch_size  # a fixed batch dim wins
+    feed = collect_arrays(data, specs, batch_size, samples)
     tensors = list(dict.fromkeys(layer.node.input[0] for layer in layers))
-    session = float_session(src, tensors)
-    rng = np.random.default_rng(seed)
     n = len(next(iter(feed.values())))
+    # Within the memory budget: the layer inputs fetched per run (groups of tensors, the model
+    # run once per group) and the samples per run (the batch in slices). Positions are drawn
+    # per layer and batch, so neither changes the statistics.
+    budget = budget or current_budget()
+    shapes = sample_shapes(feed)
+    fetched = budget.tensor_bytes(src, shapes, tensors)
+    groups = budget.groups(fetched)
+    per_sample = (budget.ort_bytes(src, shapes) + 2 * max(sum(fetched[t] for t in grp) for grp in groups)
+                  + max(_patch_bytes(layer, fetched[layer.node.input[0]]) for layer in layers))
+    rows = static or budget.rows(per_sample, batch_size)
+    sessions = [float_session(src, grp) for grp in groups]
+    runs = [(start, first, k) for start in range(0, n, batch_size)
+            for first in range(start, min(start + batch_size, n), rows) for k in range(len(groups))]
+
+    def run(item) -> tuple:
+        start, first, k = item
+        stop = min(first + rows, start + batch_size, n)
+        values = sessions[k].run(groups[k], {name: v[first:stop] for name, v in feed.items()})
+        return start, k, stop - first, dict(zip(groups[k], values))
+
+    # The model runs ahead (in a thread) while the previous run is folded into the layers'
+    # statistics.
     with progress_bar("GPTQ statistics", n, enabled=progress) as bar:
-        for i in range(0, n, batch_size):
-            values = dict(zip(tensors, session.run(tensors, {k: v[i:i + batch_size] for k, v in feed.items()})))
-            for layer in layers:
-                _accumulate(layer, np.asarray(values[layer.node.input[0]]), rng)
-            bar.advance(len(next(iter(values.values()))))
+        for start, k, count, values in run_ahead(iter(runs), run):
+            for i, layer in enumerate(layers):
+                if layer.node.input[0] not in values:
+                    continue
+                x = np.asarray(values[layer.node.input[0]])
+                idx = None if layer.kind == "gemm" else _positions(
+                    x.shape, layer.geometry, np.random.default_rng((seed, i, start)),
+                    DEPTHWISE_POSITIONS if layer.kind == "depthwise" else POSITIONS)
+                _accumulate(layer, x, idx)
+            if k == len(groups) - 1:
+                bar.advance(count)
+            del values
     weights, report = {}, []
     with progress_bar("GPTQ rounding", len(layers), unit="layers", enabled=progress) as bar:
         for layer in layers:

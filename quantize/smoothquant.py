@@ -36,6 +36,7 @@ from onnx import helper
 
 from trtq.core.onnx_model import input_specs, load_model
 from trtq.core.progress import progress_bar
+from trtq.core.budget import current_budget, run_sliced
 from trtq.core.readers import collect_arrays, fit_batch_size
 from trtq.quantize.graph import GraphIndex, copy_model, float_session, get_attr, insert_before, remove_unused_initializers
 from trtq.quantize.qdq import fake_quantize
@@ -138,6 +139,7 @@ class _Stats:
 def _statistics(model: onnx.ModelProto, tensors: list[str], feed: dict[str, np.ndarray], batch_size: int,
                 rows: int, progress: bool) -> dict[str, _Stats]:
     session = float_session(model, tensors)
+    budget = current_budget()
     n = len(next(iter(feed.values())))
     starts = range(0, n, batch_size)
     per_batch = -(-rows // len(starts))
@@ -148,7 +150,8 @@ def _statistics(model: onnx.ModelProto, tensors: list[str], feed: dict[str, np.n
     with progress_bar("SmoothQuant statistics", n, enabled=progress) as bar:
         for i in starts:
             count = min(batch_size, n - i)
-            values = session.run(tensors, {k: v[i:i + batch_size] for k, v in feed.items()})
+            batch = {k: v[i:i + batch_size] for k, v in feed.items()}
+            values = run_sliced(lambda f: session.run(tensors, f), batch, budget.rows_for(model, batch, tensors))
             for t, v in zip(tensors, values):
                 v = np.asarray(v, np.float32)
                 if v.ndim >= 2 and v.shape[0] == count:  # rows of sample k: v[k]

@@ -98,7 +98,35 @@ def _options(*decorators):
 # Option groups: one definition, one default, wherever they mean the same thing.
 no_progress_option = click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 batch_size_option = click.option("--batch-size", default=BATCH_SIZE, show_default=True, type=click.IntRange(min=1),
-                                 help="Samples per model run (calibration, evaluation).")
+                                 help="Samples per model run (calibration, evaluation); fewer where --max-memory "
+                                 "needs it.")
+
+
+def max_memory_option(fn):
+    """``--max-memory``: the memory budget of every pass over the data, active for the whole command."""
+    from trtq.core.budget import DEFAULT_MAX_MEMORY
+
+    def size(ctx, param, value):
+        from trtq.core.budget import parse_memory
+        from trtq.core.errors import DataError
+
+        try:
+            return parse_memory(value)
+        except DataError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    @click.option("--max-memory", metavar="SIZE", default=f"{DEFAULT_MAX_MEMORY // 2**20}MB", show_default=True,
+                  callback=size,
+                  help="Memory each pass over the data may hold in activations (ONNX Runtime's working memory and "
+                  "the tensors it returns), e.g. 512MB or 4GB: batches run in slices and statistics fetch fewer "
+                  "tensors per run to stay within it. The process adds its runtime, weights and data on top.")
+    @functools.wraps(fn)
+    def wrapper(*args, max_memory, **kwargs):
+        from trtq.core.budget import memory_budget
+
+        with memory_budget(max_memory):
+            return fn(*args, max_memory=max_memory, **kwargs)
+    return wrapper
 method_option = click.option(
     "--method", type=click.Choice(METHODS), default="minmax", show_default=True,
     help="Calibration method. minmax: observed range; percentile: 99.99th percentile of |x|; entropy: TensorRT's "
@@ -252,6 +280,7 @@ def main(verbose: bool) -> None:
 @click.option("--eval-samples", default=256, show_default=True, type=click.IntRange(min=1),
               help="Evaluation samples for the fidelity report.")
 @batch_size_option
+@max_memory_option
 @click.option("--engine", is_flag=True,
               help="Also build model.int8.engine or model.mixed.engine (+ .json sidecar) with TensorRT or TensorRT-RTX "
               "(every SM80+ target; use `trtq build` for other options).")
@@ -316,7 +345,7 @@ def main(verbose: bool) -> None:
 @verbose_option
 @_fail_cleanly
 def quantize_cmd(preprocess, onnx_path, checkpoint, model, hf_dir, max_length, calib_data, eval_data, out_dir, method, table,
-                 samples, eval_samples, batch_size, engine, int8_rules, int4w_rules, int4_block, fp8_rules,
+                 samples, eval_samples, batch_size, max_memory, engine, int8_rules, int4w_rules, int4_block, fp8_rules,
                  fp16_rules, fp32_rules,
                  default_precision,
                  plan_path, strict, target, search_samples, target_margin, bias_correction, smoothquant,
@@ -350,7 +379,7 @@ def quantize_cmd(preprocess, onnx_path, checkpoint, model, hf_dir, max_length, c
                       command=_command_line(),
                       bias_correction=bias_correction, smoothquant=smoothquant, layer_clipping=layer_clipping,
                       gptq=gptq, equalize=equalize, runtime=QuantTarget.parse(target_runtime, reduce_range),
-                      preprocess=preprocess, metrics=metrics)
+                      preprocess=preprocess, metrics=metrics, max_memory=max_memory)
     _print_quantize_result(run_quantize(job), job)
 
 
@@ -388,6 +417,11 @@ def _print_quantize_result(result, job) -> None:
         console.print(_precision_table(result))
     for w in result.warnings:
         err_console.print(_styled("warning: ", "yellow", w), soft_wrap=True)
+    if result.stages:
+        total = sum(s.seconds for s in result.stages)
+        console.print(f"time {total:.1f} s, peak memory {max(s.peak_bytes for s in result.stages) / 2**30:.2f} GB: "
+                      + "; ".join(f"{s.name} {s.seconds:.1f} s / {s.peak_bytes / 2**30:.2f} GB"
+                                  for s in result.stages), soft_wrap=True)
     console.print("wrote: " + ", ".join(str(p) for p in result.files.values()))
 
 
@@ -467,6 +501,7 @@ def _precision_table(result) -> Table:
 @method_option
 @click.option("--samples", type=click.IntRange(min=1), help="Use at most this many samples.")
 @batch_size_option
+@max_memory_option
 @click.option("--all-tensors", is_flag=True,
               help="Calibrate every float activation, not only those `trtq quantize` needs.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("calibration.json"), show_default=True,
@@ -477,7 +512,7 @@ def _precision_table(result) -> Table:
 @preprocess_options
 @verbose_option
 @_fail_cleanly
-def calibrate_cmd(preprocess, model, data, method, samples, batch_size, all_tensors, out, trt_cache, no_progress) -> None:
+def calibrate_cmd(preprocess, model, data, method, samples, batch_size, max_memory, all_tensors, out, trt_cache, no_progress) -> None:
     """Compute activation ranges of MODEL.onnx and save them as a calibration table."""
     from trtq.pipeline import run_calibration
 
@@ -505,6 +540,7 @@ def calibrate_cmd(preprocess, model, data, method, samples, batch_size, all_tens
               help="What the ranking sorts by (a task metric only where an output has it: top1 for (N, classes), "
               "sequence/position_top1 for (N, T, classes), mask_iou for maps, neighbours for embeddings).")
 @click.option("--one-way", is_flag=True, help="Skip the all-but-one runs (half the time).")
+@max_memory_option
 @click.option("--gptq/--no-gptq", default=True, show_default=True,
               help="Int8 weights GPTQ-rounded as `trtq quantize` writes them (needs --calib-data; with only "
               "--table, nearest rounding).")
@@ -515,7 +551,7 @@ def calibrate_cmd(preprocess, model, data, method, samples, batch_size, all_tens
 @preprocess_options
 @verbose_option
 @_fail_cleanly
-def sensitivity_cmd(preprocess, model, calib_data, table, eval_data, method, samples, eval_samples, metric, one_way, gptq,
+def sensitivity_cmd(preprocess, model, calib_data, table, eval_data, method, samples, eval_samples, metric, one_way, max_memory, gptq,
                     top, out_dir, no_progress) -> None:
     """Rank MODEL's layer groups by how much int8 costs each (fp32 ONNX model).
 
@@ -553,6 +589,7 @@ def sensitivity_cmd(preprocess, model, calib_data, table, eval_data, method, sam
               "ONNX Runtime's int8 kernels. An .engine runs as TensorRT built it.")
 @click.option("--samples", type=click.IntRange(min=1), help="Use at most this many samples.")
 @batch_size_option
+@max_memory_option
 @click.option("--min-cosine", default=0.97, show_default=True, help="Pass if every output's mean cosine is at least this.")
 @click.option("--min-top1", type=float, help="Pass only if classifier top-1 agreement is at least this (0-1).")
 @metric_option
@@ -560,7 +597,7 @@ def sensitivity_cmd(preprocess, model, calib_data, table, eval_data, method, sam
 @preprocess_options
 @verbose_option
 @_fail_cleanly
-def compare_cmd(preprocess, reference, candidate, data, mode, samples, batch_size, min_cosine, min_top1, metrics,
+def compare_cmd(preprocess, reference, candidate, data, mode, samples, batch_size, max_memory, min_cosine, min_top1, metrics,
                 as_json) -> None:
     """Compare CANDIDATE's outputs with REFERENCE's on the same data (.onnx or .engine).
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from trtq.calibration import CalibrationTable
 from trtq.core import atomic_write_bytes, atomic_write_text
+from trtq.core.stageclock import StageClock
 from trtq.deploy.build import BuildOptions, build_engine
 from trtq.pipeline.job import QuantizeJob
 from trtq.pipeline.html_report import html_report
@@ -56,8 +57,10 @@ def _changes(fp32: Fp32Model, rounding: WeightRounding, clipping, quantized: Qua
 
 def write_artifacts(stage: Path, job: QuantizeJob, source: SourceModel, fp32: Fp32Model, table: CalibrationTable,
                     clipping: tuple | None, rounding: WeightRounding, quantized: QuantizedModel,
-                    fidelity: Fidelity) -> dict[str, Path]:
-    """Write the models, the table, the reports (and the engine with ``--engine``); their paths by kind."""
+                    fidelity: Fidelity, clock: StageClock | None = None) -> dict[str, Path]:
+    """Write the models, the table, the reports (and the engine with ``--engine``); their paths by kind.
+
+    ``clock``: the stages timed so far (report.json's ``time``; writing itself is not in it)."""
     label = quantized.label
     files = {
         "fp32": atomic_write_bytes(stage / "model.fp32.onnx", fp32.model.SerializeToString()),
@@ -101,6 +104,7 @@ def write_artifacts(stage: Path, job: QuantizeJob, source: SourceModel, fp32: Fp
         "target_runtime": {"runtime": job.runtime.runtime.value, "quantization": job.runtime.describe(),
                            "reduce_range": job.runtime.reduce_range},
         **{k: v for k, v in fidelity.to_json().items() if k != "evaluated_on"},
+        "time": None if clock is None else clock.to_json(),
     }
     files["report"] = atomic_write_text(stage / "report.json", _json_text(summary))
     return files

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trtq.core.budget import parse_memory
 from trtq.core.errors import QuantizationError
 from trtq.core.readers import PreprocessSpec
 from trtq.deploy.compare import parse_metric_overrides
@@ -69,6 +70,7 @@ class QuantizeJob:
     strict: bool = False  # plan patterns that match no node: an error instead of a warning
     preprocess: PreprocessSpec | None = None  # how image folders become inputs (None: fitted to the model)
     metrics: tuple[str, ...] = ()  # --metric: "METRIC" or "OUTPUT=METRIC", how outputs are read (default: shape)
+    max_memory: int | str | None = None  # bytes (or "2GB") of activations a pass may hold (None: the default budget)
 
     def __post_init__(self) -> None:
         if isinstance(self.target, str):
@@ -80,6 +82,8 @@ class QuantizeJob:
         if isinstance(self.metrics, str):
             object.__setattr__(self, "metrics", (self.metrics,))
         parse_metric_overrides(self.metrics)  # an unknown metric: an error now, not after calibration
+        if self.max_memory is not None:
+            object.__setattr__(self, "max_memory", parse_memory(self.max_memory))
         for name in ("out_dir", "checkpoint", "onnx", "hf", "table"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
@@ -143,6 +147,7 @@ class QuantizeResult:
     quantized: "QuantizedModel"
     fidelity: "Fidelity"
     runtime: QuantTarget
+    stages: tuple = ()  # core.stageclock.StageTime per stage: wall time and peak memory
 
     # Shorthands for what callers read most.
     @property

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from trtq.calibration.observers import make_observer
 from trtq.core import require, staging_dir
+from trtq.core.budget import memory_budget
+from trtq.core.stageclock import StageClock
 from trtq.deploy.backend import load_backend
 from trtq.pipeline.artifacts import OUTPUT_FILES, write_artifacts
 from trtq.pipeline.job import QuantizeJob, QuantizeResult
@@ -27,18 +29,28 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
         require("matplotlib", "models")  # the sensitivity chart: say so before any slow step
     if job.engine:
         load_backend()  # no TensorRT installed: say so before any slow step
-    with staging_dir(job.out_dir, OUTPUT_FILES) as stage:
-        source = resolve_source(job)
-        if job.target is not None and source.evald is None:
-            source = split_for_search(source, job)  # the target is checked on samples the search never saw
-        fp32 = prepare_fp32(job, source)
-        table, clipping = calibrate_model(job, source, fp32)
-        rounding = round_weights(job, source, fp32)
-        quantized = quantize_fp32(job, source, fp32, table, rounding)
-        fidelity = measure_fidelity(job, source, fp32, table, rounding, quantized)
-        files = write_artifacts(stage, job, source, fp32, table, clipping, rounding, quantized, fidelity)
+    clock = StageClock()
+    with memory_budget(job.max_memory), staging_dir(job.out_dir, OUTPUT_FILES) as stage:
+        with clock("source (export, data)"):
+            source = resolve_source(job)
+            if job.target is not None and source.evald is None:
+                source = split_for_search(source, job)  # the target is checked on samples the search never saw
+        with clock("SmoothQuant" + (" + CLE" if job.equalize else "")):
+            fp32 = prepare_fp32(job, source)
+        with clock("calibration" + (" + clipping" if job.layer_clipping else "")):
+            table, clipping = calibrate_model(job, source, fp32)
+        with clock("GPTQ"):
+            rounding = round_weights(job, source, fp32)
+        with clock("precision search" if job.target is not None else "Q/DQ" + (
+                " + bias correction" if job.bias_correction else "")):
+            quantized = quantize_fp32(job, source, fp32, table, rounding)
+        with clock("fidelity evaluation"):
+            fidelity = measure_fidelity(job, source, fp32, table, rounding, quantized)
+        with clock("writing"):
+            files = write_artifacts(stage, job, source, fp32, table, clipping, rounding, quantized, fidelity, clock)
     files = {kind: Path(job.out_dir) / path.name for kind, path in files.items()}
-    return QuantizeResult(Path(job.out_dir), files, fp32, table, clipping, rounding, quantized, fidelity, job.runtime)
+    return QuantizeResult(Path(job.out_dir), files, fp32, table, clipping, rounding, quantized, fidelity, job.runtime,
+                          tuple(clock.stages))
 
 
 def quantize_model(out_dir: str | Path = "trtq-output", **options) -> QuantizeResult:
