@@ -7,7 +7,7 @@ from typing import Iterator
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                           TimeElapsedColumn)
+                           TimeElapsedColumn, TimeRemainingColumn)
 
 
 class ProgressBar:
@@ -38,10 +38,12 @@ def progress_bar(description: str, total: int | None, unit: str = "samples",
     if not enabled:
         yield ProgressBar(None, unit)
         return
+    # With a known total: done/total, the rate and the time left (ETA) after the time spent.
     counted = (MofNCompleteColumn(),) if total is not None else ()
+    remaining = (TextColumn("ETA"), TimeRemainingColumn()) if total is not None else ()
     progress = Progress(
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), *counted,
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=Console(stderr=True),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), *remaining, console=Console(stderr=True),
     )
     bar = ProgressBar(progress, unit)
     with progress:
