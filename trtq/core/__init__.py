@@ -6,7 +6,9 @@
   :func:`input_specs`, :func:`model_sha256`;
 * data: :func:`open_data` (``.npy``/``.npz``/image folder), :func:`load_arrays`,
   :class:`ImageFolderReader`, :func:`iter_batches`;
-* progress bars: :func:`progress_bar`.
+* progress bars: :func:`progress_bar`;
+* the memory budget of passes over data (:mod:`trtq.core.budget`), per-stage time and peak
+  memory (:mod:`trtq.core.stageclock`), running the model ahead (:mod:`trtq.core.threads`).
 """
 
 __version__ = "0.1.0"
