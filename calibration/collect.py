@@ -25,7 +25,7 @@ import onnx
 from trtq.calibration.augment import DEFAULT_MAX_ELEMENTS, Probe, augment, expose
 from trtq.calibration.observers import check_finite, make_observer
 from trtq.core.onnx_model import infer_types, input_specs, load_model, model_sha256
-from trtq.core.budget import MemoryBudget, chunks, current_budget, sample_shapes
+from trtq.core.budget import MemoryBudget, RunSizer, chunks, current_budget
 from trtq.core.progress import progress_bar
 from trtq.core.threads import run_ahead
 from trtq.core.readers import count_samples, iter_batches
@@ -71,7 +71,7 @@ class _Runner:
     def __init__(self, proto: onnx.ModelProto, probes: list[Probe], session, providers,
                  budget: MemoryBudget) -> None:
         self.proto, self.probes, self.session, self.providers = proto, probes, session, providers
-        self.budget = budget
+        self.budget, self.sizer = budget, RunSizer(proto)
         self.outputs = [o.name for o in session.get_outputs()]
         self._exact = None
 
@@ -79,7 +79,7 @@ class _Runner:
         """Each probe's (values, min, max) on this batch; run in slices of as many samples as
         the memory budget allows, the slices' statistics joined as one batch's."""
         n = len(next(iter(feed.values()))) if feed else 0
-        rows = self.budget.rows(self.budget.ort_bytes(self.proto, sample_shapes(feed)), n)
+        rows = self.sizer.rows(feed, self.budget)
         if rows >= n:
             return self._run(first, feed)
         parts = [self._run(first + i * rows, chunk) for i, chunk in enumerate(chunks(feed, rows))]

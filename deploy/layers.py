@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from trtq.core.budget import current_budget, run_sliced, sample_shapes
+from trtq.core.budget import MemoryBudget, current_budget, run_sliced, sample_shapes
 from trtq.core.onnx_model import input_specs, load_model
 from trtq.core.readers import collect_arrays, fit_batch_size
 from trtq.deploy.plan import COMPUTE_OPS, precision_plan
@@ -37,12 +37,12 @@ def _outputs(model: onnx.ModelProto, names: list[str], feed: dict[str, np.ndarra
     from trtq.quantize.graph import float_session
 
     session = float_session(model, names)
-    budget = current_budget()
+    per_run = current_budget().rows_for(model, feed, names)  # samples per run, within the budget
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     n = len(next(iter(feed.values())))
     for i in range(0, n, batch):
         part = {k: v[i:i + batch] for k, v in feed.items()}
-        values = run_sliced(lambda f: session.run(names, f), part, budget.rows_for(model, part, names))
+        values = run_sliced(lambda f: session.run(names, f), part, per_run)
         for name, value in zip(names, values):
             parts[name].append(value)
     return {k: np.concatenate(v) for k, v in parts.items()}
@@ -68,7 +68,7 @@ def layer_errors(reference: Any, candidate: Any, data: Any, *, samples: int = 8,
     signal, noise = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
     budget = current_budget()
     n = len(next(iter(feed.values())))
-    for group in budget.groups(budget.tensor_bytes(ref, sample_shapes(feed), names), share=0.25 / n):
+    for group in budget.groups(MemoryBudget.tensor_bytes(ref, sample_shapes(feed), names), share=0.25 / n):
         want, got = _outputs(ref, group, feed, batch_size), _outputs(cand, group, feed, batch_size)
         for name in group:
             r, c = want.pop(name).astype(np.float64), got.pop(name).astype(np.float64)
@@ -87,11 +87,12 @@ def layer_inputs(reference: Any, tensors: list[str], data: Any, *, samples: int 
     ref = load_model(reference)
     specs = input_specs(ref)
     batch_size = fit_batch_size(specs, batch_size)
-    # As many samples as the memory budget holds of these tensors (at least one).
-    budget = current_budget()
-    first = collect_arrays(data, specs, batch_size, batch_size)
-    each = sum(budget.tensor_bytes(ref, sample_shapes(first), tensors).values()) if first else 0
-    feed = collect_arrays(data, specs, batch_size, budget.rows(4 * each, samples))
+    feed = collect_arrays(data, specs, batch_size, samples)
+    if feed:  # as many of these samples as the memory budget holds of the tensors (a whole batch at least)
+        each = sum(MemoryBudget.tensor_bytes(ref, sample_shapes(feed), tensors).values())
+        rows = current_budget().rows(4 * each, len(next(iter(feed.values()))))
+        keep = max(rows - rows % batch_size, batch_size)
+        feed = {k: v[:keep] for k, v in feed.items()}
     inner = [t for t in tensors if t not in feed]
     values = _outputs(ref, inner, feed, batch_size) if inner else {}
     return {t: (feed[t] if t in feed else values[t]) for t in tensors}

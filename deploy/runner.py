@@ -23,7 +23,7 @@ import onnx
 
 from trtq.core.onnx_model import InputSpec, input_specs, load_model
 from trtq.core.progress import progress_bar
-from trtq.core.budget import current_budget, run_sliced
+from trtq.core.budget import RunSizer, run_sliced
 from trtq.core.readers import count_samples, iter_batches
 from trtq.core.errors import ModelError, TrtqError, require
 from trtq.core.runtime import QDQ_REWRITES, ort_session
@@ -73,13 +73,12 @@ class OrtRunner:
             opts.add_session_config_entry("session.disable_quant_qdq", "1")
             disabled = QDQ_REWRITES  # not TensorRT's math (and wrong for fp8: see QDQ_REWRITES)
         self._session = ort_session(proto, opts, providers, self.name, disabled)
-        self._proto = proto
+        self._sizer = RunSizer(proto)
 
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The outputs for ``feed``; a batch larger than the memory budget allows runs in slices."""
         try:
-            rows = current_budget().rows_for(self._proto, feed)
-            values = run_sliced(lambda f: self._session.run(self.outputs, f), feed, rows)
+            values = run_sliced(lambda f: self._session.run(self.outputs, f), feed, self._sizer.rows(feed))
         except Exception as exc:  # ORT raises its own exception types
             raise TrtqError(f"inference failed in {self.name}: {exc}") from exc
         return dict(zip(self.outputs, values))

@@ -54,12 +54,12 @@ def _channel_means(model: onnx.ModelProto, outputs: list[str], feed: dict[str, n
                    batch_size: int) -> list[np.ndarray]:
     """Per output: an ``(N, C)`` array of the channel means (axis 1) of each sample."""
     session = float_session(model, outputs)
-    budget = current_budget()
     n = len(next(iter(feed.values())))
+    per_run = current_budget().rows_for(model, feed, outputs)  # samples per run, within the budget
     parts: list[list[np.ndarray]] = [[] for _ in outputs]
     for i in range(0, n, batch_size):
         batch = {k: v[i:i + batch_size] for k, v in feed.items()}
-        values = run_sliced(lambda f: session.run(outputs, f), batch, budget.rows_for(model, batch, outputs))
+        values = run_sliced(lambda f: session.run(outputs, f), batch, per_run)
         for part, v in zip(parts, values):
             v = np.asarray(v, np.float64)
             part.append(v.reshape(v.shape[0], v.shape[1], -1).mean(axis=2) if v.ndim > 2 else v)

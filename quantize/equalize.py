@@ -206,15 +206,15 @@ def _statistics(model: onnx.ModelProto, tensors: list[str], feed: dict[str, np.n
     """Per tensor: channel ``max|x|`` over the even-numbered samples, and up to ``keep``
     odd-numbered samples kept whole (to score on)."""
     session = float_session(model, tensors)
-    budget = current_budget()
     n = len(next(iter(feed.values())))
+    per_run = current_budget().rows_for(model, feed, tensors)  # samples per run, within the budget
     even: dict[str, np.ndarray] = {}
     odd: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
     kept = 0
     with progress_bar("equalization statistics", n, enabled=progress) as bar:
         for i in range(0, n, batch_size):
             batch = {k: v[i:i + batch_size] for k, v in feed.items()}
-            values = run_sliced(lambda f: session.run(tensors, f), batch, budget.rows_for(model, batch, tensors))
+            values = run_sliced(lambda f: session.run(tensors, f), batch, per_run)
             count = len(values[0])
             parity = (np.arange(count) + i) % 2
             take = np.flatnonzero(parity == 1)[:max(keep - kept, 0)]

@@ -30,7 +30,7 @@ import onnx
 
 from trtq.core.onnx_model import input_specs, load_model
 from trtq.core.progress import progress_bar
-from trtq.core.budget import MemoryBudget, current_budget, sample_shapes
+from trtq.core.budget import MemoryBudget, current_budget, sample_shapes, select
 from trtq.core.readers import collect_arrays, static_batch_size
 from trtq.core.threads import run_ahead
 from trtq.quantize.graph import GraphIndex, copy_model, float_session, get_attr, remove_unused_initializers
@@ -250,9 +250,10 @@ def gptq_weights(model: str | os.PathLike | onnx.ModelProto, data: Any, *, sampl
     # per layer and batch, so neither changes the statistics.
     budget = budget or current_budget()
     shapes = sample_shapes(feed)
-    fetched = budget.tensor_bytes(src, shapes, tensors)
+    sizes = budget.tensor_bytes(src, shapes)
+    fetched = select(sizes, tensors)
     groups = budget.groups(fetched)
-    per_sample = (budget.ort_bytes(src, shapes) + 2 * max(sum(fetched[t] for t in grp) for grp in groups)
+    per_sample = (budget.ort_bytes(sizes) + 2 * max(sum(fetched[t] for t in grp) for grp in groups)
                   + max(_patch_bytes(layer, fetched[layer.node.input[0]]) for layer in layers))
     rows = static or budget.rows(per_sample, batch_size)
     sessions = [float_session(src, grp) for grp in groups]

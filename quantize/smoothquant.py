@@ -139,8 +139,8 @@ class _Stats:
 def _statistics(model: onnx.ModelProto, tensors: list[str], feed: dict[str, np.ndarray], batch_size: int,
                 rows: int, progress: bool) -> dict[str, _Stats]:
     session = float_session(model, tensors)
-    budget = current_budget()
     n = len(next(iter(feed.values())))
+    per_run = current_budget().rows_for(model, feed, tensors)  # samples per run, within the budget
     starts = range(0, n, batch_size)
     per_batch = -(-rows // len(starts))
     rng = np.random.default_rng(0)
@@ -151,7 +151,7 @@ def _statistics(model: onnx.ModelProto, tensors: list[str], feed: dict[str, np.n
         for i in starts:
             count = min(batch_size, n - i)
             batch = {k: v[i:i + batch_size] for k, v in feed.items()}
-            values = run_sliced(lambda f: session.run(tensors, f), batch, budget.rows_for(model, batch, tensors))
+            values = run_sliced(lambda f: session.run(tensors, f), batch, per_run)
             for t, v in zip(tensors, values):
                 v = np.asarray(v, np.float32)
                 if v.ndim >= 2 and v.shape[0] == count:  # rows of sample k: v[k]

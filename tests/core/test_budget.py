@@ -55,8 +55,10 @@ def test_sizes_follow_the_datas_shape():
     assert small["c1"] == 16 * 64 * 64 * 4 and small["c2"] == 16 * 32 * 32 * 4
     assert all(large[k] == 4 * small[k] for k in small)
     budget = MemoryBudget(limit=32 << 20)
-    assert budget.rows(budget.ort_bytes(model, {"x": (3, 128, 128)}), 64) < budget.rows(
-        budget.ort_bytes(model, {"x": (3, 64, 64)}), 64)
+    assert budget.rows(budget.ort_bytes(large), 64) < budget.rows(budget.ort_bytes(small), 64)
+    feed = {"x": np.zeros((64, 3, 128, 128), np.float32)}
+    assert budget.rows_for(model, feed) == budget.rows(budget.ort_bytes(large), 64)
+    assert budget.rows_for(model, feed, ["c1"]) < budget.rows_for(model, feed)
 
 
 def test_rows_and_groups():
@@ -111,6 +113,15 @@ def test_calibration_table_is_the_same_under_any_budget():
         tables = [calibrate(model, data, method, batch_size=8, progress=False, max_elements=None, budget=b)
                   for b in (TINY, HUGE)]
         assert tables[0].ranges == tables[1].ranges, method
+
+
+def test_a_static_batch_runs_whole_batches_under_any_budget():
+    model = make_cnn()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4  # exported with batch 4
+    data = np.random.default_rng(1).normal(size=(12, 3, 8, 8)).astype(np.float32)
+    assert TINY.rows_for(model, {"input": data[:4]}) == 4
+    tables = [calibrate(model, data, "minmax", batch_size=4, progress=False, budget=b) for b in (TINY, HUGE)]
+    assert tables[0].ranges == tables[1].ranges
 
 
 @pytest.mark.parametrize("make", [_fully_convolutional, make_cnn, make_matmul])

@@ -20,7 +20,7 @@ import contextlib
 import contextvars
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -29,7 +29,7 @@ import onnx
 from trtq.core.errors import DataError
 from trtq.core.onnx_model import infer_types
 
-__all__ = ["DEFAULT_MAX_MEMORY", "MemoryBudget", "current_budget", "memory_budget", "parse_memory"]
+__all__ = ["DEFAULT_MAX_MEMORY", "MemoryBudget", "RunSizer", "current_budget", "memory_budget", "parse_memory"]
 
 #: The default budget for a pass's activations: with the runtime, weights and data set on top,
 #: the default job stays near 2 GB of resident memory on a 224×224 CNN or a MiniLM.
@@ -64,7 +64,6 @@ class MemoryBudget:
     """``limit`` bytes for the activations one pass holds at a time."""
 
     limit: int = DEFAULT_MAX_MEMORY
-    _sizes: dict = field(default_factory=dict, repr=False)
 
     def rows(self, per_sample: int, wanted: int) -> int:
         """Samples to run at once: at most ``wanted``, at least 1, ``per_sample`` bytes each."""
@@ -87,39 +86,49 @@ class MemoryBudget:
                 used = size
         return out
 
-    def tensor_bytes(self, model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]],
+    @staticmethod
+    def tensor_bytes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]],
                      names: Iterable[str] | None = None) -> dict[str, int]:
         """Bytes per sample of the model's float tensors (``names``, default all) when its
-        inputs have these per-sample ``shapes`` (without the batch dim); cached per shape."""
-        key = (id(model), tuple(sorted((k, tuple(v)) for k, v in shapes.items())))
-        if key not in self._sizes:
-            self._sizes = {key: _tensor_bytes(model, shapes)}  # one model and shape at a time
-        sizes = self._sizes[key]
-        if names is None:
-            return dict(sizes)
-        largest = max(sizes.values(), default=0)
-        return {n: sizes.get(n, largest) for n in names}
+        inputs have these per-sample ``shapes`` (without the batch dim)."""
+        sizes = _tensor_bytes(model, shapes)
+        return sizes if names is None else select(sizes, names)
 
-    def ort_bytes(self, model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> int:
-        """ONNX Runtime's working memory per sample for a run of ``model`` (an estimate)."""
-        return int(ORT_FACTOR * sum(self.tensor_bytes(model, shapes).values()))
+    @staticmethod
+    def ort_bytes(sizes: Mapping[str, int]) -> int:
+        """ONNX Runtime's working memory per sample for a run computing tensors of these
+        sizes (:meth:`tensor_bytes` of the whole model; an estimate)."""
+        return int(ORT_FACTOR * sum(sizes.values()))
 
     def rows_for(self, model: onnx.ModelProto, feed: Mapping[str, np.ndarray], fetched: Iterable[str] = ()) -> int:
-        """Samples of ``feed`` to run ``model`` on at once: its working memory plus the
-        ``fetched`` tensors within the budget. A model with a fixed batch dim runs whole batches."""
+        """Samples of ``feed`` to run ``model`` on at once (see :class:`RunSizer`)."""
+        return RunSizer(model, fetched).rows(feed, self)
+
+
+class RunSizer:
+    """How many samples of a feed one run of ``model`` may take: its working memory plus the
+    ``fetched`` tensors within the budget. The bytes per sample are worked out once per
+    sample shape (data of varying H×W is sized per shape). A model with a fixed batch dim
+    runs whole batches."""
+
+    def __init__(self, model: onnx.ModelProto, fetched: Iterable[str] = ()) -> None:
+        from trtq.core.onnx_model import input_specs
+        from trtq.core.readers import static_batch_size
+
+        self.model, self.fetched = model, list(fetched)
+        self.static = static_batch_size(input_specs(model)) is not None
+        self._per_sample: dict[tuple, int] = {}
+
+    def rows(self, feed: Mapping[str, np.ndarray], budget: MemoryBudget | None = None) -> int:
         n = len(next(iter(feed.values()))) if feed else 0
-        if any(isinstance(d, int) and d > 0 for d in _batch_dims(model)):
+        if self.static:
             return n
         shapes = sample_shapes(feed)
-        per_sample = self.ort_bytes(model, shapes) + sum(self.tensor_bytes(model, shapes, fetched).values())
-        return self.rows(per_sample, n)
-
-
-def _batch_dims(model: onnx.ModelProto) -> list:
-    inits = {t.name for t in model.graph.initializer}
-    return [vi.type.tensor_type.shape.dim[0].dim_value for vi in model.graph.input
-            if vi.name not in inits and vi.type.tensor_type.shape.dim
-            and vi.type.tensor_type.shape.dim[0].HasField("dim_value")]
+        key = tuple(sorted(shapes.items()))
+        if key not in self._per_sample:
+            sizes = _tensor_bytes(self.model, shapes)
+            self._per_sample[key] = MemoryBudget.ort_bytes(sizes) + sum(select(sizes, self.fetched).values())
+        return (budget or current_budget()).rows(self._per_sample[key], n)
 
 
 def run_sliced(run: Callable[[dict], list[np.ndarray]], feed: Mapping[str, np.ndarray], rows: int) -> list[np.ndarray]:
@@ -138,26 +147,15 @@ def run_sliced(run: Callable[[dict], list[np.ndarray]], feed: Mapping[str, np.nd
     return [np.concatenate(p) for p in zip(*parts)]
 
 
+def select(sizes: Mapping[str, int], names: Iterable[str]) -> dict[str, int]:
+    """``sizes`` of ``names``; a name without a size counts as the largest size there is."""
+    largest = max(sizes.values(), default=0)
+    return {n: sizes.get(n, largest) for n in names}
+
+
 def _tensor_bytes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
-    # The graph with batch-1 inputs of the data's shape; weights as bare typed tensors
-    # (infer_types reads only their names, types and dims), value infos dropped (they may
-    # hold the old symbolic shapes).
-    inputs = []
-    for vi in model.graph.input:
-        vi2 = onnx.ValueInfoProto()
-        vi2.CopyFrom(vi)
-        if vi.name in shapes:
-            dims = vi2.type.tensor_type.shape.dim
-            del dims[:]
-            for d in (1, *shapes[vi.name]):
-                dims.add().dim_value = int(d)
-        inputs.append(vi2)
-    weights = [onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims) for t in model.graph.initializer]
-    light = onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import, functions=model.functions,
-                            graph=onnx.GraphProto(name=model.graph.name, node=model.graph.node, input=inputs,
-                                                  initializer=weights, output=model.graph.output))
     try:
-        types = infer_types(light)
+        types = infer_types(model, {k: (1, *v) for k, v in shapes.items()})
     except Exception:  # a model shape inference cannot follow: size nothing, count the inputs
         types = {}
     sizes: dict[str, int] = {}
@@ -214,4 +212,4 @@ def chunks(feed: Mapping[str, np.ndarray], rows: int) -> Iterator[dict[str, np.n
         yield {k: v[i:i + rows] for k, v in feed.items()}
 
 
-__all__ += ["chunks", "run_sliced", "sample_shapes"]
+__all__ += ["chunks", "run_sliced", "sample_shapes", "select"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,11 +84,14 @@ def check_model(proto: onnx.ModelProto, what: str = "model") -> None:
         raise ModelError(f"{what} is not a valid ONNX model: {first}") from exc
 
 
-def infer_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+def infer_types(model: onnx.ModelProto,
+                input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, onnx.TypeProto]:
     """Inferred type (dtype and shape) of every tensor, by name.
 
     Shape inference runs on a copy of the graph whose initializers are replaced by typed
     graph inputs, so a model's weights (90 MB for MiniLM) are never copied for it.
+    ``input_shapes``: concrete shapes for these inputs (e.g. the data's, to size every
+    activation); the model's own value infos, which may hold other shapes, are then left out.
     """
     light = onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import,
                             functions=model.functions)
@@ -95,11 +99,22 @@ def infer_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     graph.name = model.graph.name
     graph.node.extend(model.graph.node)
     graph.input.extend(model.graph.input)
+    for vi in graph.input:
+        if input_shapes and vi.name in input_shapes:
+            dims = vi.type.tensor_type.shape.dim
+            del dims[:]
+            for d in input_shapes[vi.name]:
+                dims.add().dim_value = int(d)
     listed = {i.name for i in model.graph.input}
     graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
                        for t in model.graph.initializer if t.name not in listed)
     graph.output.extend(model.graph.output)
-    graph.value_info.extend(model.graph.value_info)
+    if input_shapes:  # declared output shapes may be for other input shapes: inferred anew
+        for vi in graph.output:
+            if vi.type.HasField("tensor_type"):
+                vi.type.tensor_type.ClearField("shape")
+    else:
+        graph.value_info.extend(model.graph.value_info)
     try:
         inferred = onnx.shape_inference.infer_shapes(light)
     except onnx.shape_inference.InferenceError as exc:
