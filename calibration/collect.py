@@ -28,7 +28,7 @@ from trtq.core.onnx_model import infer_types, input_specs, load_model, model_sha
 from trtq.core.budget import MemoryBudget, RunSizer, chunks, current_budget
 from trtq.core.progress import progress_bar
 from trtq.core.threads import run_ahead
-from trtq.core.readers import count_samples, iter_batches
+from trtq.core.readers import count_samples, lazy_batches
 from trtq.calibration.table import CalibrationTable
 from trtq.core.errors import CalibrationError, require
 from trtq.core.checks import count_arg, names_arg
@@ -81,7 +81,7 @@ class _Runner:
         n = len(next(iter(feed.values()))) if feed else 0
         rows = self.sizer.rows(feed, self.budget)
         if rows >= n:
-            return self._run(first, feed)
+            return self._run(first, {k: np.asarray(v) for k, v in feed.items()})
         parts = [self._run(first + i * rows, chunk) for i, chunk in enumerate(chunks(feed, rows))]
         joined = []
         for stats in zip(*parts):
@@ -159,8 +159,9 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: Any, method: str
     seen = 0
     with progress_bar(f"calibrating ({method})", count_samples(data, samples), enabled=progress) as bar:
         # Three stages in three threads: reading/decoding the next batch, running the model
-        # on the current one, and the observers on the previous one.
-        batches = run_ahead(iter_batches(data, specs, batch_size, samples), lambda b: b)
+        # on the current one, and the observers on the previous one. Array data is read
+        # slice by slice as the model runs it.
+        batches = run_ahead(lazy_batches(data, specs, batch_size, samples), lambda b: b)
         for first, n, stats in run_ahead(batches, lambda b: (b[0], len(next(iter(b[1].values()))), run(*b))):
             for p, (values, lo, hi) in zip(probes, stats):
                 obs = observers[p.tensor]

@@ -162,25 +162,55 @@ def output_metrics(name: str, ref: np.ndarray, cand: np.ndarray, task: str | Non
         task = auto_task(ref)
     else:
         _check_task(name, ref, task)
-    r = ref.astype(np.float64).reshape(len(ref), -1)
-    c = cand.astype(np.float64).reshape(len(cand), -1)
-    d = c - r
-    peak = float(np.abs(r).max(initial=0.0))
-    max_abs = float(np.abs(d).max(initial=0.0))
-    norms = np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1)
-    dots = (r * c).sum(axis=1)
-    cos = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(np.abs(d).max(axis=1) == 0, 1.0, 0.0))
-    noise = float((d ** 2).sum())
-    sqnr = math.inf if noise == 0 else 10 * math.log10(max(float((r ** 2).sum()), 1e-300) / noise)
+    n = len(ref)
+    peak = signal = noise = 0.0
+    dots, norms, row_err = np.empty(n), np.empty(n), np.empty(n)
+    for start, r, c in _row_blocks(ref, cand):
+        d = c - r
+        rows = slice(start, start + len(r))
+        peak = max(peak, float(np.abs(r).max(initial=0.0)))
+        row_err[rows] = np.abs(d).max(axis=1, initial=0.0)
+        dots[rows] = np.einsum("ij,ij->i", r, c)
+        norms[rows] = np.sqrt(np.einsum("ij,ij->i", r, r) * np.einsum("ij,ij->i", c, c))
+        signal += float(np.einsum("ij,ij->", r, r))
+        noise += float(np.einsum("ij,ij->", d, d))
+    max_abs = float(row_err.max(initial=0.0))
+    cos = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(row_err == 0, 1.0, 0.0))
+    sqnr = math.inf if noise == 0 else 10 * math.log10(max(signal, 1e-300) / noise)
     top1 = top5 = None
     if task == "classifier":
-        ref_top = r.argmax(axis=1)
-        cand_top5 = np.argsort(-c, axis=1)[:, :5]
+        ref_top = ref.argmax(axis=1)
+        cand_top5 = np.argsort(-cand, axis=1)[:, :5]
         top1 = float((cand_top5[:, 0] == ref_top).mean())
         top5 = float((cand_top5 == ref_top[:, None]).any(axis=1).mean())
     return OutputMetrics(name, max_abs, max_abs / peak if peak > 0 else math.inf if max_abs else 0.0,
                          float(cos.mean()), float(cos.min()), sqnr, top1, top5, task=task,
                          **_task_metrics(ref, cand, task))
+
+
+#: Output elements reduced at a time in float64 (32 MB a temporary): the metrics of a large
+#: output (a 1024×1024 map on 32 samples is 268 MB in float64) never hold it whole in float64.
+CHUNK_ELEMENTS = 1 << 22
+
+
+def _row_blocks(ref: np.ndarray, cand: np.ndarray):
+    """``(first row, ref rows, cand rows)`` as float64 ``[rows, -1]`` blocks of about
+    :data:`CHUNK_ELEMENTS` elements (at least one sample each)."""
+    n = len(ref)
+    per = max(1, CHUNK_ELEMENTS // max(1, ref.size // max(n, 1)))
+    for start in range(0, n, per):
+        yield (start, ref[start:start + per].reshape(min(per, n - start), -1).astype(np.float64),
+               cand[start:start + per].reshape(min(per, n - start), -1).astype(np.float64))
+
+
+def signal_noise(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float]:
+    """``(sum ref^2, sum (cand - ref)^2)`` in float64, a block of samples at a time."""
+    signal = noise = 0.0
+    for _, r, c in _row_blocks(ref, cand):
+        d = c - r
+        signal += float(np.einsum("ij,ij->", r, r))
+        noise += float(np.einsum("ij,ij->", d, d))
+    return signal, noise
 
 
 def _ctc_greedy(steps: np.ndarray) -> list[tuple[int, ...]]:
@@ -200,9 +230,11 @@ def _task_metrics(ref: np.ndarray, cand: np.ndarray, task: str) -> dict:
         return {"position_top1": float((r == c).mean()), "sequence": float(np.mean(same))}
     if task == "map":
         threshold = 0.5 if ref.min() >= 0 and ref.max() <= 1 else 0.0
-        a, b = ref > threshold, cand > threshold
-        union = int((a | b).sum())
-        return {"mask_iou": float((a & b).sum() / union) if union else 1.0}
+        both = union = 0
+        for _, r, c in _row_blocks(ref, cand):
+            a, b = r > threshold, c > threshold
+            both, union = both + int((a & b).sum()), union + int((a | b).sum())
+        return {"mask_iou": both / union if union else 1.0}
     if task == "embedding":
         return {"neighbours": neighbour_agreement(ref, cand)}
     return {}

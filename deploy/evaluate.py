@@ -21,7 +21,7 @@ from trtq.deploy.compare import compare_outputs
 from trtq.deploy.runner import OrtRunner, QdqMode, run_all
 from trtq.core.errors import TrtqError
 from trtq.core.onnx_model import input_specs, load_model
-from trtq.core.readers import fit_batch_size
+from trtq.core.readers import fit_batch_size, take_rows
 
 METRICS = ("top1", "cosine", "min_cosine", "sqnr_db", "sequence", "position_top1", "mask_iou", "neighbours")
 _TARGET = re.compile(r"^\s*(" + "|".join(("sqnr", *METRICS)) + r")\s*>=\s*([-+0-9.eE]+)\s*$")
@@ -104,14 +104,14 @@ class FidelityEvaluator:
         """An evaluator on the first ``samples`` samples, sharing this one's arrays (no re-run)."""
         other = object.__new__(FidelityEvaluator)
         n = min(samples, self.samples)
-        other.feed = {k: v[:n] for k, v in self.feed.items()}
+        other.feed = {k: take_rows(v, slice(0, n)) for k, v in self.feed.items()}
         other.reference = {k: v[:n] for k, v in self.reference.items()}
         other.samples, other.batch_size, other.calls, other.tasks = n, self.batch_size, 0, self.tasks
         return other
 
     def outputs(self, model: onnx.ModelProto) -> dict[str, np.ndarray]:
         with OrtRunner(model, mode=QdqMode.FLOAT, name="candidate") as runner:
-            parts = [runner.infer({k: v[i:i + self.batch_size] for k, v in self.feed.items()})
+            parts = [runner.infer({k: take_rows(v, slice(i, i + self.batch_size)) for k, v in self.feed.items()})
                      for i in range(0, self.samples, self.batch_size)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 

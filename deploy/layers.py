@@ -13,6 +13,7 @@ import onnx
 from trtq.core.budget import MemoryBudget, current_budget, run_sliced, sample_shapes
 from trtq.core.onnx_model import input_specs, load_model
 from trtq.core.readers import collect_arrays, fit_batch_size
+from trtq.deploy.compare import signal_noise
 from trtq.deploy.plan import COMPUTE_OPS, precision_plan
 
 __all__ = ["LayerError", "layer_errors", "layer_inputs"]
@@ -38,14 +39,9 @@ def _outputs(model: onnx.ModelProto, names: list[str], feed: dict[str, np.ndarra
 
     session = float_session(model, names)
     per_run = current_budget().rows_for(model, feed, names)  # samples per run, within the budget
-    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    n = len(next(iter(feed.values())))
-    for i in range(0, n, batch):
-        part = {k: v[i:i + batch] for k, v in feed.items()}
-        values = run_sliced(lambda f: session.run(names, f), part, per_run)
-        for name, value in zip(names, values):
-            parts[name].append(value)
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    # In runs of whole batches at most (a fixed batch dim runs exactly its batches).
+    values = run_sliced(lambda f: session.run(names, f), feed, min(per_run, batch))
+    return dict(zip(names, values))
 
 
 def layer_errors(reference: Any, candidate: Any, data: Any, *, samples: int = 8,
@@ -71,8 +67,7 @@ def layer_errors(reference: Any, candidate: Any, data: Any, *, samples: int = 8,
     for group in budget.groups(MemoryBudget.tensor_bytes(ref, sample_shapes(feed), names), share=0.25 / n):
         want, got = _outputs(ref, group, feed, batch_size), _outputs(cand, group, feed, batch_size)
         for name in group:
-            r, c = want.pop(name).astype(np.float64), got.pop(name).astype(np.float64)
-            signal[name], noise[name] = float((r ** 2).sum()), float(((c - r) ** 2).sum())
+            signal[name], noise[name] = signal_noise(want.pop(name), got.pop(name))
     out = []
     for node, name in zip(nodes, names):
         sqnr = 10 * math.log10(signal[name] / noise[name]) if noise[name] > 0 else float("inf")

@@ -24,7 +24,7 @@ import onnx
 from trtq.core.onnx_model import InputSpec, input_specs, load_model
 from trtq.core.progress import progress_bar
 from trtq.core.budget import RunSizer, run_sliced
-from trtq.core.readers import count_samples, iter_batches
+from trtq.core.readers import count_samples, lazy_batches
 from trtq.core.errors import ModelError, TrtqError, require
 from trtq.core.runtime import QDQ_REWRITES, ort_session
 
@@ -98,7 +98,7 @@ def run_all(runner: Runner, data: Any, batch_size: int = 32, samples: int | None
     """Run every batch of ``data`` and concatenate the outputs along the batch axis."""
     chunks: dict[str, list[np.ndarray]] = {n: [] for n in runner.outputs}
     with progress_bar(f"running {runner.name}", count_samples(data, samples), enabled=progress) as bar:
-        for _, feed in iter_batches(data, runner.inputs, batch_size, samples):
+        for _, feed in lazy_batches(data, runner.inputs, batch_size, samples):  # files read slice by slice
             for name, value in runner.infer(feed).items():
                 chunks[name].append(value)
             bar.advance(len(next(iter(feed.values()))))

@@ -133,18 +133,25 @@ class RunSizer:
 
 def run_sliced(run: Callable[[dict], list[np.ndarray]], feed: Mapping[str, np.ndarray], rows: int) -> list[np.ndarray]:
     """``run(feed)``, in slices of ``rows`` samples joined along the batch axis, so the runtime
-    holds one slice's activations at a time. Outputs without the slice's batch axis cannot be
-    joined: then the whole feed runs at once."""
+    holds one slice's activations at a time; the slices are written into the joined outputs
+    as they come (never held twice). Outputs without the slice's batch axis cannot be
+    joined: then the whole feed runs at once. ``feed`` may hold lazy arrays
+    (:class:`~trtq.core.arrayfile.FileArray`): each slice is read as it runs."""
     n = len(next(iter(feed.values()))) if feed else 0
     if rows >= n:
-        return run(dict(feed))
-    parts = []
-    for chunk in chunks(feed, rows):
+        return run({k: np.asarray(v) for k, v in feed.items()})
+    joined: list[np.ndarray] = []
+    for start in range(0, n, max(rows, 1)):
+        chunk = {k: v[start:start + rows] for k, v in feed.items()}
+        count = len(next(iter(chunk.values())))
         out = run(chunk)
-        if any(np.ndim(v) == 0 or np.shape(v)[0] != len(next(iter(chunk.values()))) for v in out):
-            return run(dict(feed))
-        parts.append(out)
-    return [np.concatenate(p) for p in zip(*parts)]
+        if not joined:
+            if any(np.ndim(v) == 0 or np.shape(v)[0] != count for v in out):
+                return run({k: np.asarray(v) for k, v in feed.items()})
+            joined = [np.empty((n, *np.shape(v)[1:]), np.asarray(v).dtype) for v in out]
+        for target, value in zip(joined, out):
+            target[start:start + count] = value
+    return joined
 
 
 def select(sizes: Mapping[str, int], names: Iterable[str]) -> dict[str, int]:

@@ -24,6 +24,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from trtq.core.arrayfile import FileArray, npy_header, open_arrays
 from trtq.core.onnx_model import InputSpec
 from trtq.core.errors import DataError
 
@@ -45,7 +46,7 @@ def load_arrays(path: str | os.PathLike) -> np.ndarray | dict[str, np.ndarray]:
             with np.load(path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
         if path.suffix == ".npy":
-            _check_npy_header(path)
+            npy_header(path)  # a hostile header must not make NumPy allocate its claim
             return np.load(path, allow_pickle=False)
     except MemoryError:
         raise DataError(f"data file {path} does not fit in memory") from None
@@ -59,8 +60,8 @@ def open_data(data: Any, what: str = "data", preprocess: "PreprocessSpec | None"
 
     A folder of images is an :class:`ImageFolderReader` (read lazily, batch by batch, with
     ``preprocess``; its open size and layout come from the model input), a folder of
-    ``.npy``/``.npz`` files an :class:`ArrayFolderReader`; ``.npy``/``.npz`` files are loaded
-    with :func:`load_arrays`. Arrays, mappings, readers and iterables are returned unchanged
+    ``.npy``/``.npz`` files an :class:`ArrayFolderReader`; ``.npy``/``.npz`` files are opened
+    with :func:`~trtq.core.arrayfile.open_arrays` (rows read from the file as passes need them). Arrays, mappings, readers and iterables are returned unchanged
     (see :func:`iter_batches` for what they may be). ``None`` is refused with a message naming
     ``what`` (e.g. "calibration data").
     """
@@ -69,7 +70,7 @@ def open_data(data: Any, what: str = "data", preprocess: "PreprocessSpec | None"
         if not path.is_dir():
             if preprocess is not None:
                 raise DataError(f"image preprocessing options apply to an image folder, and {path} is a file")
-            return load_arrays(path)
+            return open_arrays(path)
         has_images = any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*"))
         has_arrays = any(p.suffix.lower() in (".npy", ".npz") for p in path.rglob("*"))
         if has_images and has_arrays:
@@ -80,25 +81,6 @@ def open_data(data: Any, what: str = "data", preprocess: "PreprocessSpec | None"
     if data is None:
         raise DataError(f"no {what} given")
     return data
-
-
-def _check_npy_header(path: Path) -> None:
-    """Compare the shape and dtype an ``.npy`` header claims with the file's size, before
-    reading it: a corrupt or hostile header must not make NumPy allocate its claim."""
-    from numpy.lib import format as npy
-
-    with open(path, "rb") as f:
-        try:
-            version = npy.read_magic(f)
-            reader = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
-            shape, _, dtype = reader(f)
-        except (ValueError, EOFError) as exc:
-            raise DataError(f"data file {path} is not a valid .npy file ({exc})") from exc
-        payload = path.stat().st_size - f.tell()
-    need = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-    if dtype.hasobject or need > payload:
-        raise DataError(f"data file {path} claims a {dtype} array of shape {shape} ({need / 1e9:.3g} GB) but holds "
-                        f"{payload / 1e9:.3g} GB of data: the file is truncated or corrupt")
 
 
 @dataclass(frozen=True)
@@ -300,10 +282,11 @@ def raw_batches(data: Any, specs: list[InputSpec], batch_size: int) -> Iterator[
         return ({name: batch} for batch in reader.batches(batch_size))
     if isinstance(data, ArrayFolderReader):
         return _rebatch(data.feeds(specs), batch_size)
-    if isinstance(data, np.ndarray):
+    if isinstance(data, (np.ndarray, FileArray)):
         data = {_single_input(specs, "a single array"): data}
     if isinstance(data, Mapping):
-        return _slice_batches({k: np.asarray(v) for k, v in data.items()}, batch_size)
+        return _slice_batches({k: v if isinstance(v, FileArray) else np.asarray(v) for k, v in data.items()},
+                              batch_size)
     if hasattr(data, "get_next"):
         return _from_reader(data)
     if isinstance(data, Iterable):
@@ -385,27 +368,78 @@ def fit_batch_size(specs: list[InputSpec], wanted: int) -> int:
 
 
 def collect_arrays(data: Any, specs: list[InputSpec], batch_size: int = 32,
-                   samples: int | None = None) -> dict[str, np.ndarray]:
-    """Every validated batch of ``data`` (at most ``samples`` samples) joined into one array
-    per input; ``{}`` when there is none. For small fixed sets that are run many times.
+                   samples: int | None = None) -> dict[str, np.ndarray | FileArray]:
+    """The first ``samples`` samples of ``data``, validated, as one array per input; ``{}`` when
+    there is none. For small fixed sets that are run many times, sliced batch by batch.
+
+    Arrays are not copied: an ndarray comes back as a view (converted where the model wants
+    another float/int width) and a :class:`~trtq.core.arrayfile.FileArray` as a lazy view of its
+    rows, so a pass holds the batch it runs, not the data set. Other data (image folders,
+    readers, iterables) is read once and joined.
 
     For a model with a fixed batch size the sample count is a multiple of it (:func:`iter_batches`
     leaves a short remainder out), so the arrays can be run in batches of exactly that size.
     """
-    parts: dict[str, list[np.ndarray]] = {}
-    for _, feed in iter_batches(data, specs, batch_size, samples):
-        for k, v in feed.items():
-            parts.setdefault(k, []).append(np.asarray(v))
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    arrays = _arrays_of(data, specs)
+    if arrays is None:
+        parts: dict[str, list[np.ndarray]] = {}
+        for _, feed in iter_batches(data, specs, batch_size, samples):
+            for k, v in feed.items():
+                parts.setdefault(k, []).append(np.asarray(v))
+        return {k: np.concatenate(v) for k, v in parts.items()}
+    # Validated batch by batch (names, shapes, dtypes, finiteness), then handed out as views.
+    files = [v for v in arrays.values() if isinstance(v, FileArray)]
+    key = (tuple((s.name, tuple(s.shape), str(s.dtype)) for s in specs), samples)
+    n = files[0].checked.get(key) if files and len(files) == len(arrays) else None
+    if n is None:
+        n = sum(len(next(iter(feed.values()))) for _, feed in iter_batches(arrays, specs, batch_size, samples))
+        for f in files:
+            f.checked[key] = n
+    dtypes = {s.name: s.dtype for s in specs}
+    return {k: (v.rows(slice(0, n)).astype(dtypes[k]) if isinstance(v, FileArray) else v[:n].astype(dtypes[k], copy=False))
+            for k, v in arrays.items()}
+
+
+def lazy_batches(data: Any, specs: list[InputSpec], batch_size: int = 32,
+                 samples: int | None = None) -> Iterator[tuple[int, dict[str, np.ndarray | FileArray]]]:
+    """:func:`iter_batches`, except that array data (validated first, see :func:`collect_arrays`)
+    comes as views: a file's rows are read when the consumer slices the batch (or calls
+    ``np.asarray``), so a pass that runs a batch in budget-sized slices never holds all of it."""
+    arrays = _arrays_of(data, specs)
+    if arrays is None:
+        yield from iter_batches(data, specs, batch_size, samples)
+        return
+    feed = collect_arrays(arrays, specs, batch_size, samples)
+    n = len(next(iter(feed.values())))
+    step = static_batch_size(specs) or batch_size
+    for start in range(0, n, step):
+        yield start, {k: take_rows(v, slice(start, start + step)) for k, v in feed.items()}
+
+
+def _arrays_of(data: Any, specs: list[InputSpec]) -> dict[str, np.ndarray | FileArray] | None:
+    """``data`` as arrays by input name, when it is arrays (an ndarray, a FileArray or a mapping of them)."""
+    if isinstance(data, (str, os.PathLike)) and not Path(data).is_dir():
+        data = open_arrays(data)
+    if isinstance(data, (np.ndarray, FileArray)):
+        return {_single_input(specs, "a single array"): data}
+    if isinstance(data, Mapping) and data and all(isinstance(v, (np.ndarray, FileArray)) for v in data.values()):
+        return dict(data)
+    return None
+
+
+def take_rows(array: np.ndarray | FileArray, rows: Any) -> np.ndarray | FileArray:
+    """``array[rows]``, lazily for a :class:`~trtq.core.arrayfile.FileArray`."""
+    return array.rows(rows) if isinstance(array, FileArray) else array[rows]
 
 
 def count_samples(data: Any, cap: int | None = None) -> int | None:
     """Number of samples in array-like data (for progress bars), else ``None``."""
     n = None
-    if isinstance(data, np.ndarray) and data.ndim:
+    if isinstance(data, (np.ndarray, FileArray)) and data.ndim:
         n = data.shape[0]
     elif isinstance(data, Mapping) and data:
-        first = np.asarray(next(iter(data.values())))
+        first = next(iter(data.values()))
+        first = first if isinstance(first, FileArray) else np.asarray(first)
         n = first.shape[0] if first.ndim else None
     elif isinstance(data, ImageFolderReader):
         n = len(data)

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from trtq.core import ImageFolderReader, load_model, open_data, progress_bar
+from trtq.core.arrayfile import FileArray
 from trtq.core.errors import DataError, ModelError
 from trtq.core.runtime import check_runnable
 from trtq.models import get_model_spec, resolve_factory
@@ -59,7 +60,7 @@ def split_for_search(source: SourceModel, job: QuantizeJob) -> SourceModel:
     from dataclasses import replace
 
     from trtq.core import input_specs
-    from trtq.core.readers import collect_arrays
+    from trtq.core.readers import collect_arrays, take_rows
 
     search = job.search_samples_or_eval()
     cap = job.samples + 2 * search
@@ -73,7 +74,7 @@ def split_for_search(source: SourceModel, job: QuantizeJob) -> SourceModel:
     search_n = min(search, (n - calib_n + 1) // 2)
     labels = np.repeat([0, 1, 2], [calib_n, search_n, n - calib_n - search_n])
     labels = labels[np.random.default_rng(0).permutation(n)]  # spread over the data (often sorted by class)
-    parts = [{k: v[labels == i] for k, v in arrays.items()} for i in range(3)]
+    parts = [{k: take_rows(v, labels == i) for k, v in arrays.items()} for i in range(3)]
     sizes = [len(next(iter(p.values()))) for p in parts]
     text = (f"the calibration data split {sizes[0]}/{sizes[1]}/{sizes[2]}: calibration, the plan search, and "
             "a held-out check the search did not see")
@@ -155,7 +156,7 @@ def _registered_spec(job: QuantizeJob):
 def _first_array(data: Any) -> np.ndarray:
     if isinstance(data, ImageFolderReader):
         return next(data.batches(8))
-    if isinstance(data, np.ndarray):
+    if isinstance(data, (np.ndarray, FileArray)):
         return data
     if isinstance(data, dict) and len(data) == 1:
         return next(iter(data.values()))
