@@ -6,9 +6,11 @@ subsample of them. Each batch's statistics are fed to the observers and dropped,
 memory does not grow with the number of samples. The model runs in a worker thread while
 the observers work on the previous batch.
 
-A non-finite sum means NaN/Inf somewhere in the tensor: that batch is run again through
-a second session that exposes the full tensors, so the error names the tensor and the
-exact sample (and a finite tensor whose sum merely overflowed is observed in full).
+A NaN sum, or a non-finite min or max, means NaN/Inf somewhere in the tensor: that batch is
+run again through a second session that exposes those tensors in full, so the error names
+the tensor and the exact sample. A sum that is infinite while the min and max are finite only
+overflowed (attention masks of -3.4e38 do that): the values are finite and the batch is not
+run again.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ class _Runner:
         for p in self.probes:
             lo, hi = float(np.min(values[p.lo])), float(np.max(values[p.hi]))
             total = float(np.sum(values[p.total], dtype=np.float64))
-            if not (math.isfinite(lo) and math.isfinite(hi) and math.isfinite(total)):
+            if not (math.isfinite(lo) and math.isfinite(hi)) or math.isnan(total):
                 suspicious.append(p.tensor)
             stats.append((values[p.values] if p.values else None, lo, hi))
         if suspicious:
@@ -113,11 +115,10 @@ class _Runner:
         return stats
 
     def _run_exact(self, tensors: list[str], feed: dict) -> dict[str, np.ndarray]:
-        if self._exact is None:
-            self._exact = _session(expose(self.proto, [p.tensor for p in self.probes]), self.providers)
-        names = [p.tensor for p in self.probes]
-        arrays = dict(zip(names, self._exact.run(names, feed)))
-        return {t: np.asarray(arrays[t], dtype=np.float32) for t in tensors}
+        key = tuple(tensors)  # usually the same few tensors batch after batch
+        if self._exact is None or self._exact[0] != key:
+            self._exact = key, _session(expose(self.proto, tensors), self.providers)
+        return {t: np.asarray(a, dtype=np.float32) for t, a in zip(tensors, self._exact[1].run(tensors, feed))}
 
 
 def calibrate(model: str | os.PathLike | onnx.ModelProto, data: Any, method: str = "minmax", *,
