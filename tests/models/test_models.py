@@ -35,6 +35,20 @@ def test_other_sentences_are_not_in_the_calibration_pool():
     assert len(set(other)) == 200 and pool.isdisjoint(other)
 
 
+def test_sentences_are_the_same_in_every_process():
+    # Docstrings rendered by pydoc hold object addresses and os.environ's contents, which
+    # differ from run to run: the sentences must not.
+    import os
+    import subprocess
+    import sys
+
+    code = ("from trtq.models import text; print(repr(text.sentences(600)), repr(text.other_sentences(600)))")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed), f"TRTQ_TEST_{seed}": "x"}).stdout
+            for seed in (1, 2)]
+    assert runs[0] == runs[1] and "environ(" not in runs[0]
+
+
 @needs_models
 @needs_torch
 @pytest.mark.parametrize("photo, classes", [("chelsea", {281, 282, 285}), ("coffee", {967, 968, 504})])
