@@ -12,7 +12,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import onnx
@@ -110,14 +110,55 @@ class FidelityEvaluator:
         return other
 
     def outputs(self, model: onnx.ModelProto) -> dict[str, np.ndarray]:
-        with OrtRunner(model, mode=QdqMode.FLOAT, name="candidate") as runner:
-            parts = [runner.infer({k: take_rows(v, slice(i, i + self.batch_size)) for k, v in self.feed.items()})
-                     for i in range(0, self.samples, self.batch_size)]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return self._outputs(model)[0]
 
-    def __call__(self, model: onnx.ModelProto) -> dict[str, float | None]:
+    def _outputs(self, model: onnx.ModelProto, hopeless: Callable[[dict], bool] | None = None):
+        """The candidate's outputs, batch by batch; with ``hopeless``, the run stops after the first
+        batch whose best-case metrics (see :func:`best_case`) it rejects. Returns the outputs
+        (of the samples run) and whether it stopped early."""
+        parts = []
+        with OrtRunner(model, mode=QdqMode.FLOAT, name="candidate") as runner:
+            for i in range(0, self.samples, self.batch_size):
+                parts.append(runner.infer({k: take_rows(v, slice(i, i + self.batch_size)) for k, v in self.feed.items()}))
+                done = min(i + self.batch_size, self.samples)
+                if hopeless is not None and done < self.samples:
+                    got = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+                    ref = {k: v[:done] for k, v in self.reference.items()}
+                    partial = report_metrics(compare_outputs(ref, got, tasks=self.tasks))
+                    if hopeless(best_case(partial, done, self.samples)):
+                        return got, True
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, False
+
+    def __call__(self, model: onnx.ModelProto, hopeless: Callable[[dict], bool] | None = None) -> dict[str, float | None]:
+        """The metrics of ``model`` on every sample. ``hopeless(best)``: called after each batch
+        with the best metrics the rest of the samples could still give; when it returns True
+        the run stops there, and the metrics of the samples run so far are returned (a search
+        that would reject the model anyway saves the rest of the run)."""
         self.calls += 1
-        return report_metrics(compare_outputs(self.reference, self.outputs(model), tasks=self.tasks))
+        out, stopped = self._outputs(model, hopeless)
+        n = len(next(iter(out.values())))
+        ref = self.reference if not stopped else {k: v[:n] for k, v in self.reference.items()}
+        return report_metrics(compare_outputs(ref, out, tasks=self.tasks))
+
+
+#: Metrics that are means over samples, each sample's value at most 1: the rest of the samples
+#: can raise them to at most ``(mean * done + rest) / total``. ``min_cosine`` can only fall.
+_MEANS = ("top1", "cosine", "sequence", "position_top1")
+
+
+def best_case(metrics: Mapping[str, float | None], done: int, total: int) -> dict[str, float | None]:
+    """The best ``metrics`` measured on ``done`` of ``total`` samples could end at when the other
+    samples are perfect; metrics without such a bound (SQNR, mask IoU, neighbours) are unbounded
+    (1e9)."""
+    out: dict[str, float | None] = {}
+    for key, value in metrics.items():
+        if value is None or key == "min_cosine":
+            out[key] = value
+        elif key in _MEANS:
+            out[key] = (value * done + (total - done)) / total
+        else:
+            out[key] = 1e9
+    return out
 
 
 def report_metrics(report) -> dict[str, float | None]:
@@ -147,4 +188,4 @@ def _collect_inputs(model, data, batch_size: int, samples: int | None) -> dict[s
     return arrays
 
 
-__all__ = ["METRICS", "SHARE_METRICS", "FidelityEvaluator", "Target", "report_metrics", "wilson_lower_bound"]
+__all__ = ["METRICS", "SHARE_METRICS", "FidelityEvaluator", "Target", "best_case", "report_metrics", "wilson_lower_bound"]

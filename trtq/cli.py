@@ -306,7 +306,7 @@ def main(verbose: bool) -> None:
               help="A plan pattern that matches no node is an error (default: a warning naming it).")
 @click.option("--target", metavar="METRIC>=VALUE",
               help="Search the plan: take the most int8-sensitive layers out of int8 until e.g. 'top1>=0.97' "
-              "or 'cosine>=0.99' holds on the evaluation data (writes sensitivity.json/.png).")
+              "or 'cosine>=0.99' holds on the evaluation data (writes sensitivity.json/.png when all-int8 misses it).")
 @click.option("--search-samples", type=click.IntRange(min=1),
               help="Evaluation samples the --target search uses (fewer: faster, coarser). [default: --eval-samples]")
 @click.option("--target-margin", type=click.FloatRange(min=0), default=1.0, show_default=True,

@@ -175,3 +175,56 @@ def test_ranking_by_a_metric_the_outputs_lack_is_an_error(setup):
     model, table, evaluator = setup
     with pytest.raises(QuantizationError, match="ranking metric 'sequence' is not measured .* top1"):
         analyze(model, table, evaluator, metric="sequence", reverse=False, progress=False)
+
+
+def _fp16_convs(candidate) -> int:
+    """How many of the CNN's layers run out of int8 (their weight is not a DequantizeLinear output)."""
+    producer = {o: n.op_type for n in candidate.graph.node for o in n.output}
+    return sum(producer.get(n.input[1]) != "DequantizeLinear" for n in candidate.graph.node
+               if n.name in ("conv1", "conv2", "fc"))
+
+
+def test_search_bisects_the_prefix_and_ranks_only_when_all_int8_misses(setup):
+    model, table, _ = setup
+    groups = {g.name: g for g in layer_groups(model)}
+    ranking = [groups["conv1"], groups["conv2"], groups["fc"]]
+    target = Target("cosine", 0.95)
+    ranked = []
+
+    def rank():
+        ranked.append(True)
+        return ranking
+
+    def evaluate(candidate):  # met once two layers are out of int8
+        return {"cosine": 1.0 if _fp16_convs(candidate) >= 2 else 0.9}
+
+    res = search_precision(model, table, evaluate, target.met, ranking=rank, progress=False, refine=False)
+    assert res.met and res.moved == ("conv1", "conv2") and ranked == [True]
+    # all int8, the fp16 bound, then halves of the prefix: 1 group misses, 2 meet
+    assert [s.moved for s in res.steps] == [0, 3, 1, 2]
+    ranked.clear()
+    easy = search_precision(model, table, lambda m: {"cosine": 1.0}, target.met, ranking=rank, progress=False)
+    assert easy.met and easy.moved == () and not ranked and len(easy.steps) == 1
+
+
+def test_evaluator_gives_up_only_when_the_rest_cannot_save_the_model(setup):
+    from trtq.deploy.compare import compare_outputs
+    from trtq.deploy.evaluate import best_case, report_metrics
+
+    model, _, evaluator = setup  # 48 samples in batches of 16
+    assert best_case({"top1": 0.5, "min_cosine": 0.9, "sqnr_db": 10.0}, 16, 48) == \
+        {"top1": pytest.approx(5 / 6), "min_cosine": 0.9, "sqnr_db": 1e9}
+    full = evaluator(model)
+    assert evaluator(model, hopeless=lambda best: False) == full
+    seen = []
+
+    def hopeless(best):
+        seen.append(best)
+        return True
+
+    first = evaluator(model, hopeless=hopeless)
+    assert len(seen) == 1  # stopped after the first batch
+    out = evaluator.outputs(model)
+    expected = report_metrics(compare_outputs({k: v[:16] for k, v in evaluator.reference.items()},
+                                              {k: v[:16] for k, v in out.items()}))
+    assert first == expected

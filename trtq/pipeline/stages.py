@@ -225,15 +225,24 @@ def quantize_fp32(job: QuantizeJob, source: SourceModel, fp32: Fp32Model, table:
     evald = source.search_data if source.search_data is not None else evaluation_data(source)[0]
     evaluator = FidelityEvaluator(fp32.reference, evald, batch_size=job.batch_size, tasks=source.tasks,
                                   samples=job.search_samples or job.eval_samples)
-    # The ranking needs relative sensitivities only: at most RANK_SAMPLES samples.
-    sensitivity = analyze(fp32.model, table, evaluator.head(RANK_SAMPLES), reverse=False, progress=job.progress,
-                          weights=rounding.weights)
+    sensitivity = None
+
+    def rank():
+        # Only when all-int8 misses the target. The ranking needs relative sensitivities
+        # only: at most RANK_SAMPLES samples.
+        nonlocal sensitivity
+        sensitivity = analyze(fp32.model, table, evaluator.head(RANK_SAMPLES), reverse=False,
+                              progress=job.progress, weights=rounding.weights)
+        return sensitivity.ranking()
+
     def met(metrics) -> bool:
         return job.target.met_with_margin(metrics, evaluator.samples, job.target_margin)
 
-    search = search_precision(fp32.model, table, evaluator, met, ranking=sensitivity.ranking(),
-                              weights=rounding.weights, base=job.plan, target=str(job.target),
-                              progress=job.progress)
+    def evaluate(model):  # a candidate that can no longer meet the target stops early
+        return evaluator(model, hopeless=lambda best: not met(best))
+
+    search = search_precision(fp32.model, table, evaluate, met, ranking=rank, weights=rounding.weights,
+                              base=job.plan, target=str(job.target), progress=job.progress)
     quantized, shifts = search.mixed.model, None
     if job.bias_correction:
         # Corrected for the model the search chose (biases corrected for all-int8 and reused by
