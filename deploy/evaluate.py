@@ -115,7 +115,7 @@ class FidelityEvaluator:
     def _outputs(self, model: onnx.ModelProto, hopeless: Callable[[dict], bool] | None = None):
         """The candidate's outputs, batch by batch; with ``hopeless``, the run stops after the first
         batch whose best-case metrics (see :func:`best_case`) it rejects. Returns the outputs
-        (of the samples run) and whether it stopped early."""
+        (of the samples run) and, when it stopped early, the metrics of those samples."""
         parts = []
         with OrtRunner(model, mode=QdqMode.FLOAT, name="candidate") as runner:
             for i in range(0, self.samples, self.batch_size):
@@ -126,8 +126,8 @@ class FidelityEvaluator:
                     ref = {k: v[:done] for k, v in self.reference.items()}
                     partial = report_metrics(compare_outputs(ref, got, tasks=self.tasks))
                     if hopeless(best_case(partial, done, self.samples)):
-                        return got, True
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, False
+                        return got, partial
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, None
 
     def __call__(self, model: onnx.ModelProto, hopeless: Callable[[dict], bool] | None = None) -> dict[str, float | None]:
         """The metrics of ``model`` on every sample. ``hopeless(best)``: called after each batch
@@ -135,10 +135,8 @@ class FidelityEvaluator:
         the run stops there, and the metrics of the samples run so far are returned (a search
         that would reject the model anyway saves the rest of the run)."""
         self.calls += 1
-        out, stopped = self._outputs(model, hopeless)
-        n = len(next(iter(out.values())))
-        ref = self.reference if not stopped else {k: v[:n] for k, v in self.reference.items()}
-        return report_metrics(compare_outputs(ref, out, tasks=self.tasks))
+        out, partial = self._outputs(model, hopeless)
+        return partial if partial is not None else report_metrics(compare_outputs(self.reference, out, tasks=self.tasks))
 
 
 #: Metrics that are means over samples, each sample's value at most 1: the rest of the samples
