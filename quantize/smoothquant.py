@@ -20,6 +20,16 @@ group alone is one of the candidates, so smoothing is applied only where it help
 Measured on all-MiniLM-L6-v2: LayerNorm-fed groups 23 -> 36 dB, GELU-fed 20-24 -> 29-34 dB.
 The rewritten fp32 model computes the same outputs (float rounding aside); calibrate it,
 then quantize it.
+
+**INT4 weight-only** (``weight_only=block``, the ``int4w`` layers; activation-aware scaling
+as in AWQ): the activations stay in float, so what matters is the error of the 4-bit
+weights where the activations are large. The factors are ``s_j = mean|X_j|^alpha`` (channels
+the data uses most get finer weight levels), and each group's candidate (``None`` again
+included) is scored by the relative error of ``(X / s) Q4(s W)`` against ``X W``, with
+``Q4`` the block-wise weights :mod:`quantize.qdq` writes (one scale ``amax / 7`` per block of
+``block`` inputs and per output) rounded to nearest; GPTQ then rounds the scaled weights.
+The factors are normalized so that ``X / s`` never exceeds ``X``'s own largest magnitude
+(the activations run in fp16).
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -39,7 +49,7 @@ from trtq.core.progress import progress_bar
 from trtq.core.budget import current_budget, run_sliced
 from trtq.core.readers import collect_arrays, fit_batch_size
 from trtq.quantize.graph import GraphIndex, copy_model, float_session, get_attr, insert_before, remove_unused_initializers
-from trtq.quantize.qdq import fake_quantize
+from trtq.quantize.qdq import INT4_QMAX, expand_blocks, fake_quantize, int4_block_scales
 from trtq.core.errors import QuantizationError
 from trtq.quantize.results import Transformed
 
@@ -47,6 +57,8 @@ log = logging.getLogger(__name__)
 
 #: Candidate migration strengths; ``None`` (leave the group alone) is always tried too.
 DEFAULT_ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+#: Candidate strengths of the weight-only (AWQ-style) factors ``mean|X|^alpha``.
+WEIGHT_ONLY_ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 _FLOOR = 1e-5
 
 
@@ -59,9 +71,10 @@ class SmoothedGroup:
     alpha: float | None  # None: left alone (no candidate beat it)
     sqnr_before_db: float  # local int8 SQNR of the group's output without smoothing
     sqnr_after_db: float  # ... with the chosen alpha (= before when left alone)
+    kind: str = "int8"  # "int8" (SmoothQuant) or "int4w" (weight-only, activation-aware factors)
 
     def to_json(self) -> dict:
-        return {"tensor": self.tensor, "nodes": list(self.nodes), "alpha": self.alpha,
+        return {"tensor": self.tensor, "nodes": list(self.nodes), "alpha": self.alpha, "kind": self.kind,
                 "sqnr_before_db": round(self.sqnr_before_db, 2), "sqnr_after_db": round(self.sqnr_after_db, 2)}
 
 
@@ -102,6 +115,43 @@ def _group_error(x: np.ndarray, w: np.ndarray, ref: np.ndarray, ch_max: np.ndarr
     return float(np.einsum("ij,ij->", d, d, dtype=np.float64) / max(np.einsum("ij,ij->", ref, ref, dtype=np.float64), 1e-30))
 
 
+def _int4_fake(w: np.ndarray, block: int) -> np.ndarray:
+    """``w`` (``[in, out]``) as block-wise INT4 weights, dequantized (nearest rounding)."""
+    scale = expand_blocks(int4_block_scales(w, 0, block), 0, block, w.shape[0])
+    return np.clip(np.rint(w / scale), -INT4_QMAX, INT4_QMAX) * scale
+
+
+def _weight_only_error(x: np.ndarray, w: np.ndarray, ref: np.ndarray, s: np.ndarray, block: int) -> float:
+    """Relative squared error of ``(x / s) Q4(s w)`` vs ``ref = x w`` (activations in float)."""
+    s32 = s.astype(np.float32)
+    wq = _int4_fake(w * s32[:, None], block).astype(np.float32)
+    d = (x / s32) @ wq - ref
+    return float(np.einsum("ij,ij->", d, d, dtype=np.float64) / max(np.einsum("ij,ij->", ref, ref, dtype=np.float64), 1e-30))
+
+
+def weight_only_factors(ch_mean: np.ndarray, ch_max: np.ndarray, alpha: float) -> np.ndarray:
+    """``s_j = mean|X_j|^alpha``, scaled so that ``max_j max|X_j| / s_j`` equals ``max|X|``
+    (the smoothed activations never grow, which fp16 needs)."""
+    s = np.maximum(ch_mean, _FLOOR) ** alpha
+    return (s * (np.max(ch_max / s) / max(float(np.max(ch_max)), _FLOOR))).astype(np.float64)
+
+
+def choose_weight_only_alpha(x: np.ndarray, w: np.ndarray, ch_mean: np.ndarray, ch_max: np.ndarray, block: int,
+                             alphas: Sequence[float] = WEIGHT_ONLY_ALPHAS
+                             ) -> tuple[float | None, float, float, np.ndarray | None]:
+    """:func:`choose_alpha` for INT4 weight-only layers (``block`` inputs per scale)."""
+    x, w = x.astype(np.float32), w.astype(np.float32)
+    ref = x @ w
+    base = _weight_only_error(x, w, ref, np.ones(w.shape[0]), block)
+    best: tuple[float | None, float, np.ndarray | None] = (None, base, None)
+    for alpha in alphas:
+        s = weight_only_factors(ch_mean, ch_max, alpha)
+        err = _weight_only_error(x, w, ref, s, block)
+        if err < best[1]:
+            best = (alpha, err, s)
+    return best[0], _db(base), _db(best[1]), best[2]
+
+
 def _db(err: float) -> float:
     return 10 * math.log10(1 / max(err, 1e-30))
 
@@ -138,6 +188,8 @@ class _Stats:
     ch_max: np.ndarray
     ch_max_even: np.ndarray
     rows_odd: np.ndarray
+    ch_mean: np.ndarray  # mean |X_j| over all samples
+    ch_mean_even: np.ndarray  # ... over the even-numbered ones
 
 
 def _statistics(model: onnx.ModelProto, tensors: list[str], feed: dict[str, np.ndarray], batch_size: int,
@@ -151,6 +203,7 @@ def _statistics(model: onnx.ModelProto, tensors: list[str], feed: dict[str, np.n
     ch_max: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
     ch_even: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
     sampled: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
+    sums: dict[str, list] = {t: [0.0, 0, 0.0, 0] for t in tensors}  # |x| sum and rows: all, even
     with progress_bar("SmoothQuant statistics", n, enabled=progress) as bar:
         for i in starts:
             count = min(batch_size, n - i)
@@ -164,32 +217,52 @@ def _statistics(model: onnx.ModelProto, tensors: list[str], feed: dict[str, np.n
                 else:  # no sample axis to split on: alternate rows
                     flat = v.reshape(-1, v.shape[-1])
                     even, odd = flat[0::2], flat[1::2]
-                ch_max[t].append(np.abs(v).reshape(-1, v.shape[-1]).max(axis=0))
+                flat_abs = np.abs(v).reshape(-1, v.shape[-1])
+                ch_max[t].append(flat_abs.max(axis=0))
+                sums[t][0] = sums[t][0] + flat_abs.sum(axis=0, dtype=np.float64)
+                sums[t][1] += len(flat_abs)
                 if even.size:
-                    ch_even[t].append(np.abs(even).reshape(-1, v.shape[-1]).max(axis=0))
+                    even_abs = np.abs(even).reshape(-1, v.shape[-1])
+                    ch_even[t].append(even_abs.max(axis=0))
+                    sums[t][2] = sums[t][2] + even_abs.sum(axis=0, dtype=np.float64)
+                    sums[t][3] += len(even_abs)
                 odd = odd.reshape(-1, v.shape[-1])
                 if len(odd):
                     pick = rng.choice(len(odd), size=min(per_batch, len(odd)), replace=False)
                     sampled[t].append(odd[np.sort(pick)])
             bar.advance(count)
+    def mean(total, count):
+        return np.asarray(total, np.float64) / max(count, 1)
+
     return {t: _Stats(np.max(ch_max[t], axis=0), np.max(ch_even[t] or ch_max[t], axis=0),
-                      np.concatenate(sampled[t] or [np.zeros((0, ch_max[t][0].size), np.float32)])[:rows])
+                      np.concatenate(sampled[t] or [np.zeros((0, ch_max[t][0].size), np.float32)])[:rows],
+                      mean(*sums[t][:2]), mean(*sums[t][2:]) if sums[t][3] else mean(*sums[t][:2]))
             for t in tensors}
 
 
 def smooth_quant(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
                  alphas: Sequence[float] = DEFAULT_ALPHAS, samples: int = 64, rows: int = 2048,
-                 batch_size: int = 16, progress: bool = True) -> Transformed[SmoothedGroup]:
+                 batch_size: int = 16, progress: bool = True, weight_only: int | None = None,
+                 nodes: Iterable[str] | None = None) -> Transformed[SmoothedGroup]:
     """An fp32 copy of ``model`` with SmoothQuant applied where it lowers the int8 error.
 
     ``data``: calibration inputs (any form the readers take); ``samples`` of them give the
     channel maxima and ``rows`` sampled activation rows per group score each candidate.
+    ``weight_only``: the INT4 block size; the factors are then chosen for block-wise INT4
+    weights with float activations (see the module docstring; ``alphas`` defaults to
+    :data:`WEIGHT_ONLY_ALPHAS`). ``nodes``: only these linear layers (e.g. the plan's int4w
+    ones); a group is the listed layers reading one tensor.
     Returns the model and one :class:`SmoothedGroup` per linear-layer group (including the
     ones left alone). Models without linear layers come back unchanged.
     """
     src = load_model(model)
     out = copy_model(src)
     groups = linear_groups(out)
+    if nodes is not None:
+        wanted = set(nodes)
+        groups = {t: kept for t, members in groups.items() if (kept := [n for n in members if n.name in wanted])}
+    if weight_only is not None and alphas is DEFAULT_ALPHAS:
+        alphas = WEIGHT_ONLY_ALPHAS
     if not groups:
         return Transformed(out)
     batch_size = fit_batch_size(input_specs(src), batch_size)  # a fixed batch dim wins
@@ -213,13 +286,21 @@ def smooth_quant(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
             # Scored as it will be used: factors and int8 range from one half of the samples,
             # the error on the other half, so a factor that only fits the data it was computed
             # on (and clips new values) loses to leaving the group alone.
-            alpha, before, after, _ = choose_alpha(st.rows_odd, w, st.ch_max_even, alphas)
+            if weight_only is None:
+                alpha, before, after, _ = choose_alpha(st.rows_odd, w, st.ch_max_even, alphas)
+            else:
+                alpha, before, after, _ = choose_weight_only_alpha(st.rows_odd, w, st.ch_mean_even, st.ch_max_even,
+                                                                   weight_only, alphas)
         else:
             alpha, before, after = None, float("nan"), float("nan")
-        report.append(SmoothedGroup(tensor, tuple(n.name for n in nodes), alpha, before, after))
+        kind = "int8" if weight_only is None else "int4w"
+        report.append(SmoothedGroup(tensor, tuple(n.name for n in nodes), alpha, before, after, kind))
         if alpha is None:
             continue
-        s = smooth_factors(st.ch_max, np.abs(w).max(axis=1).astype(np.float64), alpha)
+        if weight_only is None:
+            s = smooth_factors(st.ch_max, np.abs(w).max(axis=1).astype(np.float64), alpha)
+        else:
+            s = weight_only_factors(st.ch_mean, st.ch_max, alpha)
         inv = g.add_initializer(f"{tensor}_smooth_scale", (1.0 / s).astype(np.float32))
         smoothed = g.unique(f"{tensor}_smoothed")
         first = min(index[id(n)] for n in nodes)
@@ -234,8 +315,10 @@ def smooth_quant(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
     insert_before(out.graph, inserts)
     remove_unused_initializers(out.graph)
     moved = [r for r in report if r.alpha is not None]
-    log.info("SmoothQuant: %d of %d linear-layer groups smoothed", len(moved), len(report))
+    log.info("SmoothQuant (%s): %d of %d linear-layer groups smoothed", "int8" if weight_only is None else
+             f"int4 weight-only, blocks of {weight_only}", len(moved), len(report))
     return Transformed(out, tuple(report))
 
 
-__all__ = ["DEFAULT_ALPHAS", "SmoothedGroup", "choose_alpha", "linear_groups", "smooth_factors", "smooth_quant"]
+__all__ = ["DEFAULT_ALPHAS", "WEIGHT_ONLY_ALPHAS", "SmoothedGroup", "choose_alpha", "choose_weight_only_alpha",
+           "linear_groups", "smooth_factors", "smooth_quant", "weight_only_factors"]

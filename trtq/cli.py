@@ -320,7 +320,8 @@ def main(verbose: bool) -> None:
 @click.option("--smoothquant/--no-smoothquant", default=True, show_default=True,
               help="Move activation outliers of MatMul/Gemm inputs into their weights (SmoothQuant), per layer group "
               "with the strength that minimizes that group's int8 output error, and only where it lowers it. "
-              "Not with --table (the table fixes the tensors), nor for a plan with no int8 layers.")
+              "Only for plans with int8 layers; int4w layers get activation-aware factors chosen for their 4-bit "
+              "weights instead (AWQ-style). Not with --table (the table fixes the tensors).")
 @click.option("--layer-clipping", is_flag=True,
               help="After calibration, clip each activation feeding only weighted layers to the fraction of its "
               "range (1.0-0.4) that minimizes those layers' int8 output error. Off by default: measured to buy "

@@ -142,3 +142,62 @@ def test_models_without_linear_layers_come_back_unchanged(cnn_model, cnn_data):
     result = smooth_quant(conv_only, cnn_data, progress=False)
     out, report = result.model, result.records
     assert report == () and out.graph == conv_only.graph
+
+
+def test_weight_only_factors_lower_the_int4_error_and_touch_only_the_listed_layers():
+    """AWQ-style factors for int4w layers: same function in fp32; lower block-wise INT4 weight
+    error (activations in float) on held-out data; layers not listed keep their weights."""
+    from trtq.quantize.mixed import apply_plan
+    from trtq.quantize.precision import PrecisionPlan
+
+    model, calib, held_out = make_block(), data(64), data(64, seed=7)
+    result = smooth_quant(model, calib, progress=False, weight_only=32, nodes=["fc_a", "fc_b"])
+    smoothed = result.model
+    [group] = result.records
+    assert group.kind == "int4w" and group.nodes == ("fc_a", "fc_b") and group.alpha is not None
+    assert group.sqnr_after_db > group.sqnr_before_db
+    ref = run_all(OrtRunner(model), {"x": held_out})
+    assert compare_outputs(ref, run_all(OrtRunner(smoothed), {"x": held_out})).outputs[0].sqnr_db > 100
+    w2 = {i.name: i for i in smoothed.graph.initializer}["w2"]  # fc_2 was not listed
+    assert np.array_equal(numpy_helper.to_array(w2), {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}["w2"])
+    factors = {i.name: numpy_helper.to_array(i) for i in smoothed.graph.initializer}["ln_smooth_scale"]
+    assert factors.shape == (D,) and np.all(np.isfinite(factors) & (factors > 0))
+
+    def int4_sqnr(fp32):
+        table = calibrate(fp32, calib, "minmax", tensors=calibration_tensors(fp32), progress=False)
+        plan = PrecisionPlan.from_flags("fp32", int4w=["fc_a", "fc_b"])
+        out = run_all(OrtRunner(apply_plan(fp32, table, plan, int4_block=32).model), {"x": held_out})
+        return compare_outputs(ref, out).outputs[0].sqnr_db
+
+    assert int4_sqnr(smoothed) > int4_sqnr(model) + 1
+
+
+def test_choose_weight_only_alpha_keeps_flat_channels_alone_and_wins_on_outliers():
+    from trtq.quantize.smoothquant import choose_weight_only_alpha
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (512, 64)).astype(np.float32)
+    w = rng.normal(0, 0.3, (64, H)).astype(np.float32)
+    alpha, before, after, s = choose_weight_only_alpha(x, w, np.abs(x).mean(0), np.abs(x).max(0), 32)
+    assert after >= before and (alpha is None) == (s is None)
+    x[:, [3, 40]] *= 50
+    alpha, before, after, s = choose_weight_only_alpha(x, w, np.abs(x).mean(0), np.abs(x).max(0), 32)
+    assert alpha is not None and after > before + 1 and s.shape == (64,)
+    assert np.max(np.abs(x).max(0) / s) <= np.abs(x).max() * (1 + 1e-6)  # never grows the activations
+
+
+def test_the_job_scales_int4w_layers_for_int4_and_the_rest_for_int8(tmp_path):
+    """A plan with int4w and int8 layers: the int4w group gets weight-only factors, the int8
+    layer SmoothQuant's, never both; the report says which."""
+    import json
+
+    import trtq
+    from trtq.quantize.precision import PrecisionPlan
+
+    onnx.save(make_block(), tmp_path / "block.onnx")
+    np.save(tmp_path / "calib.npy", data(64))
+    result = trtq.quantize_model(tmp_path / "out", onnx=tmp_path / "block.onnx", calib_data=tmp_path / "calib.npy",
+                                 plan=PrecisionPlan.from_flags("int8", int4w=["fc_a", "fc_b"]), progress=False)
+    kinds = {r["nodes"][0]: r["kind"] for r in json.loads((tmp_path / "out" / "report.json").read_text())["smoothquant"]}
+    assert kinds == {"fc_a": "int4w", "fc_2": "int8"}
+    onnx.checker.check_model(onnx.load(result.files["mixed"]), full_check=True)
