@@ -266,12 +266,22 @@ def gptq_weights(model: str | os.PathLike | onnx.ModelProto, data: Any, *, sampl
         values = sessions[k].run(groups[k], {name: v[first:stop] for name, v in feed.items()})
         return start, k, stop - first, dict(zip(groups[k], values))
 
+    # MatMul/Gemm layers reading one tensor (a transformer's Q, K and V) share one H: it is
+    # accumulated once, for the first of them.
+    owner: dict[str, _Layer] = {}
+    shared: dict[int, _Layer] = {}
+    for layer in layers:
+        if layer.kind == "gemm":
+            first = owner.setdefault(layer.node.input[0], layer)
+            if first is not layer and first.h.shape == layer.h.shape:
+                layer.h = first.h
+                shared[id(layer)] = first
     # The model runs ahead (in a thread) while the previous run is folded into the layers'
     # statistics.
     with progress_bar("GPTQ statistics", n, enabled=progress) as bar:
         for start, k, count, values in run_ahead(iter(runs), run):
             for i, layer in enumerate(layers):
-                if layer.node.input[0] not in values:
+                if layer.node.input[0] not in values or id(layer) in shared:
                     continue
                 x = np.asarray(values[layer.node.input[0]])
                 idx = None if layer.kind == "gemm" else _positions(
@@ -281,6 +291,9 @@ def gptq_weights(model: str | os.PathLike | onnx.ModelProto, data: Any, *, sampl
             if k == len(groups) - 1:
                 bar.advance(count)
             del values
+    for layer in layers:
+        if id(layer) in shared:
+            layer.rows = shared[id(layer)].rows
     weights, report = {}, []
     with progress_bar("GPTQ rounding", len(layers), unit="layers", enabled=progress) as bar:
         for layer in layers:
