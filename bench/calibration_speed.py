@@ -5,7 +5,8 @@ batches of 8 (so the data set itself never sits in memory), same 2-core machine.
 measurement runs in a fresh process; time is the whole calibration, from the model file
 to the ranges (trtq: ``calibrate``; ORT: ``create_calibrator`` + ``collect_data`` +
 ``compute_data``), with the libraries imported and the photos decoded before the clock
-starts; peak RSS is the process's maximum resident set.
+starts; peak RSS is the process's maximum resident set. The ``floor`` row is one plain fp32
+pass of ONNX Runtime over the same batches (crops made inside the clock, as for the tools).
 ONNX Runtime calibrates the tensors of the op types trtq quantizes (Conv, Gemm, Add);
 trtq calibrates the activations its quantizer needs (``quantize.calibration_tensors``).
 
@@ -57,7 +58,15 @@ def child(tool: str, method: str, samples: int, model_path: str) -> dict:
     for name in CALIBRATION_PHOTOS:  # the photos are decoded once (cached), outside the clock
         load_photo(name)
 
-    if tool == "trtq":  # batches of 8 (trtq's default)
+    if tool == "floor":  # one plain fp32 pass over the same batches: no tool calibrates faster
+        from trtq.core.runtime import ort_session
+
+        session = ort_session(onnx.load(model_path))
+        t = time.perf_counter()
+        for batch in batches(samples, "images"):
+            session.run(None, batch)
+        seconds, count = time.perf_counter() - t, 0
+    elif tool == "trtq":  # batches of 8 (trtq's default)
         from trtq.calibration import calibrate
         from trtq.quantize import calibration_tensors
 
@@ -132,7 +141,8 @@ def main() -> None:
             ort_methods = [m for m in args.ort if m == "MinMax" or samples <= 256]
             for m in sorted(set(args.ort) - set(ort_methods)):
                 print(f"{samples:7d} ort   {m:10} skipped: keeps every activation in memory (~16 GB at 256)")
-            configs = [("ort", m) for m in ort_methods] + [("ort1", "MinMax")] + [("trtq", m) for m in args.methods]
+            configs = ([("floor", "fp32 pass")] + [("ort", m) for m in ort_methods] + [("ort1", "MinMax")]
+                       + [("trtq", m) for m in args.methods])
             runs = {c: [] for c in configs}
             for _ in range(args.repeat):
                 for tool, method in configs:
