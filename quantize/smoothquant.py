@@ -111,7 +111,12 @@ def _group_error(x: np.ndarray, w: np.ndarray, ref: np.ndarray, ch_max: np.ndarr
     xq = fake_quantize(x / s32, float((ch_max / s).max()))
     ws = w * s32[:, None]
     wq = fake_quantize(ws, np.abs(ws).max(axis=0, keepdims=True))
-    d = xq @ wq - ref
+    return _relative_error(xq @ wq, ref)
+
+
+def _relative_error(out: np.ndarray, ref: np.ndarray) -> float:
+    """``|out - ref|^2 / |ref|^2``, the squares summed in float64."""
+    d = out - ref
     return float(np.einsum("ij,ij->", d, d, dtype=np.float64) / max(np.einsum("ij,ij->", ref, ref, dtype=np.float64), 1e-30))
 
 
@@ -125,8 +130,7 @@ def _weight_only_error(x: np.ndarray, w: np.ndarray, ref: np.ndarray, s: np.ndar
     """Relative squared error of ``(x / s) Q4(s w)`` vs ``ref = x w`` (activations in float)."""
     s32 = s.astype(np.float32)
     wq = _int4_fake(w * s32[:, None], block).astype(np.float32)
-    d = (x / s32) @ wq - ref
-    return float(np.einsum("ij,ij->", d, d, dtype=np.float64) / max(np.einsum("ij,ij->", ref, ref, dtype=np.float64), 1e-30))
+    return _relative_error((x / s32) @ wq, ref)
 
 
 def weight_only_factors(ch_mean: np.ndarray, ch_max: np.ndarray, alpha: float) -> np.ndarray:
@@ -142,11 +146,19 @@ def choose_weight_only_alpha(x: np.ndarray, w: np.ndarray, ch_mean: np.ndarray, 
     """:func:`choose_alpha` for INT4 weight-only layers (``block`` inputs per scale)."""
     x, w = x.astype(np.float32), w.astype(np.float32)
     ref = x @ w
-    base = _weight_only_error(x, w, ref, np.ones(w.shape[0]), block)
+    return _best_alpha(alphas, lambda alpha: weight_only_factors(ch_mean, ch_max, alpha),
+                       lambda s: _weight_only_error(x, w, ref, s, block), w.shape[0])
+
+
+def _best_alpha(alphas: Sequence[float], factors, error, channels: int
+                ) -> tuple[float | None, float, float, np.ndarray | None]:
+    """The candidate (``None``: factors of 1) with the least ``error(factors(alpha))``:
+    ``(alpha, sqnr_before_db, sqnr_after_db, s)``."""
+    base = error(np.ones(channels))
     best: tuple[float | None, float, np.ndarray | None] = (None, base, None)
     for alpha in alphas:
-        s = weight_only_factors(ch_mean, ch_max, alpha)
-        err = _weight_only_error(x, w, ref, s, block)
+        s = factors(alpha)
+        err = error(s)
         if err < best[1]:
             best = (alpha, err, s)
     return best[0], _db(base), _db(best[1]), best[2]
@@ -169,15 +181,9 @@ def choose_alpha(x: np.ndarray, w: np.ndarray, ch_max: np.ndarray,
     """
     x, w, ch_max = x.astype(np.float32), w.astype(np.float32), ch_max.astype(np.float64)
     ref = x @ w  # once for every candidate
-    base = _group_error(x, w, ref, ch_max, np.ones(w.shape[0]))
-    best: tuple[float | None, float, np.ndarray | None] = (None, base, None)
     w_max = np.abs(w).max(axis=1).astype(np.float64)
-    for alpha in alphas:
-        s = smooth_factors(ch_max, w_max, alpha)
-        err = _group_error(x, w, ref, ch_max, s)
-        if err < best[1]:
-            best = (alpha, err, s)
-    return best[0], _db(base), _db(best[1]), best[2]
+    return _best_alpha(alphas, lambda alpha: smooth_factors(ch_max, w_max, alpha),
+                       lambda s: _group_error(x, w, ref, ch_max, s), w.shape[0])
 
 
 @dataclass

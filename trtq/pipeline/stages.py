@@ -152,11 +152,11 @@ def prepare_fp32(job: QuantizeJob, source: SourceModel) -> Fp32Model:
             raise QuantizationError(text + " (--strict)")
         warnings.append(text)  # printed with the run's other warnings
     smoothed, equalized = [], None
-    int4 = ()
+    int4: frozenset[str] = frozenset()
     if job.smoothquant and job.table is None and job.uses(Precision.INT4W):
         # Activation-aware factors for the int4w layers: chosen for 4-bit block-wise weights
         # with float activations, before GPTQ rounds the scaled weights.
-        int4 = tuple(n for n, a in job.plan.resolve(model).items() if a.precision is Precision.INT4W)
+        int4 = frozenset(n for n, a in job.plan.resolve(model).items() if a.precision is Precision.INT4W)
         if int4:
             smoothing = smooth_quant(model, source.calib, samples=job.samples, batch_size=min(job.batch_size, 16),
                                      progress=job.progress, weight_only=job.int4_block, nodes=int4)
@@ -166,7 +166,7 @@ def prepare_fp32(job: QuantizeJob, source: SourceModel) -> Fp32Model:
         # that lowers the int8 error; everything below starts from it. Not for a plan without
         # int8: its strengths are chosen for int8, and the outliers it moves into the weights
         # are what 4-bit weights handle worst.
-        others = None if not int4 else [n.name for n in model.graph.node if n.name not in set(int4)]
+        others = None if not int4 else [n.name for n in model.graph.node if n.name not in int4]
         smoothing = smooth_quant(model, source.calib, samples=job.samples, batch_size=min(job.batch_size, 16),
                                  progress=job.progress, nodes=others)
         model, smoothed = smoothing.model, [*smoothed, *smoothing.records]
