@@ -19,7 +19,16 @@ __all__ = ["fold_batchnorm"]
 def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return a copy of ``model`` with every foldable Conv -> BatchNormalization folded
     (:class:`~trtq.quantize.passes.FoldBatchNormPass`), and the initializers that leaves
-    unused removed. ``model`` itself is not changed; with nothing to fold, an unchanged copy."""
+    unused removed. ``model`` itself is not changed; with nothing to fold, an unchanged copy.
+
+    A model with no BatchNormalization in its main graph (the pass folds only there) is
+    copied without the IR round trip: the IR graph's node/value cycles keep the model's
+    tensors alive until Python's cyclic collector runs, which a search applying a plan per
+    candidate felt as +0.7 GB on all-MiniLM-L6-v2."""
+    if not any(node.op_type == "BatchNormalization" for node in model.graph.node):
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        return out
     folding = FoldBatchNormPass()
     folded, changed = apply_passes(model, folding)
     if not changed:

@@ -81,16 +81,22 @@ def apply_plan(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTab
                force: bool = False, target: QuantTarget | str | None = None,
                weights: Mapping[str, np.ndarray] | None = None,
                int4_weights: Mapping[str, np.ndarray] | None = None,
-               int4_block: int = DEFAULT_INT4_BLOCK) -> MixedModel:
+               int4_block: int = DEFAULT_INT4_BLOCK, check: bool = True) -> MixedModel:
     """The fp32 ``model`` with ``plan`` applied: int8 and fp8 Q/DQ, fp16 regions, fp32 elsewhere.
     ``target``: the runtime the int8 part is written for (see :func:`quantize.quantize`).
     ``weights``: int8-ready weights by node name (:func:`quantize.rounding.gptq_weights`),
     used for the nodes the plan puts in int8; the others keep the model's own. ``int4_weights``:
     the same for the int4w nodes (``gptq_weights(..., qmax=7, block=int4_block)``), whose weights
-    become INT4 with ``int4_block`` inputs per scale."""
+    become INT4 with ``int4_block`` inputs per scale. ``check=False``: no ``onnx.checker`` run
+    on the result (see :func:`quantize.quantize`).
+
+    A caller that applies many plans to one model (a search) checks once that ``table``
+    belongs to it and passes ``force=True``: the check hashes the serialized model, a
+    transient ~4x the model's size."""
     target = QuantTarget.parse(target)
     proto = load_model(model)
-    folded = fold_batchnorm(proto)
+    folded = fold_batchnorm(proto)  # our own copy: the weights below are substituted in place
+    macs = node_macs(folded)
     assignments = plan.resolve(folded, table, rules_for(target))
     int8 = {n for n, a in assignments.items() if a.precision is Precision.INT8}
     fp16 = {n for n, a in assignments.items() if a.precision is Precision.FP16}
@@ -101,13 +107,17 @@ def apply_plan(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTab
 
         # The weights change, the activations' names do not: the table still applies.
         force = force or table.model_sha256 == model_sha256(proto)
-        proto = folded
         for chosen, nodes in ((weights, int8), (int4_weights, int4)):
             if chosen and nodes:
-                proto = substitute_weights(proto, chosen, nodes)
-    out = quantize(proto, table, force=force, nodes=int8, target=target, fp8=fp8, int4w=int4, int4_block=int4_block)
-    out = convert_fp16(out, fp16)
-    mixed = MixedModel(out, assignments, node_macs(folded))
+                substitute_weights(folded, chosen, nodes, inplace=True)
+        proto = folded
+    del folded
+    out = quantize(proto, table, force=force, nodes=int8, target=target, fp8=fp8, int4w=int4, int4_block=int4_block,
+                   check=check)
+    del proto
+    if fp16:
+        out = convert_fp16(out, fp16)
+    mixed = MixedModel(out, assignments, macs)
     summary = mixed.summary()
     helper.set_model_props(out, {**{p.key: p.value for p in out.metadata_props},
                                  "trtq.precision": ",".join(f"{k}={v}" for k, v in summary.items())})

@@ -310,10 +310,10 @@ def gptq_weights(model: str | os.PathLike | onnx.ModelProto, data: Any, *, sampl
 
 
 def substitute_weights(model: onnx.ModelProto, weights: Mapping[str, np.ndarray],
-                       nodes: Iterable[str] | None = None) -> onnx.ModelProto:
+                       nodes: Iterable[str] | None = None, *, inplace: bool = False) -> onnx.ModelProto:
     """A copy of ``model`` with ``weights[node]`` as the weight (input 1) of each named node
-    (only those in ``nodes``, when given)."""
-    out = copy_model(model)
+    (only those in ``nodes``, when given); ``inplace=True`` edits and returns ``model`` itself."""
+    out = model if inplace else copy_model(model)
     g = GraphIndex(out.graph)
     wanted = None if nodes is None else set(nodes)
     for node in out.graph.node:

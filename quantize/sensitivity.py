@@ -36,7 +36,7 @@ from typing import Callable, Mapping, Sequence
 
 import onnx
 
-from trtq.core.onnx_model import load_model
+from trtq.core.onnx_model import load_model, model_sha256
 from trtq.core.progress import progress_bar
 from trtq.calibration.table import CalibrationTable
 from trtq.quantize.fold import fold_batchnorm
@@ -148,6 +148,12 @@ def _plan(default: Precision, groups: Sequence[LayerGroup], precision: Precision
     return PrecisionPlan(default, rules)
 
 
+def _table_owns(table: CalibrationTable, proto: onnx.ModelProto) -> bool:
+    """Whether ``table`` was calibrated on ``proto``: hashed once per search, not per candidate
+    (see :func:`quantize.mixed.apply_plan`). False leaves each candidate to check, and fail."""
+    return table.model_sha256 == model_sha256(proto)
+
+
 def _int8_only(groups: Sequence[LayerGroup]) -> PrecisionPlan:
     return _plan(Precision.FP32, groups, Precision.INT8)
 
@@ -161,9 +167,10 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable,
     runs), halving the time. ``weights``: int8 weights by node (see :func:`apply_plan`).
     """
     def build(plan: PrecisionPlan) -> onnx.ModelProto:
-        return apply_plan(proto, table, plan, weights=weights).model
+        return apply_plan(proto, table, plan, weights=weights, force=owned, check=False).model
 
     proto = load_model(model)
+    owned = _table_owns(table, proto)
     groups = list(groups if groups is not None else layer_groups(proto))
     if not groups:
         raise QuantizationError("the model has no layers trtq quantizes (Conv, Gemm, MatMul...)")
@@ -230,19 +237,23 @@ def search_precision(model: str | os.PathLike | onnx.ModelProto, table: Calibrat
     evaluation per moved group).
     """
     proto = load_model(model)
+    owned = _table_owns(table, proto)
     steps: list[SearchStep] = []
 
     def attempt(groups: Sequence[LayerGroup], precision: Precision) -> tuple[PrecisionPlan, Metrics]:
         # Only the plan is kept: the model is rebuilt for the result (a transformer's copies
         # held for the best-so-far, the bound and the first step were 0.5 GB on MiniLM).
         plan = base.with_overrides(_plan(Precision.INT8, groups, precision).overrides)
-        metrics = dict(evaluate(apply_plan(proto, table, plan, weights=weights).model))
+        candidate = apply_plan(proto, table, plan, weights=weights, force=owned, check=False).model
+        metrics = dict(evaluate(candidate))
+        del candidate
         steps.append(SearchStep(len(groups), precision, metrics))
         log.info("%d group(s) in %s: %s", len(groups), precision.value, metrics)
         return plan, metrics
 
     def result(groups: Sequence[LayerGroup], ok: bool, plan, metrics) -> PrecisionSearchResult:
-        return PrecisionSearchResult(target, ok, plan, apply_plan(proto, table, plan, weights=weights), metrics,
+        return PrecisionSearchResult(target, ok, plan, apply_plan(proto, table, plan, weights=weights, force=owned),
+                                     metrics,
                                      tuple(grp.name for grp in groups), tuple(steps))
 
     first = attempt([], Precision.FP16)  # all int8
