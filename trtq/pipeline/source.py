@@ -18,9 +18,10 @@ from trtq.core import ImageFolderReader, load_model, open_data, progress_bar
 from trtq.core.arrayfile import FileArray
 from trtq.core.errors import DataError, ModelError
 from trtq.core.runtime import check_runnable
-from trtq.models import get_model_spec, resolve_factory
+from trtq.models import get_model_spec
 from trtq.pipeline.job import DEFAULT_MODEL, QuantizeJob
-from trtq.quantize import ExportParity, export, load_checkpoint
+from trtq.pipeline.export_child import export_in_child
+from trtq.quantize import ExportParity
 
 __all__ = ["SourceModel", "resolve_source"]
 
@@ -124,15 +125,12 @@ def _resolve(job: QuantizeJob) -> SourceModel:
         check_runnable(proto, str(job.onnx))  # before any stage trips over it
         return SourceModel("onnx", str(job.onnx), proto, None, calib, evald, job.tasks)
     name = job.model or DEFAULT_MODEL
-    if job.checkpoint is not None:
-        module, kind = load_checkpoint(job.checkpoint, resolve_factory(job.model)), "checkpoint"
-    elif spec is not None:
-        module, kind = spec.factory(pretrained=True), "registered"
-    else:
-        module, kind = resolve_factory(name)(), "import"
+    kind = "checkpoint" if job.checkpoint is not None else "registered" if spec is not None else "import"
+    request = {"kind": "module", "model": name, "registered": kind == "registered",
+               "checkpoint": None if job.checkpoint is None else str(Path(job.checkpoint).resolve()),
+               "input_name": spec.input_name if spec else "input", "output_name": "logits" if spec else "output"}
     with progress_bar("exporting to ONNX", None, enabled=job.progress):
-        proto, parity = export(module, _first_array(calib)[:8], input_name=spec.input_name if spec else "input",
-                               output_name="logits" if spec else "output")
+        proto, parity = export_in_child(request, {"input": np.asarray(_first_array(calib)[:8])})
     label = name + (f" ({job.checkpoint})" if job.checkpoint else "")
     return SourceModel(kind, label, proto, parity, calib, evald, job.tasks)
 
@@ -166,7 +164,7 @@ def _first_array(data: Any) -> np.ndarray:
 def _hf_source(job: QuantizeJob) -> SourceModel:
     """Export a Hugging Face folder; sentences from text files (or the built-in ones), tokenized."""
     from trtq.models.text import sentences
-    from trtq.quantize.hf import describe, export_hf, load_tokenizer, read_lines, tokenize
+    from trtq.quantize.hf import describe, load_tokenizer, read_lines, tokenize
 
     info = describe(job.hf)  # a missing folder, config or weights: say so before anything loads
     tokenizer = load_tokenizer(job.hf)
@@ -181,7 +179,9 @@ def _hf_source(job: QuantizeJob) -> SourceModel:
     calib = text_data(job.calib_data, job.samples, 0, "calibration data")
     # Built-in evaluation sentences come after the calibration ones: held out.
     evald = text_data(job.eval_data, job.eval_samples, job.samples, "evaluation data")
+    sample = calib if isinstance(calib, dict) else _first_array(calib)
     with progress_bar("exporting to ONNX", None, enabled=job.progress):
-        proto, parity, _ = export_hf(job.hf, calib if isinstance(calib, dict) else _first_array(calib))
+        proto, parity = export_in_child({"kind": "hf", "folder": str(Path(job.hf).resolve())},
+                                        {k: np.asarray(sample[k][:8]) for k in ("input_ids", "attention_mask")})
     tasks = {} if info.kind == "sequence-classification" else {"*": "embedding"}
     return SourceModel("hf", f"Hugging Face checkpoint {job.hf}", proto, parity, calib, evald, {**tasks, **job.tasks})
