@@ -29,6 +29,17 @@ from trtq.quantize.targets import QuantTarget
 log = logging.getLogger(__name__)
 
 
+#: GPU generations a plan can be written for, and whether their Tensor Cores run FP8 (SM89+).
+GPUS = {"ampere": False, "ada": True, "hopper": True, "blackwell": True}
+
+#: The cost model: time per MAC of a compute layer on Tensor Cores, relative to int8, from the
+#: dense peak rates NVIDIA publishes for A100/L40S/H100 (int8 = fp8 = 2x fp16 = 4x TF32, which
+#: is what TensorRT runs an fp32 layer in). int4w (INT4 weights, fp16 math) costs fp16's MACs;
+#: what it saves is weight bytes (a quarter of fp16's), which matter where a layer is
+#: memory-bound (small batches, transformer decoding); the model size shows it.
+MAC_COST = {"int8": 1.0, "fp8": 1.0, "int4w": 2.0, "fp16": 2.0, "fp32": 4.0}
+
+
 @dataclass(frozen=True)
 class MixedModel:
     """A mixed-precision model, what each node runs in, and the MACs per sample of each node."""
@@ -50,6 +61,21 @@ class MixedModel:
     @property
     def int8_mac_share(self) -> float:
         return self.mac_share(Precision.INT8)
+
+    def mac_shares(self) -> dict[str, float]:
+        """The share of the MACs in each precision that has any (compute layers only)."""
+        shares = {p.value: self.mac_share(p) for p in Precision}
+        return {k: v for k, v in shares.items() if v > 0}
+
+    def relative_cost(self) -> float:
+        """The compute layers' time under :data:`MAC_COST`, relative to all of them in fp16
+        (1.0: no faster than fp16; 0.5: every MAC in int8 or fp8)."""
+        total = sum(self.macs.values())
+        if not total:
+            return 1.0
+        cost = sum(m * MAC_COST[self.assignments[n].precision.value if n in self.assignments else "fp32"]
+                   for n, m in self.macs.items())
+        return cost / (total * MAC_COST["fp16"])
 
 
 def node_macs(model: onnx.ModelProto) -> dict[str, int]:
@@ -125,4 +151,4 @@ def apply_plan(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTab
     return mixed
 
 
-__all__ = ["MixedModel", "apply_plan", "node_macs"]
+__all__ = ["GPUS", "MAC_COST", "MixedModel", "apply_plan", "node_macs"]

@@ -95,7 +95,12 @@ def _unknown_method(ws):
             "nonsense"], "cannot read the target"
 
 
-CASES = {f.__name__[1:]: f for f in (_opset99, _custom_op, _npy_bomb, _image_bomb, _zero_scale_cache,
+def _fp8_on_ampere(ws):
+    return ["quantize", "--onnx", str(ws / "m.onnx"), "--calib-data", str(ws / "calib.npy"), "--fp8", "Conv",
+            "--gpu", "ampere"], "no FP8 Tensor Cores"
+
+
+CASES = {f.__name__[1:]: f for f in (_fp8_on_ampere, _opset99, _custom_op, _npy_bomb, _image_bomb, _zero_scale_cache,
                                      _folder_in_the_way, _calibrate_cache_into_missing_folder,
                                      _calibrate_out_is_a_folder, _dangling_out, _unknown_method)}
 

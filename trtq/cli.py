@@ -307,6 +307,11 @@ def main(verbose: bool) -> None:
 @click.option("--target", metavar="METRIC>=VALUE",
               help="Search the plan: take the most int8-sensitive layers out of int8 until e.g. 'top1>=0.97' "
               "or 'cosine>=0.99' holds on the evaluation data (writes sensitivity.json/.png when all-int8 misses it).")
+@click.option("--gpu", type=click.Choice(["ampere", "ada", "hopper", "blackwell"]), default=None,
+              help="The GPU generation the model is for. With ada, hopper or blackwell (FP8 Tensor Cores, SM89+) "
+              "--target climbs int8 -> fp8 -> fp16 -> fp32 per layer group; otherwise int8 -> fp16 -> fp32. fp8 "
+              "layers in a plan for ampere are an error. precision.json estimates the plan's compute cost per "
+              "this ladder (docs/mixed-precision.md). [default: any TensorRT GPU: no fp8 in the search]")
 @click.option("--search-samples", type=click.IntRange(min=1),
               help="Evaluation samples the --target search uses (fewer: faster, coarser). [default: --eval-samples]")
 @click.option("--target-margin", type=click.FloatRange(min=0), default=1.0, show_default=True,
@@ -349,7 +354,7 @@ def quantize_cmd(preprocess, onnx_path, checkpoint, model, hf_dir, max_length, c
                  samples, eval_samples, batch_size, max_memory, engine, int8_rules, int4w_rules, int4_block, fp8_rules,
                  fp16_rules, fp32_rules,
                  default_precision,
-                 plan_path, strict, target, search_samples, target_margin, bias_correction, smoothquant,
+                 plan_path, strict, target, gpu, search_samples, target_margin, bias_correction, smoothquant,
                  layer_clipping, gptq, equalize, target_runtime, reduce_range, metrics, no_progress) -> None:
     """Quantize a model to explicit int8 (Q/DQ) ONNX and report its fidelity.
 
@@ -376,8 +381,8 @@ def quantize_cmd(preprocess, onnx_path, checkpoint, model, hf_dir, max_length, c
                       plan=_precision_plan(plan_path, default_precision, int8_rules, fp16_rules, fp32_rules,
                                            fp8_rules, int4w_rules),
                       int4_block=int(int4_block),
-                      strict=strict, target=target, search_samples=search_samples, target_margin=target_margin,
-                      command=_command_line(),
+                      strict=strict, target=target, gpu=gpu, search_samples=search_samples,
+                      target_margin=target_margin, command=_command_line(),
                       bias_correction=bias_correction, smoothquant=smoothquant, layer_clipping=layer_clipping,
                       gptq=gptq, equalize=equalize, runtime=QuantTarget.parse(target_runtime, reduce_range),
                       preprocess=preprocess, metrics=metrics, max_memory=max_memory)
@@ -481,7 +486,9 @@ def _precision_table(result) -> Table:
     from trtq.quantize.precision import Precision
 
     mixed = result.mixed
-    table = Table(title=f"precision ({mixed.int8_mac_share:.1%} of MACs in int8)", title_justify="left")
+    shares = ", ".join(f"{share:.1%} {name}" for name, share in mixed.mac_shares().items())
+    table = Table(title=f"precision (MACs: {shares or 'none'}; compute cost {mixed.relative_cost():.2f}x all-fp16)",
+                  title_justify="left")
     for col in ("precision", "nodes", "MACs", "op types"):
         table.add_column(col, justify="right" if col in ("nodes", "MACs") else "left")
     for precision in Precision:
@@ -490,7 +497,7 @@ def _precision_table(result) -> Table:
         share = mixed.mac_share(precision)
         table.add_row(precision.value, str(len(rows)), f"{share:.1%}", ", ".join(ops[:8]) + (" ..." if len(ops) > 8 else ""))
     if result.search is not None:
-        moved = ", ".join(result.search.moved) or "none"
+        moved = ", ".join(f"{name} ({p.value})" for name, p in result.search.rungs.items()) or "none"
         table.caption = f"target {result.search.target}: {'met' if result.search.met else 'NOT met'}; out of int8: {moved}"
     return table
 

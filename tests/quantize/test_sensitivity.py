@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 
 from trtq.calibration import calibrate
 from trtq.deploy.evaluate import FidelityEvaluator, Target
 from trtq.quantize.precision import Precision
-from trtq.quantize.sensitivity import analyze, layer_groups, search_precision
+from trtq.quantize.sensitivity import FP8_RUNGS, RUNGS, analyze, layer_groups, search_precision
 from tests.conftest import make_cnn
 from trtq.cli import main
-from trtq.core.errors import TrtqError
+from trtq.core.errors import QuantizationError, TrtqError
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +150,51 @@ def test_refinement_puts_back_groups_the_target_does_not_need(setup):
     fine = search_precision(model, table, evaluate, target.met, ranking=ranking, progress=False)
     assert fine.met and fine.moved == ("fc",)
     assert fine.mixed.int8_mac_share > coarse.mixed.int8_mac_share
-    assert [s.moved for s in fine.steps[-3:]] == [2, 1, 0]  # one try per moved group, each kept if met
+    # One try per moved group, each kept if met; the last one alone would be all-int8, measured first.
+    assert [s.moved for s in fine.steps[-2:]] == [2, 1]
+
+
+def _fc_precision(candidate) -> str:
+    """What the classifier computes in: its weight's DequantizeLinear input type, or the float type."""
+    producer = {o: n for n in candidate.graph.node for o in n.output}
+    inits = {i.name: i for i in candidate.graph.initializer}
+    fc = next(n for n in candidate.graph.node if n.name == "fc")
+    dq = producer.get(fc.input[1])
+    if dq is not None and dq.op_type == "DequantizeLinear":
+        return "fp8" if inits[dq.input[0]].data_type == onnx.TensorProto.FLOAT8E4M3FN else "int8"
+    return "fp16" if inits[fc.input[1]].data_type == onnx.TensorProto.FLOAT16 else "fp32"
+
+
+@pytest.mark.parametrize("goal, fp8, rungs, moved_to, fp8_runs", [
+    (0.95, 0.99, FP8_RUNGS, "fp8", 3),  # fp8 is enough: the ladder stops there (bound, two refinements)
+    (0.995, 0.99, FP8_RUNGS, "fp16", 2),  # fp8 is not: fp16, fp8 tried on the way (bound, refinement)
+    (0.95, 0.8, FP8_RUNGS, "fp16", 1),  # fp8 worse than int8 everywhere: not tried per group
+    (0.95, 0.99, RUNGS, "fp16", 0),  # no FP8 Tensor Cores: no fp8 rung
+])
+def test_the_ladder_puts_each_group_on_the_cheapest_rung_that_holds(setup, goal, fp8, rungs, moved_to, fp8_runs):
+    model, table, _ = setup
+    groups = {g.name: g for g in layer_groups(model)}
+    seen = []
+
+    def evaluate(candidate):  # only the classifier matters: int8 0.9, fp8 as given, fp16/fp32 1.0
+        seen.append(_fc_precision(candidate))
+        return {"cosine": {"int8": 0.9, "fp8": fp8}.get(seen[-1], 1.0)}
+
+    ranking = [groups["conv1"], groups["conv2"], groups["fc"]]
+    res = search_precision(model, table, evaluate, Target("cosine", goal).met, ranking=ranking, progress=False,
+                           rungs=rungs)
+    assert res.met and res.moved == ("fc",) and res.to_json()["moved_to"] == {"fc": moved_to}
+    assert _fc_precision(res.mixed.model) == moved_to
+    assert res.mixed.mac_share(Precision(moved_to)) == pytest.approx(groups["fc"].macs / sum(
+        g.macs for g in groups.values()))
+    assert seen.count("fp8") == fp8_runs, seen
+
+
+def test_the_ladder_refuses_unknown_rungs(setup):
+    model, table, _ = setup
+    with pytest.raises(QuantizationError, match="rungs must be"):
+        search_precision(model, table, lambda m: {"cosine": 0.0}, Target("cosine", 0.9).met, ranking=[],
+                         progress=False, rungs=(Precision.INT8,))
 
 
 def test_share_targets_demand_the_lower_confidence_bound():

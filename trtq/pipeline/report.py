@@ -52,13 +52,15 @@ def markdown_report(*, command: str, model_label: str, eval_source: str, samples
            f"Fidelity against fp32 on {samples} samples of {eval_source}; Q/DQ executed in float "
            "(TensorRT's arithmetic), fp16 regions as ONNX Runtime runs them.", "",
            *fidelity_rows(reports), "",
-           f"Precision: {summary['int8']} nodes int8, {summary['fp16']} fp16, {summary['fp32']} fp32; "
-           f"**{mixed.int8_mac_share:.1%} of the MACs in int8**.", ""]
+           f"Precision: {', '.join(f'{n} nodes {p}' for p, n in summary.items() if n)}; "
+           f"**{mixed.int8_mac_share:.1%} of the MACs in int8** (MACs: "
+           f"{', '.join(f'{share:.1%} {p}' for p, share in mixed.mac_shares().items())}; compute cost "
+           f"{mixed.relative_cost():.2f}x all-fp16, docs/mixed-precision.md).", ""]
     if search is not None:
         verdict = "met" if search.met else "**not met** (out of reach)"
         out += [f"Target `{search.target}`: {verdict} after {len(search.steps)} evaluations; "
                 f"{len(search.moved)} layer group(s) taken out of int8:", ""]
-        out += [f"- `{name}`" for name in search.moved] or ["- none"]
+        out += [f"- `{name}`: {precision.value}" for name, precision in search.rungs.items()] or ["- none"]
         out.append("")
     if sensitivity is not None:
         out += ["## Sensitivity", "", "![int8 sensitivity per layer group](sensitivity.png)", "",

@@ -27,11 +27,12 @@ from trtq.quantize import ExportParity, calibration_tensors, fold_batchnorm
 from trtq.quantize.bias_correction import correct_bias
 from trtq.quantize.clipping import refine_clipping
 from trtq.quantize.equalize import equalize
-from trtq.quantize.mixed import MixedModel, apply_plan
+from trtq.quantize.mixed import GPUS, MixedModel, apply_plan
 from trtq.quantize.precision import Precision, PrecisionPlan, assignments_json
 from trtq.quantize.qdq import INT4_QMAX
 from trtq.quantize.rounding import gptq_weights
-from trtq.quantize.sensitivity import PrecisionSearchResult, SensitivityReport, analyze, search_precision
+from trtq.quantize.sensitivity import (FP8_RUNGS, RUNGS, PrecisionSearchResult, SensitivityReport, analyze,
+                                       search_precision)
 from trtq.quantize.smoothquant import smooth_quant
 
 __all__ = ["Fidelity", "Fp32Model", "QuantizedModel", "WeightRounding", "calibrate_model", "measure_fidelity",
@@ -107,7 +108,8 @@ class QuantizedModel:
 
     def precision_json(self) -> dict:
         out = {"plan": self.plan.to_json(), "summary": self.mixed.summary(),
-               "int8_mac_share": self.mixed.int8_mac_share, "nodes": assignments_json(self.mixed.assignments)}
+               "int8_mac_share": self.mixed.int8_mac_share, "mac_shares": self.mixed.mac_shares(),
+               "relative_cost": self.mixed.relative_cost(), "nodes": assignments_json(self.mixed.assignments)}
         if self.search is not None:
             out["search"] = self.search.to_json()
             out["plan"] = self.search.plan.to_json()
@@ -251,8 +253,9 @@ def quantize_fp32(job: QuantizeJob, source: SourceModel, fp32: Fp32Model, table:
     def evaluate(model):  # a candidate that can no longer meet the target stops early
         return evaluator(model, hopeless=lambda best: not met(best))
 
+    rungs = FP8_RUNGS if job.gpu is not None and GPUS[job.gpu] else RUNGS
     search = search_precision(fp32.model, table, evaluate, met, ranking=rank, weights=rounding.weights,
-                              base=job.plan, target=str(job.target), progress=job.progress)
+                              base=job.plan, target=str(job.target), progress=job.progress, rungs=rungs)
     quantized, shifts = search.mixed.model, None
     if job.bias_correction:
         # Corrected for the model the search chose (biases corrected for all-int8 and reused by
