@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -45,7 +45,9 @@ class BuildOptions:
     derived from the model, with a dynamic batch axis spanning 1..``max_batch`` (opt =
     ``max_batch``). ``compute_capabilities``: TensorRT-RTX targets (e.g. ``("SM89",)``);
     empty means every SM80-or-newer capability the installed TensorRT-RTX supports (SM89 and newer
-    for a model with fp8 layers; see :func:`rtx_targets`). ``timing_cache`` is
+    for a model with fp8 layers; see :func:`rtx_targets`). ``gpu``: a GPU generation
+    (:data:`GPU_TARGETS`) whose targets the installed TensorRT-RTX knows, used when
+    ``compute_capabilities`` is empty. ``timing_cache`` is
     loaded if it exists and saved after the build (not on TensorRT-RTX, where it needs a GPU).
     """
 
@@ -57,6 +59,7 @@ class BuildOptions:
     compute_capabilities: tuple[str, ...] = ()
     backend: str | None = None
     progress: bool = True
+    gpu: str | None = None
 
 
 def parse_shapes(spec: str) -> tuple[str, tuple[Shape, Shape, Shape]]:
@@ -207,10 +210,27 @@ def _sm(cap: str) -> int:
     return int(cap[2:]) if cap.startswith("SM") and cap[2:].isdigit() else 0
 
 
+#: Compute capabilities per GPU generation (``trtq quantize --gpu``). TensorRT-RTX compiles
+#: for the RTX (workstation and consumer) parts: it has no SM90 (Hopper) or SM100 target.
+GPU_TARGETS = {"ampere": ("SM80", "SM86"), "ada": ("SM89",), "hopper": ("SM90",),
+               "blackwell": ("SM100", "SM120", "SM121")}
+
+
 def rtx_targets(trt, options: BuildOptions, fp8: bool) -> tuple[str, ...]:
-    """The compute capabilities to build for: the requested ones, else every SM80-or-newer one
-    (SM89-or-newer when the model has fp8 layers). Requested targets without FP8 Tensor Cores
-    for an fp8 model: a BuildError naming them."""
+    """The compute capabilities to build for: the requested ones, else those of ``options.gpu``
+    that this TensorRT-RTX knows, else every SM80-or-newer one (SM89-or-newer when the model
+    has fp8 layers). Requested targets without FP8 Tensor Cores for an fp8 model, or a GPU
+    generation with no target here: a BuildError naming them."""
+    if not options.compute_capabilities and options.gpu is not None:
+        if options.gpu not in GPU_TARGETS:
+            raise BuildError(f"unknown GPU generation '{options.gpu}': one of {', '.join(GPU_TARGETS)}")
+        known = set(trt.ComputeCapability.__members__)
+        caps = tuple(c for c in GPU_TARGETS[options.gpu] if c in known)
+        if not caps:
+            raise BuildError(f"TensorRT-RTX has no target for {options.gpu} GPUs ({', '.join(GPU_TARGETS[options.gpu])}; "
+                             f"it knows {', '.join(sorted(k for k in known if k.startswith('SM')))}): build the "
+                             "engine on such a GPU with TensorRT (`trtq build MODEL` there)")
+        options = replace(options, compute_capabilities=caps)
     if not options.compute_capabilities:
         caps = default_compute_capabilities(trt)
         return tuple(c for c in caps if _sm(c) >= FP8_MIN_SM) if fp8 else caps

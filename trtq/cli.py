@@ -310,8 +310,9 @@ def main(verbose: bool) -> None:
 @click.option("--gpu", type=click.Choice(["ampere", "ada", "hopper", "blackwell"]), default=None,
               help="The GPU generation the model is for. With ada, hopper or blackwell (FP8 Tensor Cores, SM89+) "
               "--target climbs int8 -> fp8 -> fp16 -> fp32 per layer group; otherwise int8 -> fp16 -> fp32. fp8 "
-              "layers in a plan for ampere are an error. precision.json estimates the plan's compute cost per "
-              "this ladder (docs/mixed-precision.md). [default: any TensorRT GPU: no fp8 in the search]")
+              "layers in a plan for ampere are an error. --engine builds for this generation's targets (TensorRT-RTX has "
+              "none for hopper). precision.json estimates the plan's compute cost (docs/mixed-precision.md). "
+              "[default: any TensorRT GPU: no fp8 in the search, engines for every SM80+ target]")
 @click.option("--search-samples", type=click.IntRange(min=1),
               help="Evaluation samples the --target search uses (fewer: faster, coarser). [default: --eval-samples]")
 @click.option("--target-margin", type=click.FloatRange(min=0), default=1.0, show_default=True,

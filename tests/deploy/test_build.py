@@ -109,6 +109,11 @@ def test_quantize_engine_flag(tmp_path, cnn_model, cnn_data, monkeypatch):
         res = runner.invoke(main, args + ["--out", str(tmp_path / "out2")])
         assert res.exit_code == 2 and "pip install 'trtq[gpu]'" in res.stderr
         assert not (tmp_path / "out2").exists()
+    if has_module("tensorrt_rtx") and not has_module("tensorrt"):  # no Hopper target in TensorRT-RTX: said first
+        monkeypatch.delenv("TRTQ_BACKEND", raising=False)
+        res = runner.invoke(main, args + ["--gpu", "hopper", "--out", str(tmp_path / "out3")])
+        assert res.exit_code == 2 and "no target for hopper GPUs" in res.stderr, res.output
+        assert not (tmp_path / "out3").exists()
 
 
 @needs_trt
@@ -275,3 +280,25 @@ def test_engine_signature_for_serving_and_triton(tmp_path, int8_model):
     out = served.batcher.submit({"input": x}, 3).result(60)["logits"]
     served.close()
     assert out.shape == (3, 4) and np.isfinite(out).all()
+
+
+def test_gpu_generation_picks_the_rtx_targets_it_has():
+    """``trtq quantize --gpu X --engine``: X's compute capabilities that TensorRT-RTX knows (1.7: no
+    SM90 or SM100), and a clear error when it knows none or the model's fp8 cannot run there."""
+    import enum
+    import types
+
+    from trtq.deploy.build import rtx_targets
+
+    trt = types.SimpleNamespace(ComputeCapability=enum.Enum(
+        "ComputeCapability", ["NONE", "CURRENT", "SM75", "SM80", "SM86", "SM89", "SM120", "SM121"]))
+    assert rtx_targets(trt, BuildOptions(gpu="ada"), fp8=True) == ("SM89",)
+    assert rtx_targets(trt, BuildOptions(gpu="blackwell"), fp8=False) == ("SM120", "SM121")
+    assert rtx_targets(trt, BuildOptions(gpu="ampere"), fp8=False) == ("SM80", "SM86")
+    assert rtx_targets(trt, BuildOptions(gpu="ada", compute_capabilities=("SM120",)), fp8=False) == ("SM120",)
+    with pytest.raises(BuildError, match="no target for hopper GPUs .*TensorRT"):
+        rtx_targets(trt, BuildOptions(gpu="hopper"), fp8=False)
+    with pytest.raises(BuildError, match="fp8 layers.*SM80, SM86 have none"):
+        rtx_targets(trt, BuildOptions(gpu="ampere"), fp8=True)
+    with pytest.raises(BuildError, match="unknown GPU generation 'volta'"):
+        rtx_targets(trt, BuildOptions(gpu="volta"), fp8=False)

@@ -75,7 +75,7 @@ def write_artifacts(stage: Path, job: QuantizeJob, source: SourceModel, fp32: Fp
         files["sensitivity"] = atomic_write_text(stage / "sensitivity.json", _json_text(sensitivity.to_json()))
         files["sensitivity_chart"] = sensitivity.plot(stage / "sensitivity.png")
     if job.engine:
-        built = build_engine(quantized.model, BuildOptions(progress=job.progress))
+        built = build_engine(quantized.model, BuildOptions(progress=job.progress, gpu=job.gpu))
         files["engine"], files["engine_metadata"] = built.save(stage / f"model.{label}.engine")
     names = sorted({*(f.name for f in files.values()), "report.md", "report.html", "report.json"})
     reports = fidelity.variants or {f"{label} (Q/DQ in float)": fidelity.report,

@@ -10,6 +10,7 @@ from trtq.core import require, staging_dir
 from trtq.core.budget import memory_budget
 from trtq.core.stageclock import StageClock
 from trtq.deploy.backend import load_backend
+from trtq.deploy.build import BuildOptions, rtx_targets
 from trtq.pipeline.artifacts import OUTPUT_FILES, write_artifacts
 from trtq.pipeline.job import QuantizeJob, QuantizeResult
 from trtq.pipeline.source import resolve_source, split_for_search
@@ -28,7 +29,9 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
     if job.target is not None:
         require("matplotlib", "models")  # the sensitivity chart: say so before any slow step
     if job.engine:
-        load_backend()  # no TensorRT installed: say so before any slow step
+        backend = load_backend()  # no TensorRT installed: say so before any slow step
+        if backend.is_rtx and job.gpu is not None:  # nor a GPU generation TensorRT-RTX has no target for
+            rtx_targets(backend.module, BuildOptions(gpu=job.gpu), fp8=False)
     clock = StageClock()
     with memory_budget(job.max_memory), staging_dir(job.out_dir, OUTPUT_FILES) as stage:
         with clock("source (export, data)"):
