@@ -276,7 +276,7 @@ class PrecisionPlan:
 
 
 _PLAN_KEYS = frozenset({"format", "version", "default", "overrides"})
-_REPORT_KEYS = frozenset({"plan", "summary", "int8_mac_share", "nodes", "search"})
+_REPORT_KEYS = frozenset({"plan", "summary", "int8_mac_share", "mac_shares", "relative_cost", "nodes", "search"})
 
 
 def _refuse_unknown(data: Any, known: frozenset | set, what: str) -> None:
