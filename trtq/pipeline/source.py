@@ -20,7 +20,6 @@ from trtq.core.errors import DataError, ModelError
 from trtq.core.runtime import check_runnable
 from trtq.models import get_model_spec
 from trtq.pipeline.job import DEFAULT_MODEL, QuantizeJob
-from trtq.pipeline.export_child import export_in_child
 from trtq.quantize import ExportParity
 
 __all__ = ["SourceModel", "resolve_source"]
@@ -129,6 +128,9 @@ def _resolve(job: QuantizeJob) -> SourceModel:
     request = {"kind": "module", "model": name, "registered": kind == "registered",
                "checkpoint": None if job.checkpoint is None else str(Path(job.checkpoint).resolve()),
                "input_name": spec.input_name if spec else "input", "output_name": "logits" if spec else "output"}
+    # Imported here: `python -m trtq.pipeline.export_child` must not find it imported by the package.
+    from trtq.pipeline.export_child import export_in_child
+
     with progress_bar("exporting to ONNX", None, enabled=job.progress):
         proto, parity = export_in_child(request, {"input": np.asarray(_first_array(calib)[:8])})
     label = name + (f" ({job.checkpoint})" if job.checkpoint else "")
@@ -164,6 +166,7 @@ def _first_array(data: Any) -> np.ndarray:
 def _hf_source(job: QuantizeJob) -> SourceModel:
     """Export a Hugging Face folder; sentences from text files (or the built-in ones), tokenized."""
     from trtq.models.text import sentences
+    from trtq.pipeline.export_child import export_in_child
     from trtq.quantize.hf import describe, load_tokenizer, read_lines, tokenize
 
     info = describe(job.hf)  # a missing folder, config or weights: say so before anything loads
