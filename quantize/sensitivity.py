@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import onnx
 
 from trtq.core.onnx_model import load_model, model_sha256
@@ -70,10 +71,12 @@ class GroupSensitivity:
     group: LayerGroup
     only: Metrics  # only this group in int8
     all_but: Metrics  # every group in int8 except this one (empty when not measured)
+    rungs: Mapping[str, Metrics] = field(default_factory=dict)  # only this group in fp8 (say), the rest fp32
 
-    def loss(self, metric: str = RANK_METRIC) -> float:
-        """How much fidelity this group costs alone: ``1 - metric`` for cosine/top1, ``-sqnr`` for SQNR."""
-        value = self.only.get(metric)
+    def loss(self, metric: str = RANK_METRIC, rung: str = "int8") -> float:
+        """How much fidelity this group costs alone (in int8, or on another measured ``rung``):
+        ``1 - metric`` for cosine/top1, ``-sqnr`` for SQNR."""
+        value = (self.only if rung == "int8" else self.rungs.get(rung, {})).get(metric)
         if value is None:
             return 0.0
         return -value if metric.startswith("sqnr") else 1.0 - value
@@ -101,19 +104,34 @@ class SensitivityReport:
     def to_json(self) -> dict:
         return {"metric": self.metric, "all_int8": dict(self.baseline),
                 "groups": [{"group": g.group.name, "nodes": list(g.group.nodes), "op_type": g.group.op_type,
-                            "macs": g.group.macs, "only_int8": dict(g.only), "all_but_int8": dict(g.all_but)}
+                            "macs": g.group.macs, "only_int8": dict(g.only), "all_but_int8": dict(g.all_but),
+                            **{f"only_{rung}": dict(m) for rung, m in g.rungs.items()}}
                            for g in self.groups]}
+
+    @property
+    def rung_names(self) -> list[str]:
+        """The precisions measured per group: int8, then any others (fp8)."""
+        return ["int8", *dict.fromkeys(r for g in self.groups for r in g.rungs)]
 
     def plot(self, path: str | os.PathLike, top: int = 30) -> Path:
         """A horizontal bar chart of the ``top`` most sensitive groups (PNG, needs matplotlib)."""
         require("matplotlib", "models").use("Agg")
         import matplotlib.pyplot as plt
         rows = self.groups[:top][::-1]
-        fig, ax = plt.subplots(figsize=(8, 0.28 * len(rows) + 1.2))
-        ax.barh([g.group.name for g in rows], [g.loss(self.metric) for g in rows], color="#c0504d")
+        rungs = self.rung_names
+        fig, ax = plt.subplots(figsize=(8, (0.28 if len(rungs) == 1 else 0.42) * len(rows) + 1.2))
+        height = 0.8 / len(rungs)
+        ys = np.arange(len(rows))
+        for i, (rung, color) in enumerate(zip(rungs, ("#c0504d", "#4f81bd", "#9bbb59"))):
+            ax.barh(ys + (i - (len(rungs) - 1) / 2) * height, [g.loss(self.metric, rung) for g in rows],
+                    height=height, color=color, label=rung)
+        ax.set_yticks(ys, [g.group.name for g in rows])
         label = f"-{self.metric}" if self.metric.startswith("sqnr") else f"1 - {self.metric}"
-        ax.set_xlabel(f"{label} with only this group in int8 (vs fp32)")
-        ax.set_title("int8 sensitivity per layer group")
+        which = "int8" if len(rungs) == 1 else " or ".join(rungs)
+        ax.set_xlabel(f"{label} with only this group in {which} (vs fp32)")
+        ax.set_title(f"{' / '.join(rungs)} sensitivity per layer group")
+        if len(rungs) > 1:
+            ax.legend(loc="lower right")
         ax.tick_params(axis="y", labelsize=7)
         fig.tight_layout()
         path = Path(path)
@@ -169,12 +187,18 @@ def _int8_only(groups: Sequence[LayerGroup]) -> PrecisionPlan:
 
 def analyze(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable, evaluate: Evaluate, *,
             metric: str = RANK_METRIC, groups: Sequence[LayerGroup] | None = None, reverse: bool = True,
-            progress: bool = True, weights: Mapping | None = None) -> SensitivityReport:
+            progress: bool = True, weights: Mapping | None = None,
+            rungs: Sequence[Precision] = ()) -> SensitivityReport:
     """Measure every group's sensitivity (see the module docstring); ranked, most sensitive first.
 
     ``reverse=False`` skips the all-but-one runs (the ranking needs only the one-at-a-time
     runs), halving the time. ``weights``: int8 weights by node (see :func:`apply_plan`).
+    ``rungs``: other precisions (fp8) each group is also measured in alone, for the
+    report and its chart; the ranking stays int8's.
     """
+    rungs = tuple(Precision.parse(r) for r in rungs)
+    if any(r not in (Precision.FP8,) for r in rungs):
+        raise QuantizationError(f"sensitivity rungs besides int8 can be fp8 only, got {[r.value for r in rungs]}")
     def build(plan: PrecisionPlan) -> onnx.ModelProto:
         return apply_plan(proto, table, plan, weights=weights, force=owned, check=False).model
 
@@ -189,7 +213,7 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable,
         raise QuantizationError(f"the ranking metric '{metric}' is not measured on this model's outputs (it has: "
                                 f"{have}); rank by one of those")
     rows = []
-    with progress_bar("sensitivity", (1 + reverse) * len(groups), unit="runs", enabled=progress) as bar:
+    with progress_bar("sensitivity", (1 + reverse + len(rungs)) * len(groups), unit="runs", enabled=progress) as bar:
         for grp in groups:
             only = evaluate(build(_int8_only([grp])))
             bar.advance(1)
@@ -197,7 +221,11 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable,
             if reverse:
                 all_but = evaluate(build(_plan(Precision.INT8, [grp], Precision.FP32)))
                 bar.advance(1)
-            rows.append(GroupSensitivity(grp, dict(only), dict(all_but)))
+            others = {}
+            for rung in rungs:
+                others[rung.value] = dict(evaluate(build(_plan(Precision.FP32, [grp], rung))))
+                bar.advance(1)
+            rows.append(GroupSensitivity(grp, dict(only), dict(all_but), others))
     order = {grp.name: i for i, grp in enumerate(groups)}
     rows.sort(key=lambda r: (-r.loss(metric), order[r.group.name]))
     return SensitivityReport(dict(baseline), tuple(rows), metric)

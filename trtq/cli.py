@@ -553,6 +553,10 @@ def calibrate_cmd(preprocess, model, data, method, samples, batch_size, max_memo
 @click.option("--gptq/--no-gptq", default=True, show_default=True,
               help="Int8 weights GPTQ-rounded as `trtq quantize` writes them (needs --calib-data; with only "
               "--table, nearest rounding).")
+@click.option("--gpu", type=click.Choice(["ampere", "ada", "hopper", "blackwell"]), default=None,
+              help="With ada, hopper or blackwell (FP8 Tensor Cores) each group is also measured alone in fp8: "
+              "one more run per group, a column and a second bar per group in sensitivity.png. The ranking stays "
+              "int8's.")
 @click.option("--top", default=20, show_default=True, type=click.IntRange(min=1), help="Rows to print.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("trtq-sensitivity"),
               show_default=True, help="Folder for sensitivity.json and sensitivity.png.")
@@ -561,7 +565,7 @@ def calibrate_cmd(preprocess, model, data, method, samples, batch_size, max_memo
 @verbose_option
 @_fail_cleanly
 def sensitivity_cmd(preprocess, model, calib_data, table, eval_data, method, samples, eval_samples, metric, one_way, max_memory, gptq,
-                    top, out_dir, no_progress) -> None:
+                    gpu, top, out_dir, no_progress) -> None:
     """Rank MODEL's layer groups by how much int8 costs each (fp32 ONNX model).
 
     Each group (a Conv/Gemm/MatMul and the residual Add TensorRT fuses into it) is
@@ -573,17 +577,19 @@ def sensitivity_cmd(preprocess, model, calib_data, table, eval_data, method, sam
 
     run = run_sensitivity(model, eval_data, calib_data=calib_data, table=table, method=method, samples=samples,
                           eval_samples=eval_samples, metric=metric, reverse=not one_way, gptq=gptq, out_dir=out_dir,
-                          progress=not no_progress, preprocess=preprocess)
+                          progress=not no_progress, preprocess=preprocess, gpu=gpu)
     report = run.report
+    others = report.rung_names[1:]
     t = Table(title=f"int8 sensitivity on {run.eval_samples} samples (all int8: "
               + ", ".join(f"{k} {v:.4g}" for k, v in report.baseline.items() if v is not None) + ")",
               title_justify="left")
-    for col in ("rank", "group", "op", "MACs", f"{metric}: only this int8", f"{metric}: all but this int8"):
+    for col in ("rank", "group", "op", "MACs", f"{metric}: only this int8", *(f"only this {r}" for r in others),
+                f"{metric}: all but this int8"):
         t.add_column(col, justify="left" if col in ("group", "op") else "right")
     fmt = (lambda v: "-" if v is None else f"{v:.2f}" if metric == "sqnr_db" else f"{v:.5f}")
     for i, g in enumerate(report.groups[:top], 1):
         t.add_row(str(i), g.group.name, g.group.op_type, f"{g.group.macs / 1e6:.1f}M", fmt(g.only.get(metric)),
-                  fmt(g.all_but.get(metric)))
+                  *(fmt(g.rungs.get(r, {}).get(metric)) for r in others), fmt(g.all_but.get(metric)))
     console.print(t)
     console.print("wrote: " + ", ".join(str(p) for p in run.files))
 

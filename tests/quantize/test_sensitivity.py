@@ -114,6 +114,16 @@ def test_cli_plan_flags_and_sensitivity(tmp_path):
     assert res.exit_code == 0, res.output
     nearest = json.loads((tmp_path / "s2" / "sensitivity.json").read_text())
     assert nearest["all_int8"] != data["all_int8"]  # the GPTQ-rounded weights change what int8 costs
+    assert all("only_fp8" not in g for g in data["groups"])
+    res = runner.invoke(main, ["sensitivity", str(tmp_path / "m.onnx"), "--calib-data", str(tmp_path / "c.npy"),
+                               "--eval-data", str(tmp_path / "e.npy"), "--gpu", "hopper", "--no-progress",
+                               "--out", str(tmp_path / "s3")])
+    assert res.exit_code == 0, res.output
+    assert "only this fp8" in res.output
+    ladder = json.loads((tmp_path / "s3" / "sensitivity.json").read_text())
+    for g in ladder["groups"]:  # each group alone in fp8 too: E4M3 rounds differently from int8
+        assert g["only_fp8"]["cosine"] != g["only_int8"]["cosine"] and 0.9 < g["only_fp8"]["cosine"] <= 1.0
+    assert (tmp_path / "s3" / "sensitivity.png").stat().st_size > (tmp_path / "s" / "sensitivity.png").stat().st_size
 
 
 def test_missing_matplotlib_fails_before_any_work(tmp_path, monkeypatch):

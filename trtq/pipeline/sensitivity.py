@@ -12,6 +12,8 @@ from trtq.core import PreprocessSpec, atomic_write_text, check_output_folder, lo
 from trtq.core.errors import DataError
 from trtq.deploy.evaluate import FidelityEvaluator
 from trtq.quantize import calibration_tensors, fold_batchnorm
+from trtq.quantize.mixed import GPUS
+from trtq.quantize.precision import Precision
 from trtq.quantize.sensitivity import SensitivityReport, analyze
 
 __all__ = ["SensitivityRun", "run_sensitivity"]
@@ -27,13 +29,18 @@ class SensitivityRun:
 def run_sensitivity(model: Any, eval_data: Any, *, calib_data: Any = None, table: Any = None,
                     method: str = "minmax", samples: int = 128, eval_samples: int = 128, metric: str = "cosine",
                     reverse: bool = True, gptq: bool = True, out_dir: str | Path = "trtq-sensitivity",
-                    progress: bool = True, preprocess: PreprocessSpec | None = None) -> SensitivityRun:
+                    progress: bool = True, preprocess: PreprocessSpec | None = None,
+                    gpu: str | None = None) -> SensitivityRun:
     """Each layer group of the fp32 ``model`` measured alone in int8 (and, with ``reverse``, all
     but it in int8) against fp32 on ``eval_data``; writes ``sensitivity.json`` and ``.png``.
 
     Ranges come from ``table`` or from calibrating on ``calib_data``; with ``gptq`` (and
-    calibration data), int8 weights are GPTQ-rounded as ``trtq quantize`` writes them.
+    calibration data), int8 weights are GPTQ-rounded as ``trtq quantize`` writes them. ``gpu``: a
+    GPU generation with FP8 Tensor Cores (``quantize.mixed.GPUS``) also measures each group alone in fp8.
     """
+    if gpu is not None and gpu not in GPUS:
+        raise DataError(f"unknown GPU generation '{gpu}': one of {', '.join(GPUS)}")
+    rungs = (Precision.FP8,) if gpu is not None and GPUS[gpu] else ()
     require("matplotlib", "models")  # for sensitivity.png: fail before the slow part
     files = ("sensitivity.json", "sensitivity.png")
     check_output_folder(out_dir, files)
@@ -51,7 +58,8 @@ def run_sensitivity(model: Any, eval_data: Any, *, calib_data: Any = None, table
         from trtq.quantize.rounding import gptq_weights
 
         weights = gptq_weights(proto, calib, progress=progress).weights
-    report = analyze(proto, cal, evaluator, metric=metric, reverse=reverse, progress=progress, weights=weights)
+    report = analyze(proto, cal, evaluator, metric=metric, reverse=reverse, progress=progress, weights=weights,
+                     rungs=rungs)
     out_dir = Path(out_dir)
     with staging_dir(out_dir, files) as stage:
         atomic_write_text(stage / "sensitivity.json", json.dumps(report.to_json(), indent=1) + "\n")
