@@ -42,8 +42,11 @@ log = logging.getLogger(__name__)
 
 #: Relative damping added to H's diagonal (GPTQ's default): keeps the inverse stable.
 DAMP = 0.01
-#: Columns per lazy-update block in the GPTQ loop.
-BLOCK = 128
+#: Columns per lazy-update block in the GPTQ loop (exact at any size: only the order of the
+#: updates changes). 32 rather than GPTQ's 128: the per-column rank-1 updates inside a block are
+#: NumPy calls over the rest of the block, the block-to-block update is one BLAS product; on
+#: all-MiniLM-L6-v2 the loop took 5.4 s at 128, 4.2 s at 32, with identical layer SQNRs.
+BLOCK = 32
 #: Spatial positions sampled per sample and conv input (im2col rows).
 POSITIONS = 256
 #: ... for depthwise convs, whose per-channel ``H`` has only ``kh * kw`` columns: 64
