@@ -543,7 +543,7 @@ def calibrate_cmd(preprocess, model, data, method, samples, batch_size, max_memo
 @click.option("--samples", default=128, show_default=True, type=click.IntRange(min=1), help="Calibration samples.")
 @click.option("--eval-samples", default=128, show_default=True, type=click.IntRange(min=1),
               help="Evaluation samples (each group is measured on all of them; `trtq quantize --target` ranks on "
-              "at most 128 too).")
+              "at most 64).")
 @click.option("--metric", type=click.Choice(["cosine", "top1", "sqnr_db", "sequence", "position_top1", "mask_iou",
                                              "neighbours"]), default="cosine", show_default=True,
               help="What the ranking sorts by (a task metric only where an output has it: top1 for (N, classes), "
