@@ -24,6 +24,7 @@ from trtq.deploy.backend import Backend, load_backend
 from trtq.deploy.engine_info import BuiltEngine, EngineInfo, EngineTensor
 from trtq.deploy.plan import precision_plan
 from trtq.core.errors import BuildError
+from trtq.core.gpus import FP8_MIN_SM, GPU_TARGETS
 from trtq.core.fileio import atomic_write_bytes
 from trtq.core.runtime import has_fp8
 
@@ -202,25 +203,18 @@ def default_compute_capabilities(trt) -> tuple[str, ...]:
                  if n.startswith("SM") and n[2:].isdigit() and int(n[2:]) >= 80)
 
 
-#: The first compute capability with FP8 Tensor Cores (Ada); TensorRT-RTX refuses fp8 for others.
-FP8_MIN_SM = 89
 
 
 def _sm(cap: str) -> int:
     return int(cap[2:]) if cap.startswith("SM") and cap[2:].isdigit() else 0
 
 
-#: Compute capabilities per GPU generation (``trtq quantize --gpu``). TensorRT-RTX compiles
-#: for the RTX (workstation and consumer) parts: it has no SM90 (Hopper) or SM100 target.
-GPU_TARGETS = {"ampere": ("SM80", "SM86"), "ada": ("SM89",), "hopper": ("SM90",),
-               "blackwell": ("SM100", "SM120", "SM121")}
-
-
 def rtx_targets(trt, options: BuildOptions, fp8: bool) -> tuple[str, ...]:
     """The compute capabilities to build for: the requested ones, else those of ``options.gpu``
     that this TensorRT-RTX knows, else every SM80-or-newer one (SM89-or-newer when the model
     has fp8 layers). Requested targets without FP8 Tensor Cores for an fp8 model, or a GPU
-    generation with no target here: a BuildError naming them."""
+    generation with no target here (TensorRT-RTX compiles for the RTX parts: no SM90 or SM100):
+    a BuildError naming them."""
     if not options.compute_capabilities and options.gpu is not None:
         if options.gpu not in GPU_TARGETS:
             raise BuildError(f"unknown GPU generation '{options.gpu}': one of {', '.join(GPU_TARGETS)}")

@@ -29,9 +29,6 @@ from trtq.quantize.targets import QuantTarget
 log = logging.getLogger(__name__)
 
 
-#: GPU generations a plan can be written for, and whether their Tensor Cores run FP8 (SM89+).
-GPUS = {"ampere": False, "ada": True, "hopper": True, "blackwell": True}
-
 #: The cost model: time per MAC of a compute layer on Tensor Cores, relative to int8, from the
 #: dense peak rates NVIDIA publishes for A100/L40S/H100 (int8 = fp8 = 2x fp16 = 4x TF32, which
 #: is what TensorRT runs an fp32 layer in). int4w (INT4 weights, fp16 math) costs fp16's MACs;
@@ -151,4 +148,4 @@ def apply_plan(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTab
     return mixed
 
 
-__all__ = ["GPUS", "MAC_COST", "MixedModel", "apply_plan", "node_macs"]
+__all__ = ["MAC_COST", "MixedModel", "apply_plan", "node_macs"]

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from trtq.core import __version__
 from trtq.core.errors import TrtqError
+from trtq.core.gpus import GPU_TARGETS
 
 METHODS = ["minmax", "percentile", "entropy", "mse", "auto"]
 #: Shared with trtq.pipeline.DEFAULT_BATCH_SIZE (not imported here: `trtq --help` stays fast).
@@ -132,6 +133,7 @@ method_option = click.option(
     help="Calibration method. minmax: observed range; percentile: 99.99th percentile of |x|; entropy: TensorRT's "
     "KL-divergence search; mse: least expected int8 error; auto: per tensor, the best of these.")
 mode_choice = click.Choice(["qdq-float", "ort-int8", "tensorrt-math", "onnxruntime"])
+gpu_choice = click.Choice(list(GPU_TARGETS))
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 metric_option = click.option(
     "--metric", "metrics", multiple=True, metavar="[OUTPUT=]METRIC",
@@ -307,7 +309,7 @@ def main(verbose: bool) -> None:
 @click.option("--target", metavar="METRIC>=VALUE",
               help="Search the plan: take the most int8-sensitive layers out of int8 until e.g. 'top1>=0.97' "
               "or 'cosine>=0.99' holds on the evaluation data (writes sensitivity.json/.png when all-int8 misses it).")
-@click.option("--gpu", type=click.Choice(["ampere", "ada", "hopper", "blackwell"]), default=None,
+@click.option("--gpu", type=gpu_choice, default=None,
               help="The GPU generation the model is for. With ada, hopper or blackwell (FP8 Tensor Cores, SM89+) "
               "--target climbs int8 -> fp8 -> fp16 -> fp32 per layer group; otherwise int8 -> fp16 -> fp32. fp8 "
               "layers in a plan for ampere are an error. --engine builds for this generation's targets (TensorRT-RTX has "
@@ -553,7 +555,7 @@ def calibrate_cmd(preprocess, model, data, method, samples, batch_size, max_memo
 @click.option("--gptq/--no-gptq", default=True, show_default=True,
               help="Int8 weights GPTQ-rounded as `trtq quantize` writes them (needs --calib-data; with only "
               "--table, nearest rounding).")
-@click.option("--gpu", type=click.Choice(["ampere", "ada", "hopper", "blackwell"]), default=None,
+@click.option("--gpu", type=gpu_choice, default=None,
               help="With ada, hopper or blackwell (FP8 Tensor Cores) each group is also measured alone in fp8: "
               "one more run per group, a column and a second bar per group in sensitivity.png. The ranking stays "
               "int8's.")

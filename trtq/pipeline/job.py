@@ -12,7 +12,7 @@ from trtq.core.errors import QuantizationError
 from trtq.core.readers import PreprocessSpec
 from trtq.deploy.compare import parse_metric_overrides
 from trtq.deploy.evaluate import Target
-from trtq.quantize.mixed import GPUS
+from trtq.core.gpus import gpu_has_fp8
 from trtq.quantize.precision import Precision, PrecisionPlan
 from trtq.quantize.targets import QuantTarget
 
@@ -57,7 +57,7 @@ class QuantizeJob:
     plan: PrecisionPlan = field(default_factory=PrecisionPlan)
     target: Target | None = None  # search the plan (see quantize.sensitivity)
     search_samples: int | None = None  # evaluation samples the search uses (default: eval_samples)
-    gpu: str | None = None  # the GPU generation (quantize.mixed.GPUS): fp8 in the --target ladder from Ada on
+    gpu: str | None = None  # the GPU generation (trtq.core.gpus.GPU_TARGETS): fp8 in the --target ladder from Ada on
     target_margin: float = 1.0  # z of the lower confidence bound a share target must reach (0: the plain share)
     command: str = ""  # how the job was started, for the report's "reproduce" line
     bias_correction: bool = False  # see quantize.bias_correction (after GPTQ it lowers SQNR: off by default)
@@ -112,9 +112,7 @@ class QuantizeJob:
     def check(self) -> None:
         """Option combinations that cannot be honoured (most with ``--target-runtime ort-cpu``)."""
         if self.gpu is not None:
-            if self.gpu not in GPUS:
-                raise QuantizationError(f"unknown GPU generation '{self.gpu}': one of {', '.join(GPUS)}")
-            if not GPUS[self.gpu] and self.uses(Precision.FP8):
+            if not gpu_has_fp8(self.gpu) and self.uses(Precision.FP8):
                 raise QuantizationError(f"the plan has fp8 layers, but {self.gpu} GPUs have no FP8 Tensor Cores "
                                         "(Ada, SM89, and newer do): drop the fp8 layers or choose --gpu ada/hopper/"
                                         "blackwell")

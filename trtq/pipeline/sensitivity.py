@@ -12,7 +12,7 @@ from trtq.core import PreprocessSpec, atomic_write_text, check_output_folder, lo
 from trtq.core.errors import DataError
 from trtq.deploy.evaluate import FidelityEvaluator
 from trtq.quantize import calibration_tensors, fold_batchnorm
-from trtq.quantize.mixed import GPUS
+from trtq.core.gpus import gpu_has_fp8
 from trtq.quantize.precision import Precision
 from trtq.quantize.sensitivity import SensitivityReport, analyze
 
@@ -36,11 +36,9 @@ def run_sensitivity(model: Any, eval_data: Any, *, calib_data: Any = None, table
 
     Ranges come from ``table`` or from calibrating on ``calib_data``; with ``gptq`` (and
     calibration data), int8 weights are GPTQ-rounded as ``trtq quantize`` writes them. ``gpu``: a
-    GPU generation with FP8 Tensor Cores (``quantize.mixed.GPUS``) also measures each group alone in fp8.
+    GPU generation with FP8 Tensor Cores (``trtq.core.gpus.GPU_TARGETS``) also measures each group alone in fp8.
     """
-    if gpu is not None and gpu not in GPUS:
-        raise DataError(f"unknown GPU generation '{gpu}': one of {', '.join(GPUS)}")
-    rungs = (Precision.FP8,) if gpu is not None and GPUS[gpu] else ()
+    rungs = (Precision.FP8,) if gpu is not None and gpu_has_fp8(gpu) else ()
     require("matplotlib", "models")  # for sensitivity.png: fail before the slow part
     files = ("sensitivity.json", "sensitivity.png")
     check_output_folder(out_dir, files)

@@ -27,7 +27,8 @@ from trtq.quantize import ExportParity, calibration_tensors, fold_batchnorm
 from trtq.quantize.bias_correction import correct_bias
 from trtq.quantize.clipping import refine_clipping
 from trtq.quantize.equalize import equalize
-from trtq.quantize.mixed import GPUS, MixedModel, apply_plan
+from trtq.core.gpus import gpu_has_fp8
+from trtq.quantize.mixed import MixedModel, apply_plan
 from trtq.quantize.precision import Precision, PrecisionPlan, assignments_json
 from trtq.quantize.qdq import INT4_QMAX
 from trtq.quantize.rounding import gptq_weights
@@ -254,7 +255,7 @@ def quantize_fp32(job: QuantizeJob, source: SourceModel, fp32: Fp32Model, table:
     def evaluate(model):  # a candidate that can no longer meet the target stops early
         return evaluator(model, hopeless=lambda best: not met(best))
 
-    rungs = FP8_RUNGS if job.gpu is not None and GPUS[job.gpu] else RUNGS
+    rungs = FP8_RUNGS if job.gpu is not None and gpu_has_fp8(job.gpu) else RUNGS
     search = search_precision(fp32.model, table, evaluate, met, ranking=rank, weights=rounding.weights,
                               base=job.plan, target=str(job.target), progress=job.progress, rungs=rungs)
     quantized, shifts = search.mixed.model, None
