@@ -164,9 +164,13 @@ def layer_groups(model: onnx.ModelProto) -> list[LayerGroup]:
             for name, nodes in members.items()]
 
 
+def _rules(moves: Mapping[LayerGroup, Precision]) -> tuple[PrecisionRule, ...]:
+    """Each group's nodes, by exact name, in its precision."""
+    return tuple(PrecisionRule(f"name:{n}", precision) for grp, precision in moves.items() for n in grp.nodes)
+
+
 def _plan(default: Precision, groups: Sequence[LayerGroup], precision: Precision) -> PrecisionPlan:
-    rules = tuple(PrecisionRule(f"name:{n}", precision) for grp in groups for n in grp.nodes)
-    return PrecisionPlan(default, rules)
+    return PrecisionPlan(default, _rules(dict.fromkeys(groups, precision)))
 
 
 def _table_owns(table: CalibrationTable, proto: onnx.ModelProto) -> bool:
@@ -291,12 +295,10 @@ def search_precision(model: str | os.PathLike | onnx.ModelProto, table: Calibrat
     owned = _table_owns(table, proto)
     steps: list[SearchStep] = []
 
-    def attempt(moves: Mapping[str, Precision], step: Precision) -> tuple[PrecisionPlan, Metrics]:
+    def attempt(moves: Mapping[LayerGroup, Precision], step: Precision) -> tuple[PrecisionPlan, Metrics]:
         # Only the plan is kept: the model is rebuilt for the result (a transformer's copies
         # held for the best-so-far, the bound and the first step were 0.5 GB on MiniLM).
-        overrides = tuple(rule for name, precision in moves.items()
-                          for rule in _plan(Precision.INT8, [by_name[name]], precision).overrides)
-        plan = base.with_overrides(overrides)
+        plan = base.with_overrides(_rules(moves))
         candidate = apply_plan(proto, table, plan, weights=weights, force=owned, check=False).model
         metrics = dict(evaluate(candidate))
         del candidate
@@ -304,14 +306,14 @@ def search_precision(model: str | os.PathLike | onnx.ModelProto, table: Calibrat
         log.info("%d group(s) out of int8 (%s): %s", len(moves), step.value, metrics)
         return plan, metrics
 
-    def result(moves: Mapping[str, Precision], ok: bool, plan, metrics) -> PrecisionSearchResult:
+    def result(moves: Mapping[LayerGroup, Precision], ok: bool, plan, metrics) -> PrecisionSearchResult:
         return PrecisionSearchResult(target, ok, plan, apply_plan(proto, table, plan, weights=weights, force=owned),
-                                     metrics, tuple(moves), tuple(steps), dict(moves))
+                                     metrics, tuple(grp.name for grp in moves), tuple(steps),
+                                     {grp.name: precision for grp, precision in moves.items()})
 
-    def at(groups: Sequence[LayerGroup], precision: Precision) -> dict[str, Precision]:
-        return {grp.name: precision for grp in groups}
+    def at(groups: Sequence[LayerGroup], precision: Precision) -> dict[LayerGroup, Precision]:
+        return dict.fromkeys(groups, precision)
 
-    by_name: dict[str, LayerGroup] = {}
     first = attempt({}, Precision.INT8)  # all int8
     if met(first[1]):
         return result({}, True, *first)
@@ -320,7 +322,6 @@ def search_precision(model: str | os.PathLike | onnx.ModelProto, table: Calibrat
     elif callable(ranking):
         ranking = ranking()
     ranking = list(ranking)
-    by_name.update((grp.name, grp) for grp in ranking)
     order = {grp.name: i for i, grp in enumerate(ranking)}
     with progress_bar(f"precision search ({target or 'target'})", len(rungs) + max(len(ranking), 1).bit_length(),
                       unit="runs", enabled=progress) as bar:
@@ -360,9 +361,9 @@ def search_precision(model: str | os.PathLike | onnx.ModelProto, table: Calibrat
                 for lower in cheaper:
                     if len(moves) == 1 and lower is Precision.INT8:
                         continue  # all-int8 was measured first, and missed
-                    trial_moves = {name: p for name, p in moves.items() if name != grp.name}
+                    trial_moves = {other: p for other, p in moves.items() if other != grp}
                     if lower is not Precision.INT8:
-                        trial_moves[grp.name] = lower
+                        trial_moves[grp] = lower
                     trial = attempt(trial_moves, lower)
                     bar.advance(1)
                     if met(trial[1]):
