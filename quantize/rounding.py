@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -52,6 +52,10 @@ POSITIONS = 256
 #: ... for depthwise convs, whose per-channel ``H`` has only ``kh * kw`` columns: 64
 #: positions of 64 samples are 4096 rows for at most 25 columns, and a quarter of the time.
 DEPTHWISE_POSITIONS = 64
+#: MatMul/Gemm input rows gathered before their ``X^T X`` is taken (at most PRODUCT_BYTES of
+#: them per layer input).
+PRODUCT_ROWS = 4096
+PRODUCT_BYTES = 12 << 20
 #: A layer needs at least this many input rows per input column (``rows >= MIN_ROWS * D``):
 #: fewer, and GPTQ fits the calibration samples rather than the layer (the classifier of
 #: EfficientNet-Lite0 sees one row per sample: 64 rows for 1280 columns).
@@ -128,6 +132,7 @@ class _Layer:
     h: np.ndarray  # [P, D, D] accumulated
     rows: int = 0
     geometry: tuple | None = None  # convs: kernel, strides, pads, dilations
+    pending: list = field(default_factory=list)  # MatMul/Gemm: input rows not yet in h
 
 
 def _conv_geometry(node: onnx.NodeProto, w: np.ndarray):
@@ -203,15 +208,27 @@ def _patch_bytes(layer: _Layer, input_bytes: int) -> int:
     return kk * min(input_bytes, channels * most * 4)
 
 
-def _accumulate(layer: _Layer, x: np.ndarray, idx: np.ndarray | None) -> None:
+def _accumulate(layer: _Layer, x: np.ndarray | None, idx: np.ndarray | None) -> None:
     """Add this batch's ``X^T X`` (float32 products, summed into float64); convs at the
-    output positions ``idx``."""
-    x = x.astype(np.float32, copy=False)
+    output positions ``idx``. MatMul/Gemm rows are gathered until there are
+    :data:`PRODUCT_ROWS` of them (or :data:`PRODUCT_BYTES`), then multiplied at once: a product
+    of a few hundred rows (short sentences) costs almost what a thousand do. ``x=None``
+    flushes what is gathered."""
     if layer.kind == "gemm":
-        rows = x.reshape(-1, x.shape[-1])
-        layer.h[0] += rows.T @ rows
-        layer.rows += len(rows)
+        if x is not None:
+            rows = x.astype(np.float32, copy=False).reshape(-1, x.shape[-1])
+            layer.pending.append(rows)
+            layer.rows += len(rows)
+        gathered = sum(len(r) for r in layer.pending)
+        width = layer.h.shape[1]
+        if gathered and (x is None or gathered >= PRODUCT_ROWS or gathered * width * 4 >= PRODUCT_BYTES):
+            rows = layer.pending[0] if len(layer.pending) == 1 else np.concatenate(layer.pending)
+            layer.pending.clear()
+            layer.h[0] += rows.T @ rows  # NumPy multiplies a matrix by its own transpose with SYRK
         return
+    if x is None:
+        return  # convs add each batch at once
+    x = x.astype(np.float32, copy=False)
     patches = _patches(x, layer.geometry, idx)  # [C, kk, rows]
     c, kk, rows = patches.shape
     if layer.kind == "dense":  # one BLAS product over all channels and taps
@@ -246,6 +263,9 @@ def gptq_weights(model: str | os.PathLike | onnx.ModelProto, data: Any, *, sampl
     static = static_batch_size(specs)
     batch_size = static or batch_size  # a fixed batch dim wins
     feed = collect_arrays(data, specs, batch_size, samples)
+    # A transformer's padded positions stay (unlike in calibration and SmoothQuant): their
+    # queries attend to the sentence's tokens, and their rows give the wide MLP layers the
+    # MIN_ROWS per column GPTQ needs (64 sentences cut to their tokens fall short of that).
     tensors = list(dict.fromkeys(layer.node.input[0] for layer in layers))
     n = len(next(iter(feed.values())))
     # Within the memory budget: the layer inputs fetched per run (groups of tensors, the model
@@ -294,6 +314,9 @@ def gptq_weights(model: str | os.PathLike | onnx.ModelProto, data: Any, *, sampl
             if k == len(groups) - 1:
                 bar.advance(count)
             del values
+    for layer in layers:
+        if id(layer) not in shared:
+            _accumulate(layer, None, None)  # what is still gathered
     for layer in layers:
         if id(layer) in shared:
             layer.rows = shared[id(layer)].rows
