@@ -30,7 +30,7 @@ from trtq.core.onnx_model import infer_types, input_specs, load_model, model_sha
 from trtq.core.budget import MemoryBudget, RunSizer, chunks, current_budget
 from trtq.core.progress import progress_bar
 from trtq.core.threads import run_ahead
-from trtq.core.readers import count_samples, lazy_batches
+from trtq.core.readers import count_samples, lazy_batches, length_batches
 from trtq.calibration.table import CalibrationTable
 from trtq.core.errors import CalibrationError, require
 from trtq.core.checks import count_arg, names_arg
@@ -71,8 +71,9 @@ class _Runner:
     """Runs one batch through the calibration graph; re-runs it exactly when a sum is not finite."""
 
     def __init__(self, proto: onnx.ModelProto, probes: list[Probe], session, providers,
-                 budget: MemoryBudget) -> None:
+                 budget: MemoryBudget, index: np.ndarray | None = None) -> None:
         self.proto, self.probes, self.session, self.providers = proto, probes, session, providers
+        self.index = index  # the data's sample index of each stream position (None: the same)
         self.budget, self.sizer = budget, RunSizer(proto)
         self.outputs = [o.name for o in session.get_outputs()]
         self._exact = None
@@ -96,7 +97,8 @@ class _Runner:
         try:
             values = dict(zip(self.outputs, self.session.run(self.outputs, feed)))
         except Exception as exc:  # ORT raises its own exception types
-            raise CalibrationError(f"running calibration batch at sample {first} failed: {exc}") from exc
+            at = first if self.index is None else int(self.index[first])
+            raise CalibrationError(f"running calibration batch at sample {at} failed: {exc}") from exc
         stats = []
         suspicious = []
         for p in self.probes:
@@ -109,7 +111,7 @@ class _Runner:
             full = self._run_exact(suspicious, feed)
             for i, p in enumerate(self.probes):
                 if p.tensor in full:
-                    check_finite(p.tensor, full[p.tensor], first)  # raises with the exact sample
+                    check_finite(p.tensor, full[p.tensor], first, self.index)  # raises with the exact sample
                     arr = full[p.tensor]
                     stats[i] = (arr if p.values else None, float(arr.min()), float(arr.max()))
         return stats
@@ -137,7 +139,9 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: Any, method: str
     most ``max_elements`` values, else an even subsample of its rows (``None``: all).
     Memory does not grow with the number of samples, and ONNX Runtime's working memory stays
     within ``budget`` (default: :func:`trtq.core.budget.current_budget`): a batch it would
-    not fit runs in slices.
+    not fit runs in slices. Token data of a model with an ``attention_mask`` input and an open
+    sequence axis runs longest first, each batch cut after its longest sample
+    (:class:`trtq.core.readers.Padding`).
     """
     batch_size = count_arg(batch_size, "batch_size")
     samples = count_arg(samples, "samples", optional=True)
@@ -156,13 +160,17 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: Any, method: str
     needs_values = any(getattr(o, "needs_values", True) for o in observers.values())
     graph, probes = augment(proto, names, values=needs_values, batch_size=batch_size,
                             max_elements=max_elements)
-    run = _Runner(proto, probes, _session(graph, providers), providers, budget or current_budget())
+    # A transformer's padded token data runs longest first, each batch cut after its longest
+    # sample (trtq.core.readers.Padding): most padded positions are never run.
+    ordered = length_batches(data, specs, batch_size, samples)
+    stream, index = ordered if ordered is not None else (lazy_batches(data, specs, batch_size, samples), None)
+    run = _Runner(proto, probes, _session(graph, providers), providers, budget or current_budget(), index)
     seen = 0
     with progress_bar(f"calibrating ({method})", count_samples(data, samples), enabled=progress) as bar:
         # Three stages in three threads: reading/decoding the next batch, running the model
         # on the current one, and the observers on the previous one. Array data is read
         # slice by slice as the model runs it.
-        batches = run_ahead(lazy_batches(data, specs, batch_size, samples), lambda b: b)
+        batches = run_ahead(stream, lambda b: b)
         for first, n, stats in run_ahead(batches, lambda b: (b[0], len(next(iter(b[1].values()))), run(*b))):
             for p, (values, lo, hi) in zip(probes, stats):
                 obs = observers[p.tensor]

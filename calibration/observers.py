@@ -38,17 +38,20 @@ class Observer(Protocol):
     def compute(self) -> TensorRange: ...
 
 
-def check_finite(name: str, x: np.ndarray, first_sample: int = 0) -> None:
+def check_finite(name: str, x: np.ndarray, first_sample: int = 0, index: np.ndarray | None = None) -> None:
     """Raise :class:`CalibrationError` naming the tensor and sample if ``x`` holds NaN/Inf.
 
     ``first_sample`` is the index of ``x[0]`` in the whole calibration stream, so the
-    message can point at the offending sample.
+    message can point at the offending sample; ``index``: the data's index of each stream
+    position, when the stream reorders the samples.
     """
     if x.size == 0 or np.isfinite(x).all():
         return
     flat = x.reshape(x.shape[0], -1) if x.ndim > 1 else x.reshape(-1, 1)
     bad_rows = np.flatnonzero(~np.isfinite(flat).all(axis=1))
     sample = first_sample + int(bad_rows[0]) if x.ndim > 1 else first_sample
+    if index is not None:
+        sample = int(index[sample])
     kind = "NaN" if np.isnan(x).any() else "Inf"
     raise CalibrationError(
         f"tensor '{name}' holds {kind} values at calibration sample {sample}; "

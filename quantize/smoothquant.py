@@ -47,7 +47,7 @@ from onnx import helper
 from trtq.core.onnx_model import input_specs, load_model
 from trtq.core.progress import progress_bar
 from trtq.core.budget import current_budget, run_sliced
-from trtq.core.readers import collect_arrays, fit_batch_size
+from trtq.core.readers import Padding, by_length, collect_arrays, fit_batch_size
 from trtq.quantize.graph import GraphIndex, copy_model, float_session, get_attr, insert_before, remove_unused_initializers
 from trtq.quantize.qdq import INT4_QMAX, expand_blocks, fake_quantize, int4_block_scales
 from trtq.core.errors import QuantizationError
@@ -199,7 +199,7 @@ class _Stats:
 
 
 def _statistics(model: onnx.ModelProto, tensors: list[str], feed: dict[str, np.ndarray], batch_size: int,
-                rows: int, progress: bool) -> dict[str, _Stats]:
+                rows: int, progress: bool, padding: Padding | None = None) -> dict[str, _Stats]:
     session = float_session(model, tensors)
     n = len(next(iter(feed.values())))
     per_run = current_budget().rows_for(model, feed, tensors)  # samples per run, within the budget
@@ -214,6 +214,8 @@ def _statistics(model: onnx.ModelProto, tensors: list[str], feed: dict[str, np.n
         for i in starts:
             count = min(batch_size, n - i)
             batch = {k: v[i:i + batch_size] for k, v in feed.items()}
+            if padding is not None:
+                batch = padding.trim(batch)
             values = run_sliced(lambda f: session.run(tensors, f), batch, per_run)
             for t, v in zip(tensors, values):
                 v = np.asarray(v, np.float32)
@@ -276,7 +278,8 @@ def smooth_quant(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
     if not feed:
         raise QuantizationError("SmoothQuant needs calibration data; none was given")
     tensors = list(groups)
-    stats = _statistics(src, tensors, feed, batch_size, rows, progress)
+    feed, padding, _ = by_length(feed, input_specs(src))  # padded token positions are cut batch by batch
+    stats = _statistics(src, tensors, feed, batch_size, rows, progress, padding)
     g = GraphIndex(out.graph)
     index = {id(n): i for i, n in enumerate(out.graph.node)}
     inserts: dict[int, list[onnx.NodeProto]] = {}
