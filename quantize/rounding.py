@@ -23,7 +23,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -132,12 +132,23 @@ def gptq_levels(w: np.ndarray, h: np.ndarray, scale: np.ndarray, qmax: int = QMA
     return q
 
 
-def output_sqnr_db(w: np.ndarray, levels: np.ndarray, scale: np.ndarray, h: np.ndarray) -> float:
-    """``10 log10(tr(W H W^T) / tr(E H E^T))`` with ``E = W - levels * scale``, over all problems."""
-    e = w - levels * (scale if scale.ndim == w.ndim else scale[..., None])
-    signal = float(np.sum((w @ h) * w))  # H is symmetric: tr(W H W^T), as BLAS products
-    noise = float(np.sum((e @ h) * e))
-    return 10 * math.log10(max(signal, 1e-30) / max(noise, 1e-30))
+def output_sqnr_db(w: np.ndarray, levels: np.ndarray | Sequence[np.ndarray], scale: np.ndarray,
+                   h: np.ndarray) -> float | list[float]:
+    """``10 log10(tr(W H W^T) / tr(E H E^T))`` with ``E = W - levels * scale``, over all
+    problems; for a list of ``levels``, one value each (the signal computed once). The
+    products run in float32: the value decides between roundings several dB apart."""
+    many = isinstance(levels, (list, tuple))
+    h32 = h.astype(np.float32)
+    w32 = w.astype(np.float32)
+    s = scale if scale.ndim == w.ndim else scale[..., None]
+
+    def energy(x: np.ndarray) -> float:  # H is symmetric: tr(X H X^T), as BLAS products
+        return float(np.sum((x @ h32) * x, dtype=np.float64))
+
+    signal = energy(w32)
+    out = [10 * math.log10(max(signal, 1e-30) / max(energy((w - q * s).astype(np.float32)), 1e-30))
+           for q in (levels if many else [levels])]
+    return out if many else out[0]
 
 
 # --- layers ---------------------------------------------------------------------------------
@@ -392,7 +403,7 @@ def _round_layer(g: GraphIndex, layer: _Layer, qmax: int,
         top = b * size + blocks[b].argmax(axis=2)
         pp, oo = np.meshgrid(np.arange(w.shape[0]), np.arange(w.shape[1]), indexing="ij")
         levels[pp, oo, top] = np.sign(w[pp, oo, top]) * qmax
-    before, after = output_sqnr_db(w, nearest, scale, h), output_sqnr_db(w, levels, scale, h)
+    before, after = output_sqnr_db(w, [nearest, levels], scale, h)
     if after <= before:  # never worse than nearest rounding on the statistics
         return None
     rounded = levels * scale
