@@ -91,14 +91,25 @@ def _lower_inverse(m: np.ndarray) -> np.ndarray:
     return out
 
 
-def gptq_levels(w: np.ndarray, h: np.ndarray, scale: np.ndarray, qmax: int = QMAX, damp: float = DAMP) -> np.ndarray:
+def gptq_levels(w: np.ndarray, h: np.ndarray, scale: np.ndarray, qmax: int = QMAX, damp: float = DAMP,
+                act_order: bool = False) -> np.ndarray:
     """Integer levels for ``P`` independent problems: ``w`` ``[P, O, D]`` (rows: output
     channels, columns: inputs), ``h`` ``[P, D, D]`` (``X^T X``), ``scale`` ``[P, O]`` (per
     channel) or ``[P, O, D]`` (a scale per weight: block-wise INT4, blocks expanded).
 
     Columns are quantized in order; each one's error, divided by the Cholesky factor of
     ``H^-1``, is subtracted from the remaining columns (GPTQ, Algorithm 1, without blocks).
+    ``act_order``: in order of decreasing ``H`` diagonal instead (the inputs with the most
+    energy first, while the most columns are left to absorb their error); the scales stay
+    those given, so blocks keep their scale.
     """
+    if act_order:
+        perm = np.argsort(-np.einsum("pii->pi", h), axis=1, kind="stable")  # [P, D]
+        cols = perm[:, None, :]
+        hp = np.take_along_axis(np.take_along_axis(h, perm[:, :, None], axis=1), cols, axis=2)
+        sp = np.take_along_axis(scale, cols, axis=2) if scale.ndim == 3 else scale
+        q = gptq_levels(np.take_along_axis(w, cols, axis=2), hp, sp, qmax, damp)
+        return np.take_along_axis(q, np.argsort(perm, axis=1)[:, None, :], axis=2)
     w = w.astype(np.float64).copy()
     h = h.astype(np.float64).copy()
     p, o, d = w.shape
@@ -395,7 +406,9 @@ def _round_layer(g: GraphIndex, layer: _Layer, qmax: int,
     scale = np.repeat(np.where(amax > 0, amax / qmax, 1.0), size, axis=2)[..., :d]  # [P, O, D]
     h = layer.h / max(layer.rows, 1)
     nearest = np.clip(np.rint(w / scale), -qmax, qmax)
-    levels = gptq_levels(w, h, scale, qmax)
+    # Block-wise INT4 in act order (+0.5 dB on MiniLM, cosine 0.9848 -> 0.9867 at block 32);
+    # int8 in input order (act order moved held-out top-1 by -1.4 to +1.4 points, nothing clear).
+    levels = gptq_levels(w, h, scale, qmax, act_order=block is not None)
     # Keep each block's largest weight at +-qmax, so the scale recomputed from the rounded
     # weights is this scale and quantizing them gives these levels exactly.
     blocks = np.moveaxis(padded.reshape(*w.shape[:2], nb, size), 2, 0)  # [nb, P, O, size]

@@ -53,6 +53,22 @@ def test_beats_nearest_and_nears_the_brute_force_optimum():
     assert got < 1.3 * best
 
 
+def test_act_order_is_gptq_on_the_columns_sorted_by_energy():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(500, 8)) * np.array([0.2, 3.0, 1.0, 0.5, 5.0, 0.1, 2.0, 1.5])  # uneven input energy
+    h = np.stack([x.T @ x / len(x), (x[:, ::-1].T @ x[:, ::-1]) / len(x)])  # two problems, two orders
+    w = rng.normal(size=(2, 3, 8))
+    scale = np.repeat(np.abs(w).reshape(2, 3, 2, 4).max(axis=3) / 7, 4, axis=2)  # blocks of 4, expanded
+    got = gptq_levels(w, h, scale, qmax=7, act_order=True)
+    for p in range(2):
+        perm = np.argsort(-np.diag(h[p]), kind="stable")
+        ref = gptq_levels(w[p:p + 1][:, :, perm], h[p:p + 1][:, perm][:, :, perm], scale[p:p + 1][:, :, perm], qmax=7)
+        assert np.array_equal(got[p][:, perm], ref[0])
+    nearest = np.clip(np.rint(w / scale), -7, 7)
+    err = lambda q: float(np.einsum("pod,pde,poe->", w - q * scale, h, w - q * scale))  # noqa: E731
+    assert err(got) < err(nearest)
+
+
 def test_weights_sit_on_int8_grids_and_quantize_exactly():
     model = make_separable()
     data = np.random.default_rng(1).normal(0, 2, (32, 4, 8, 8)).astype(np.float32)
