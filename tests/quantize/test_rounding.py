@@ -69,6 +69,28 @@ def test_act_order_is_gptq_on_the_columns_sorted_by_energy():
     assert err(got) < err(nearest)
 
 
+def test_int4_block_scales_take_the_clip_factor_with_the_least_error():
+    from trtq.quantize.rounding import CLIP_FACTORS, _clip_factors
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(600, 12)) + rng.normal(size=(600, 1))
+    h = (x.T @ x / len(x))[None]
+    w = rng.normal(size=(1, 5, 12)) * np.where(rng.random((1, 5, 12)) < 0.1, 6, 1)  # a few outlier weights
+    amax = np.abs(w).reshape(1, 5, 3, 4).max(axis=3)
+    scale = np.repeat(amax / 7, 4, axis=2)
+    got = _clip_factors(w, h, scale, 4, 7)
+    assert got.shape == w.shape and set(np.unique(got)) <= set(CLIP_FACTORS)
+    for o in range(5):
+        for b in range(3):
+            cols = slice(4 * b, 4 * b + 4)
+
+            def err(c):
+                e = w[0, o, cols] - np.clip(np.rint(w[0, o, cols] / (scale[0, o, cols] * c)), -7, 7) * scale[0, o, cols] * c
+                return e @ h[0][cols, cols] @ e
+            assert err(got[0, o, 4 * b]) == pytest.approx(min(err(c) for c in CLIP_FACTORS))
+    assert (got < 1).any()  # outliers make clipping pay somewhere
+
+
 def test_weights_sit_on_int8_grids_and_quantize_exactly():
     model = make_separable()
     data = np.random.default_rng(1).normal(0, 2, (32, 4, 8, 8)).astype(np.float32)
