@@ -98,6 +98,9 @@ class FidelityEvaluator:
         self.batch_size = batch_size
         with OrtRunner(reference, name="fp32") as runner:
             self.reference = run_all(runner, self.feed, batch_size=batch_size, progress=False)
+            # Padded token data whose outputs have no sequence axis runs longest first (the
+            # runner cuts each batch after its longest sample); None: in data order.
+            self.order = runner.padding.order(self.feed) if runner.padding is not None else None
         self.calls = 0
 
     def head(self, samples: int) -> "FidelityEvaluator":
@@ -107,6 +110,9 @@ class FidelityEvaluator:
         other.feed = {k: take_rows(v, slice(0, n)) for k, v in self.feed.items()}
         other.reference = {k: v[:n] for k, v in self.reference.items()}
         other.samples, other.batch_size, other.calls, other.tasks = n, self.batch_size, 0, self.tasks
+        other.order = None
+        if self.order is not None:  # the head's own samples, still longest first
+            other.order = self.order[self.order < n]
         return other
 
     def outputs(self, model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -117,17 +123,25 @@ class FidelityEvaluator:
         batch whose best-case metrics (see :func:`best_case`) it rejects. Returns the outputs
         (of the samples run) and, when it stopped early, the metrics of those samples."""
         parts = []
+        order = self.order
         with OrtRunner(model, mode=QdqMode.FLOAT, name="candidate") as runner:
             for i in range(0, self.samples, self.batch_size):
-                parts.append(runner.infer({k: take_rows(v, slice(i, i + self.batch_size)) for k, v in self.feed.items()}))
+                rows = slice(i, i + self.batch_size) if order is None else order[i:i + self.batch_size]
+                parts.append(runner.infer({k: take_rows(v, rows) for k, v in self.feed.items()}))
                 done = min(i + self.batch_size, self.samples)
                 if hopeless is not None and done < self.samples:
                     got = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-                    ref = {k: v[:done] for k, v in self.reference.items()}
+                    ref = {k: (v[:done] if order is None else v[order[:done]]) for k, v in self.reference.items()}
                     partial = report_metrics(compare_outputs(ref, got, tasks=self.tasks))
                     if hopeless(best_case(partial, done, self.samples)):
                         return got, partial
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, None
+        out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        if order is not None:  # back to the data's order
+            for k, v in out.items():
+                back = np.empty_like(v)
+                back[order] = v
+                out[k] = back
+        return out, None
 
     def __call__(self, model: onnx.ModelProto, hopeless: Callable[[dict], bool] | None = None) -> dict[str, float | None]:
         """The metrics of ``model`` on every sample. ``hopeless(best)``: called after each batch

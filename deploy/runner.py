@@ -24,7 +24,7 @@ import onnx
 from trtq.core.onnx_model import InputSpec, input_specs, load_model
 from trtq.core.progress import progress_bar
 from trtq.core.budget import RunSizer, run_sliced
-from trtq.core.readers import count_samples, lazy_batches
+from trtq.core.readers import Padding, count_samples, lazy_batches, length_batches
 from trtq.core.errors import ModelError, TrtqError, require
 from trtq.core.runtime import QDQ_REWRITES, ort_session
 
@@ -74,9 +74,14 @@ class OrtRunner:
             disabled = QDQ_REWRITES  # not TensorRT's math (and wrong for fp8: see QDQ_REWRITES)
         self._session = ort_session(proto, opts, providers, self.name, disabled)
         self._sizer = RunSizer(proto)
+        # A transformer whose outputs have no sequence axis runs each batch cut after its
+        # longest sample (the padding after it never reaches an output).
+        self.padding = Padding.of_outputs(proto)
 
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The outputs for ``feed``; a batch larger than the memory budget allows runs in slices."""
+        if self.padding is not None:
+            feed = self.padding.trim(feed)
         try:
             values = run_sliced(lambda f: self._session.run(self.outputs, f), feed, self._sizer.rows(feed))
         except Exception as exc:  # ORT raises its own exception types
@@ -95,7 +100,25 @@ class OrtRunner:
 
 def run_all(runner: Runner, data: Any, batch_size: int = 32, samples: int | None = None,
             progress: bool = False) -> dict[str, np.ndarray]:
-    """Run every batch of ``data`` and concatenate the outputs along the batch axis."""
+    """Run every batch of ``data`` and concatenate the outputs along the batch axis.
+
+    Padded token data for a runner that cuts padding (``runner.padding``, see
+    :class:`~trtq.core.readers.Padding`) runs longest first, and the outputs come back in the
+    data's order."""
+    ordered = length_batches(data, runner.inputs, batch_size, samples) \
+        if getattr(runner, "padding", None) is not None else None
+    if ordered is not None:
+        batches, index = ordered
+        out: dict[str, np.ndarray] = {}
+        with progress_bar(f"running {runner.name}", len(index), enabled=progress) as bar:
+            for start, feed in batches:
+                rows = index[start:start + len(next(iter(feed.values())))]
+                for name, value in runner.infer(feed).items():
+                    if name not in out:
+                        out[name] = np.empty((len(index), *value.shape[1:]), value.dtype)
+                    out[name][rows] = value
+                bar.advance(len(rows))
+        return out
     chunks: dict[str, list[np.ndarray]] = {n: [] for n in runner.outputs}
     with progress_bar(f"running {runner.name}", count_samples(data, samples), enabled=progress) as bar:
         for _, feed in lazy_batches(data, runner.inputs, batch_size, samples):  # files read slice by slice

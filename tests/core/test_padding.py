@@ -121,3 +121,37 @@ def test_smoothquant_statistics_run_on_cut_batches():
     assert np.allclose(stats.ch_mean, np.abs(tokens).mean(axis=0))
     whole = _statistics(model, ["emb"], data, 2, 64, False)["emb"]
     assert whole.ch_max.max() == 50
+
+
+def _pooled_model(out_dim=4) -> onnx.ModelProto:
+    """The token model, its masked output summed over the sequence: (N, 4), no sequence axis."""
+    model = _token_model()
+    g = model.graph
+    g.node.append(helper.make_node("ReduceSum", ["y", "seq_axis"], ["pooled"], keepdims=0))
+    g.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "seq_axis"))
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["N", out_dim]))
+    return model
+
+
+def test_runs_to_pooled_outputs_cut_padding_and_keep_the_data_order(monkeypatch):
+    from trtq.deploy import OrtRunner, run_all
+    from trtq.deploy.evaluate import FidelityEvaluator
+
+    data = _tokens([2, 12, 4, 9, 1, 6, 3, 5, 7])
+    assert Padding.of_outputs(_pooled_model()) is not None
+    assert Padding.of_outputs(_pooled_model("C")) is None  # an open output dim: run as given
+    assert Padding.of_outputs(_token_model()) is None  # a per-token output keeps its length
+    whole = run_all(OrtRunner(_pooled_model("C")), data, batch_size=3)["pooled"]
+    runner = OrtRunner(_pooled_model())
+    seen = []
+    run = runner._session.run
+    monkeypatch.setattr(runner._session, "run", lambda names, feed: seen.append(feed["ids"].shape[1]) or run(names, feed))
+    cut = run_all(runner, data, batch_size=3)["pooled"]
+    assert seen == [12, 6, 3]  # longest first, each batch cut after its longest sample
+    np.testing.assert_allclose(cut, whole, rtol=1e-6)
+    evaluator = FidelityEvaluator(_pooled_model(), data, batch_size=3)
+    assert evaluator.order.tolist() == [1, 3, 8, 5, 7, 2, 6, 0, 4]
+    np.testing.assert_allclose(evaluator.outputs(_pooled_model())["pooled"], whole, rtol=1e-6)
+    assert evaluator.head(4).order.tolist() == [1, 3, 2, 0]
+    assert evaluator(_pooled_model())["cosine"] == pytest.approx(1.0)

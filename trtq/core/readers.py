@@ -515,6 +515,22 @@ class Padding:
             return None  # no mask, or a fixed sequence length: nothing may be cut
         return cls(mask.name, tuple(s.name for s in specs if len(s.shape) >= 2 and s.shape[1] == mask.shape[1]))
 
+    @classmethod
+    def of_outputs(cls, model: Any) -> "Padding | None":
+        """:meth:`of` for running ``model`` (an ONNX ModelProto) to its outputs: only when every
+        output's dims past the batch are fixed (a sentence embedding, a classifier's logits), so
+        that cutting padding leaves the outputs' shapes, and the tokens' values, as they are."""
+        from trtq.core.onnx_model import input_specs
+
+        padding = cls.of(input_specs(model))
+        if padding is None:
+            return None
+        for out in model.graph.output:
+            t = out.type.tensor_type
+            if not t.HasField("shape") or any(not d.HasField("dim_value") for d in list(t.shape.dim)[1:]):
+                return None
+        return padding
+
     def lengths(self, feed: Mapping[str, Any]) -> np.ndarray:
         """Per sample: one past its last token (0 for an all-padding sample)."""
         mask = np.asarray(feed[self.mask]) != 0
