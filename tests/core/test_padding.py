@@ -55,6 +55,8 @@ def test_padding_is_found_only_on_an_open_sequence_axis():
     fixed = [InputSpec("ids", np.dtype(np.int64), ("N", 12)), InputSpec("attention_mask", np.dtype(np.int64), ("N", 12))]
     assert Padding.of(fixed) is None  # the model wants all 12 positions
     assert Padding.of(specs[:1]) is None  # no mask: nothing says what is padding
+    unlinked = [InputSpec("ids", np.dtype(np.int64), ("N", "s0")), InputSpec("attention_mask", np.dtype(np.int64), ("N", "s1"))]
+    assert Padding.of(unlinked).inputs == ("ids", "attention_mask")  # two symbols for one axis: both cut
 
 
 def test_lengths_order_and_trim_cut_trailing_padding_only():

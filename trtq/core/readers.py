@@ -492,8 +492,8 @@ MASK_INPUTS = ("attention_mask",)
 
 @dataclass(frozen=True)
 class Padding:
-    """A transformer's padded token inputs: the mask input and every input of the same
-    ``(N, T)`` shape (input ids, token types, positions), whose sequence axis is dynamic.
+    """A transformer's padded token inputs: the mask input and the inputs whose axis 1 is
+    open too (input ids, token types, positions); :meth:`trim` cuts those of the mask's length.
 
     Calibration and SmoothQuant's statistics run the samples longest first and cut each batch
     after its longest sample (:meth:`trim`). With sentences padded to the longest of a data
@@ -513,7 +513,10 @@ class Padding:
                      and (np.issubdtype(s.dtype, np.integer) or s.dtype == np.bool_)), None)
         if mask is None or isinstance(mask.shape[1], int) and mask.shape[1] > 0:
             return None  # no mask, or a fixed sequence length: nothing may be cut
-        return cls(mask.name, tuple(s.name for s in specs if len(s.shape) >= 2 and s.shape[1] == mask.shape[1]))
+        # Every input whose axis 1 is open too: exporters do not always give the ids and the
+        # mask one symbol for it. :meth:`trim` cuts those of the mask's length.
+        return cls(mask.name, tuple(s.name for s in specs if len(s.shape) >= 2
+                                    and not (isinstance(s.shape[1], int) and s.shape[1] > 0)))
 
     @classmethod
     def of_outputs(cls, model: Any) -> "Padding | None":
