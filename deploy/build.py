@@ -203,8 +203,6 @@ def default_compute_capabilities(trt) -> tuple[str, ...]:
                  if n.startswith("SM") and n[2:].isdigit() and int(n[2:]) >= 80)
 
 
-
-
 def _sm(cap: str) -> int:
     return int(cap[2:]) if cap.startswith("SM") and cap[2:].isdigit() else 0
 

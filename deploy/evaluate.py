@@ -21,7 +21,7 @@ from trtq.deploy.compare import compare_outputs
 from trtq.deploy.runner import OrtRunner, QdqMode, run_all
 from trtq.core.errors import TrtqError
 from trtq.core.onnx_model import input_specs, load_model
-from trtq.core.readers import fit_batch_size, take_rows
+from trtq.core.readers import fit_batch_size, in_data_order, take_rows
 
 METRICS = ("top1", "cosine", "min_cosine", "sqnr_db", "sequence", "position_top1", "mask_iou", "neighbours")
 _TARGET = re.compile(r"^\s*(" + "|".join(("sqnr", *METRICS)) + r")\s*>=\s*([-+0-9.eE]+)\s*$")
@@ -136,12 +136,7 @@ class FidelityEvaluator:
                     if hopeless(best_case(partial, done, self.samples)):
                         return got, partial
         out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        if order is not None:  # back to the data's order
-            for k, v in out.items():
-                back = np.empty_like(v)
-                back[order] = v
-                out[k] = back
-        return out, None
+        return (out if order is None else in_data_order(out, order)), None
 
     def __call__(self, model: onnx.ModelProto, hopeless: Callable[[dict], bool] | None = None) -> dict[str, float | None]:
         """The metrics of ``model`` on every sample. ``hopeless(best)``: called after each batch

@@ -24,7 +24,7 @@ import onnx
 from trtq.core.onnx_model import InputSpec, input_specs, load_model
 from trtq.core.progress import progress_bar
 from trtq.core.budget import RunSizer, run_sliced
-from trtq.core.readers import Padding, count_samples, lazy_batches, length_batches
+from trtq.core.readers import Padding, count_samples, in_data_order, lazy_batches, length_batches
 from trtq.core.errors import ModelError, TrtqError, require
 from trtq.core.runtime import QDQ_REWRITES, ort_session
 
@@ -107,25 +107,15 @@ def run_all(runner: Runner, data: Any, batch_size: int = 32, samples: int | None
     data's order."""
     ordered = length_batches(data, runner.inputs, batch_size, samples) \
         if getattr(runner, "padding", None) is not None else None
-    if ordered is not None:
-        batches, index = ordered
-        out: dict[str, np.ndarray] = {}
-        with progress_bar(f"running {runner.name}", len(index), enabled=progress) as bar:
-            for start, feed in batches:
-                rows = index[start:start + len(next(iter(feed.values())))]
-                for name, value in runner.infer(feed).items():
-                    if name not in out:
-                        out[name] = np.empty((len(index), *value.shape[1:]), value.dtype)
-                    out[name][rows] = value
-                bar.advance(len(rows))
-        return out
+    batches, order = ordered if ordered is not None else (lazy_batches(data, runner.inputs, batch_size, samples), None)
     chunks: dict[str, list[np.ndarray]] = {n: [] for n in runner.outputs}
     with progress_bar(f"running {runner.name}", count_samples(data, samples), enabled=progress) as bar:
-        for _, feed in lazy_batches(data, runner.inputs, batch_size, samples):  # files read slice by slice
+        for _, feed in batches:  # files read slice by slice
             for name, value in runner.infer(feed).items():
                 chunks[name].append(value)
             bar.advance(len(next(iter(feed.values()))))
-    return {n: np.concatenate(v) for n, v in chunks.items()}
+    out = {n: np.concatenate(v) for n, v in chunks.items()}
+    return out if order is None else in_data_order(out, order)
 
 
 def open_runner(model: str | os.PathLike | onnx.ModelProto | Runner, *, mode: QdqMode | str = QdqMode.FLOAT, **kwargs: Any) -> Runner:

@@ -146,23 +146,23 @@ def gptq_levels(w: np.ndarray, h: np.ndarray, scale: np.ndarray, qmax: int = QMA
     return q
 
 
-def output_sqnr_db(w: np.ndarray, levels: np.ndarray | Sequence[np.ndarray], scale: np.ndarray,
-                   h: np.ndarray) -> float | list[float]:
-    """``10 log10(tr(W H W^T) / tr(E H E^T))`` with ``E = W - levels * scale``, over all
-    problems; for a list of ``levels``, one value each (the signal computed once). The
-    products run in float32: the value decides between roundings several dB apart."""
-    many = isinstance(levels, (list, tuple))
+def output_sqnr_db(w: np.ndarray, levels: np.ndarray, scale: np.ndarray, h: np.ndarray) -> float:
+    """``10 log10(tr(W H W^T) / tr(E H E^T))`` with ``E = W - levels * scale``, over all problems."""
+    return _sqnr_db(w, [levels * (scale if scale.ndim == w.ndim else scale[..., None])], h)[0]
+
+
+def _sqnr_db(w: np.ndarray, approximations: Sequence[np.ndarray], h: np.ndarray) -> list[float]:
+    """:func:`output_sqnr_db` of each approximation of ``w`` (dequantized weights), the signal
+    computed once. The products run in float32: the value decides between roundings several
+    dB apart."""
     h32 = h.astype(np.float32)
-    w32 = w.astype(np.float32)
-    s = scale if scale.ndim == w.ndim else scale[..., None]
 
     def energy(x: np.ndarray) -> float:  # H is symmetric: tr(X H X^T), as BLAS products
+        x = x.astype(np.float32)
         return float(np.sum((x @ h32) * x, dtype=np.float64))
 
-    signal = energy(w32)
-    out = [10 * math.log10(max(signal, 1e-30) / max(energy((w - q * s).astype(np.float32)), 1e-30))
-           for q in (levels if many else [levels])]
-    return out if many else out[0]
+    signal = energy(w)
+    return [10 * math.log10(max(signal, 1e-30) / max(energy(w - a), 1e-30)) for a in approximations]
 
 
 # --- layers ---------------------------------------------------------------------------------
@@ -432,7 +432,7 @@ def _round_layer(g: GraphIndex, layer: _Layer, qmax: int,
     h = layer.h / max(layer.rows, 1)
     nearest = np.clip(np.rint(w / scale), -qmax, qmax)
     base = scale
-    if block is not None and CLIP_FACTORS:
+    if block is not None:
         scale = scale * _clip_factors(w, h, scale, size, qmax)
     # Block-wise INT4 in act order (+0.5 dB on MiniLM, cosine 0.9848 -> 0.9867 at block 32);
     # int8 in input order (act order moved held-out top-1 by -1.4 to +1.4 points, nothing clear).
@@ -444,10 +444,7 @@ def _round_layer(g: GraphIndex, layer: _Layer, qmax: int,
         top = b * size + blocks[b].argmax(axis=2)
         pp, oo = np.meshgrid(np.arange(w.shape[0]), np.arange(w.shape[1]), indexing="ij")
         levels[pp, oo, top] = np.sign(w[pp, oo, top]) * qmax
-    if scale is base:
-        before, after = output_sqnr_db(w, [nearest, levels], scale, h)
-    else:
-        before, after = output_sqnr_db(w, nearest, base, h), output_sqnr_db(w, levels, scale, h)
+    before, after = _sqnr_db(w, [nearest * base, levels * scale], h)
     if after <= before:  # never worse than nearest rounding on the statistics
         return None
     rounded = levels * scale

@@ -578,6 +578,15 @@ def length_batches(data: Any, specs: list[InputSpec], batch_size: int = 32, samp
     return batches(), order
 
 
+def in_data_order(values: Mapping[str, np.ndarray], order: np.ndarray) -> dict[str, np.ndarray]:
+    """Outputs of samples run in ``order`` (row ``i``: sample ``order[i]``) back in the data's order."""
+    out = {}
+    for name, v in values.items():
+        out[name] = np.empty_like(v)
+        out[name][order] = v
+    return out
+
+
 def by_length(feed: Mapping[str, Any], specs: list[InputSpec]) -> tuple[dict[str, Any], "Padding | None", np.ndarray | None]:
     """``feed`` (arrays by input name) with its samples longest first, for a model with padded
     token inputs (see :class:`Padding`); the padding and the original index of each row come
