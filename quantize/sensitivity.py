@@ -1,29 +1,33 @@
-"""Per-layer sensitivity to int8, and the automatic precision search built on it.
+"""Per-layer sensitivity to int8 (or INT4 weights), and the automatic precision search built on it.
 
 A **group** is what TensorRT turns into one int8 kernel: a Conv/ConvTranspose/Gemm/MatMul
 node, plus the residual ``Add`` its output feeds when TensorRT fuses the two (the Add's
 Q/DQ sits on its other input). Groups are named after their main node.
 
 :func:`analyze` measures each group twice on a fixed evaluation set, against the fp32
-reference: **only** that group in int8 (everything else fp32: the error it causes alone),
-and **all but** that group in int8 (the error left when only it is taken out of int8).
+reference: **only** that group at its floor, int8 unless the plan says otherwise (everything
+else fp32: the error it causes alone), and **all but** that group at its floor (the error left
+when only it is taken out).
 One calibration table serves every variant, and the evaluator keeps the reference outputs,
 so each variant costs one model edit and one evaluation run.
 
-:func:`search_precision` starts from all-int8 (and stops there, before any ranking is
-measured, when that meets the target) and takes groups out of int8 in ranking order (by
-default the most int8 error per MAC first: on EfficientNet-Lite0 that kept 66% of the MACs
-in int8 where ranking by error alone kept 55%, for the same target): to the first rung of
-``rungs`` (default fp16, then fp32) at which moving every ranked group meets the target; with
-``rungs=(fp8, fp16, fp32)`` (a GPU with FP8 Tensor Cores) that ladder starts at fp8. How many of the ranking's first groups to move
-is bisected (``log2(groups)`` evaluations, not one per group): fidelity grows, not always
-strictly, with the groups moved, so the prefix found meets the target while the one a group
-shorter does not. Then it refines: the ranking measured each group alone, and together some
-of the moved groups are not needed, so each is tried back in int8 (largest first) and stays
-there if the target still holds; a group that must stay out of int8 then tries the rungs
-between int8 and the one it is on (fp8 below fp16), the cheapest first, except a rung that
-with every group on it did no better than all-int8 on any metric. It is deterministic: the order is the ranking (ties broken
-by graph order), and each step is one evaluation.
+:func:`search_precision` starts every group on its **floor**, the precision the base plan
+gives it (int8 by default; int4w where the plan asks for INT4 weights; groups the plan keeps
+in fp16/fp32 are not searched), and stops there, before any ranking is measured, when that
+meets the target. Else it moves groups up in ranking order (by default the most error at
+the floor per MAC first: on EfficientNet-Lite0 that kept 66% of the MACs in int8 where
+ranking by error alone kept 55%, for the same target): to the first rung of ``rungs``
+(default fp16, then fp32; fp8 first on a GPU with FP8 Tensor Cores; int8 first when a floor
+is int4w) at which moving every ranked group meets the target. How many of the ranking's
+first groups to move is bisected (``log2(groups)`` evaluations, not one per group): fidelity
+grows, not always strictly, with the groups moved, so the prefix found meets the target
+while the one a group shorter does not. Then it refines: the ranking measured each group
+alone, and together some of the moved groups are not needed, so each is tried back on its
+floor (largest first) and stays there if the target still holds; a group that must move
+then tries the rungs between its floor and the one it is on (int8, fp8 below fp16), the
+cheapest first, except a rung that with every group on it did no better than the floors on
+any metric. It is deterministic: the order is the ranking (ties broken by graph order), and
+each step is one evaluation.
 
 ``evaluate(model) -> {metric: value}`` is supplied by the caller
 (:class:`deploy.evaluate.FidelityEvaluator` on ONNX Runtime).
@@ -47,6 +51,7 @@ from trtq.quantize.fold import fold_batchnorm
 from trtq.quantize.graph import GraphIndex
 from trtq.quantize.mixed import MixedModel, apply_plan, node_macs
 from trtq.quantize.precision import Precision, PrecisionPlan, PrecisionRule
+from trtq.quantize.qdq import DEFAULT_INT4_BLOCK
 from trtq.quantize.rules import QDQ_RULES
 from trtq.core.errors import QuantizationError, require
 
@@ -69,14 +74,15 @@ class LayerGroup:
 @dataclass(frozen=True)
 class GroupSensitivity:
     group: LayerGroup
-    only: Metrics  # only this group in int8
-    all_but: Metrics  # every group in int8 except this one (empty when not measured)
+    only: Metrics  # only this group at its floor (int8 unless the plan says int4w/fp8), the rest fp32
+    all_but: Metrics  # every group at its floor except this one, in fp32 (empty when not measured)
     rungs: Mapping[str, Metrics] = field(default_factory=dict)  # only this group in fp8 (say), the rest fp32
+    floor: Precision = Precision.INT8  # the cheapest precision the plan gives it: where the search starts
 
-    def loss(self, metric: str = RANK_METRIC, rung: str = "int8") -> float:
-        """How much fidelity this group costs alone (in int8, or on another measured ``rung``):
-        ``1 - metric`` for cosine/top1, ``-sqnr`` for SQNR."""
-        value = (self.only if rung == "int8" else self.rungs.get(rung, {})).get(metric)
+    def loss(self, metric: str = RANK_METRIC, rung: str | None = None) -> float:
+        """How much fidelity this group costs alone (at its floor, or on another measured
+        ``rung``): ``1 - metric`` for cosine/top1, ``-sqnr`` for SQNR; 0 where not measured."""
+        value = (self.only if rung in (None, self.floor.value) else self.rungs.get(rung, {})).get(metric)
         if value is None:
             return 0.0
         return -value if metric.startswith("sqnr") else 1.0 - value
@@ -104,14 +110,15 @@ class SensitivityReport:
     def to_json(self) -> dict:
         return {"metric": self.metric, "all_int8": dict(self.baseline),
                 "groups": [{"group": g.group.name, "nodes": list(g.group.nodes), "op_type": g.group.op_type,
-                            "macs": g.group.macs, "only_int8": dict(g.only), "all_but_int8": dict(g.all_but),
+                            "macs": g.group.macs, "floor": g.floor.value, f"only_{g.floor.value}": dict(g.only),
+                            "all_but_this": dict(g.all_but),
                             **{f"only_{rung}": dict(m) for rung, m in g.rungs.items()}}
                            for g in self.groups]}
 
     @property
     def rung_names(self) -> list[str]:
-        """The precisions measured per group: int8, then any others (fp8)."""
-        return ["int8", *dict.fromkeys(r for g in self.groups for r in g.rungs)]
+        """The precisions measured per group: the floors (int8, int4w...), then any others (fp8)."""
+        return list(dict.fromkeys([*(g.floor.value for g in self.groups), *(r for g in self.groups for r in g.rungs)]))
 
     def plot(self, path: str | os.PathLike, top: int = 30) -> Path:
         """A horizontal bar chart of the ``top`` most sensitive groups (PNG, needs matplotlib)."""
@@ -122,12 +129,12 @@ class SensitivityReport:
         fig, ax = plt.subplots(figsize=(8, (0.28 if len(rungs) == 1 else 0.42) * len(rows) + 1.2))
         height = 0.8 / len(rungs)
         ys = np.arange(len(rows))
-        for i, (rung, color) in enumerate(zip(rungs, ("#c0504d", "#4f81bd", "#9bbb59"))):
+        for i, (rung, color) in enumerate(zip(rungs, ("#c0504d", "#4f81bd", "#9bbb59", "#8064a2"))):
             ax.barh(ys + (i - (len(rungs) - 1) / 2) * height, [g.loss(self.metric, rung) for g in rows],
                     height=height, color=color, label=rung)
         ax.set_yticks(ys, [g.group.name for g in rows])
         label = f"-{self.metric}" if self.metric.startswith("sqnr") else f"1 - {self.metric}"
-        which = "int8" if len(rungs) == 1 else " or ".join(rungs)
+        which = rungs[0] if len(rungs) == 1 else " or ".join(rungs)
         ax.set_xlabel(f"{label} with only this group in {which} (vs fp32)")
         ax.set_title(f"{' / '.join(rungs)} sensitivity per layer group")
         if len(rungs) > 1:
@@ -185,33 +192,67 @@ def _no_better(metrics: Metrics, than: Metrics) -> bool:
     return bool(keys) and all(metrics[k] <= than[k] for k in keys)
 
 
-def _int8_only(groups: Sequence[LayerGroup]) -> PrecisionPlan:
-    return _plan(Precision.FP32, groups, Precision.INT8)
+#: The precisions a group can climb to, cheapest first: int8 (above an int4w floor), fp8 (GPUs
+#: with FP8 Tensor Cores), fp16, fp32. Weight bytes fall with each step down; compute cost
+#: too, except int4w, which computes in fp16 (see :data:`quantize.mixed.MAC_COST`).
+LADDER = (Precision.INT8, Precision.FP8, Precision.FP16, Precision.FP32)
+_RANK = {p: i for i, p in enumerate((Precision.INT4W, *LADDER))}
+#: Floors a search starts groups from (the plan's quantized precisions).
+FLOORS = (Precision.INT4W, Precision.INT8, Precision.FP8)
+
+
+def group_floors(model: onnx.ModelProto, base: PrecisionPlan, table: CalibrationTable | None = None,
+                 groups: Sequence[LayerGroup] | None = None) -> dict[str, Precision]:
+    """The precision ``base`` gives each group's main node, for the groups it quantizes (int4w,
+    int8, fp8): where a search starts them. Groups the plan keeps in fp16/fp32 are left out:
+    the search does not move what the user pinned."""
+    folded = fold_batchnorm(load_model(model))
+    resolved = base.resolve(folded, table)
+    groups = groups if groups is not None else layer_groups(folded)
+    return {grp.name: resolved[grp.name].precision for grp in groups
+            if grp.name in resolved and resolved[grp.name].precision in FLOORS}
+
+
+def _builder(proto: onnx.ModelProto, table: CalibrationTable, weights: Mapping | None,
+             int4_weights: Mapping | None, int4_block: int) -> Callable[..., MixedModel]:
+    """``plan -> MixedModel`` for the many candidates of one search (the table's ownership
+    hashed once; ``check=True`` runs ``onnx.checker`` on the result)."""
+    owned = _table_owns(table, proto)
+
+    def build(plan: PrecisionPlan, check: bool = False) -> MixedModel:
+        return apply_plan(proto, table, plan, weights=weights, int4_weights=int4_weights, int4_block=int4_block,
+                          force=owned, check=check)
+    return build
 
 
 def analyze(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable, evaluate: Evaluate, *,
             metric: str = RANK_METRIC, groups: Sequence[LayerGroup] | None = None, reverse: bool = True,
-            progress: bool = True, weights: Mapping | None = None,
-            rungs: Sequence[Precision] = ()) -> SensitivityReport:
+            progress: bool = True, weights: Mapping | None = None, int4_weights: Mapping | None = None,
+            int4_block: int = DEFAULT_INT4_BLOCK, rungs: Sequence[Precision] = (),
+            base: PrecisionPlan = PrecisionPlan(Precision.INT8)) -> SensitivityReport:
     """Measure every group's sensitivity (see the module docstring); ranked, most sensitive first.
 
-    ``reverse=False`` skips the all-but-one runs (the ranking needs only the one-at-a-time
-    runs), halving the time. ``weights``: int8 weights by node (see :func:`apply_plan`).
-    ``rungs``: other precisions (fp8) each group is also measured in alone, for the
-    report and its chart; the ranking stays int8's.
+    Each group is measured at its floor, the precision ``base`` gives it (int8 by default;
+    int4w where the plan asks for INT4 weights); groups ``base`` keeps in fp16/fp32 are not
+    measured. ``reverse=False`` skips the all-but-one runs (the ranking needs only the
+    one-at-a-time runs), halving the time. ``weights``/``int4_weights``: int8 and INT4 weights
+    by node (see :func:`apply_plan`). ``rungs``: other precisions (fp8; int4w, for the groups
+    whose weight it applies to) each group is also measured in alone, for the report and its
+    chart; the ranking stays the floor's.
     """
     rungs = tuple(Precision.parse(r) for r in rungs)
-    if any(r not in (Precision.FP8,) for r in rungs):
-        raise QuantizationError(f"sensitivity rungs besides int8 can be fp8 only, got {[r.value for r in rungs]}")
-    def build(plan: PrecisionPlan) -> onnx.ModelProto:
-        return apply_plan(proto, table, plan, weights=weights, force=owned, check=False).model
-
+    if any(r not in (Precision.FP8, Precision.INT4W) for r in rungs):
+        raise QuantizationError(f"sensitivity rungs besides the floor can be fp8 and int4w only, got "
+                                f"{[r.value for r in rungs]}")
     proto = load_model(model)
-    owned = _table_owns(table, proto)
-    groups = list(groups if groups is not None else layer_groups(proto))
+    build = _builder(proto, table, weights, int4_weights, int4_block)
+    floors = group_floors(proto, base, table, groups)
+    groups = [grp for grp in (groups if groups is not None else layer_groups(proto)) if grp.name in floors]
+    int4_able = group_floors(proto, PrecisionPlan(Precision.INT4W), table, groups) if Precision.INT4W in rungs else {}
     if not groups:
-        raise QuantizationError("the model has no layers trtq quantizes (Conv, Gemm, MatMul...)")
-    baseline = evaluate(build(PrecisionPlan(Precision.INT8)))
+        raise QuantizationError("the model has no layers trtq quantizes (Conv, Gemm, MatMul...)"
+                                + ("" if base == PrecisionPlan(Precision.INT8) else " in int4w, int8 or fp8 under this plan"))
+    baseline = evaluate(build(base).model)
     if baseline.get(metric) is None:
         have = ", ".join(k for k, v in baseline.items() if v is not None)
         raise QuantizationError(f"the ranking metric '{metric}' is not measured on this model's outputs (it has: "
@@ -219,17 +260,19 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable,
     rows = []
     with progress_bar("sensitivity", (1 + reverse + len(rungs)) * len(groups), unit="runs", enabled=progress) as bar:
         for grp in groups:
-            only = evaluate(build(_int8_only([grp])))
+            floor = floors[grp.name]
+            only = evaluate(build(_plan(Precision.FP32, [grp], floor)).model)
             bar.advance(1)
             all_but: Metrics = {}
             if reverse:
-                all_but = evaluate(build(_plan(Precision.INT8, [grp], Precision.FP32)))
+                all_but = evaluate(build(base.with_overrides(_rules({grp: Precision.FP32}))).model)
                 bar.advance(1)
             others = {}
-            for rung in rungs:
-                others[rung.value] = dict(evaluate(build(_plan(Precision.FP32, [grp], rung))))
+            for rung in rungs:  # int4w: only where it applies (a constant 2-D MatMul/Gemm weight)
+                if rung is not floor and (rung is not Precision.INT4W or grp.name in int4_able):
+                    others[rung.value] = dict(evaluate(build(_plan(Precision.FP32, [grp], rung)).model))
                 bar.advance(1)
-            rows.append(GroupSensitivity(grp, dict(only), dict(all_but), others))
+            rows.append(GroupSensitivity(grp, dict(only), dict(all_but), others, floor))
     order = {grp.name: i for i, grp in enumerate(groups)}
     rows.sort(key=lambda r: (-r.loss(metric), order[r.group.name]))
     return SensitivityReport(dict(baseline), tuple(rows), metric)
@@ -274,55 +317,71 @@ def search_precision(model: str | os.PathLike | onnx.ModelProto, table: Calibrat
                      met: Callable[[Metrics], bool], *,
                      ranking: Sequence[LayerGroup] | Callable[[], Sequence[LayerGroup]] | None = None,
                      base: PrecisionPlan = PrecisionPlan(Precision.INT8), target: str = "",
-                     progress: bool = True, weights: Mapping | None = None,
-                     refine: bool = True, rungs: Sequence[Precision] = RUNGS) -> PrecisionSearchResult:
-    """Fewest, most sensitive groups out of int8 until ``met(metrics)`` (see the module docstring).
+                     progress: bool = True, weights: Mapping | None = None, int4_weights: Mapping | None = None,
+                     int4_block: int = DEFAULT_INT4_BLOCK, refine: bool = True,
+                     rungs: Sequence[Precision] = RUNGS) -> PrecisionSearchResult:
+    """Fewest, most sensitive groups moved up from their floor until ``met(metrics)`` (see the
+    module docstring).
 
-    ``ranking`` defaults to :func:`analyze`'s; a callable is called only when all-int8 misses
-    the target. ``base`` holds the user's own overrides, which the search keeps (its overrides
-    come after them, by exact node name). ``weights``: int8 weights by node (see
-    :func:`apply_plan`). ``refine``: after the shortest ranking prefix that meets the target,
-    put each moved group back in int8 (largest first) where the target still holds, else on
-    the cheapest rung below its own that holds (one evaluation per group and rung tried).
-    ``rungs``: the precisions above int8, cheapest first (:data:`RUNGS`, or :data:`FP8_RUNGS`
-    for a GPU with FP8).
+    A group's floor is the precision ``base`` gives it: int8 by default, int4w where the plan
+    asks for INT4 weights (the ladder then starts there, and int8 is its first rung), fp8 if
+    asked. Groups ``base`` keeps in fp16/fp32 stay there. ``ranking`` defaults to
+    :func:`analyze`'s; a callable is called only when the floors miss the target. ``base``
+    holds the user's own overrides, which the search keeps (its overrides come after them, by
+    exact node name, and only ever move a group up). ``weights``/``int4_weights``: int8 and
+    INT4 weights by node (see :func:`apply_plan`). ``refine``: after the shortest ranking
+    prefix that meets the target, put each moved group back on its floor (largest first)
+    where the target still holds, else on the cheapest rung below its own that holds (one
+    evaluation per group and rung tried). ``rungs``: the precisions above int8, cheapest
+    first (:data:`RUNGS`, or :data:`FP8_RUNGS` for a GPU with FP8); int8 goes first when any
+    floor is int4w.
     """
     rungs = tuple(rungs)
-    if not rungs or any(r not in FP8_RUNGS for r in rungs) or len(set(rungs)) != len(rungs):
-        raise QuantizationError(f"rungs must be distinct precisions of {[r.value for r in FP8_RUNGS]}, got "
+    if not rungs or any(r not in LADDER for r in rungs) or len(set(rungs)) != len(rungs):
+        raise QuantizationError(f"rungs must be distinct precisions of {[r.value for r in LADDER]}, got "
                                 f"{[getattr(r, 'value', r) for r in rungs]}")
     proto = load_model(model)
-    owned = _table_owns(table, proto)
+    build = _builder(proto, table, weights, int4_weights, int4_block)
+    floors = group_floors(proto, base, table)
+    if Precision.INT4W in floors.values() and Precision.INT8 not in rungs:
+        rungs = (Precision.INT8, *rungs)
+    lowest = min(floors.values(), key=_RANK.get, default=Precision.INT8)
+    if any(_RANK[r] <= _RANK[lowest] for r in rungs):
+        raise QuantizationError(f"rungs must be distinct precisions above the plan's floors ({lowest.value}), got "
+                                f"{[r.value for r in rungs]}")
+    rungs = tuple(sorted(rungs, key=_RANK.get))
     steps: list[SearchStep] = []
 
     def attempt(moves: Mapping[LayerGroup, Precision], step: Precision) -> tuple[PrecisionPlan, Metrics]:
         # Only the plan is kept: the model is rebuilt for the result (a transformer's copies
         # held for the best-so-far, the bound and the first step were 0.5 GB on MiniLM).
         plan = base.with_overrides(_rules(moves))
-        candidate = apply_plan(proto, table, plan, weights=weights, force=owned, check=False).model
+        candidate = build(plan).model
         metrics = dict(evaluate(candidate))
         del candidate
         steps.append(SearchStep(len(moves), step, metrics))
-        log.info("%d group(s) out of int8 (%s): %s", len(moves), step.value, metrics)
+        log.info("%d group(s) moved up (%s): %s", len(moves), step.value, metrics)
         return plan, metrics
 
     def result(moves: Mapping[LayerGroup, Precision], ok: bool, plan, metrics) -> PrecisionSearchResult:
-        return PrecisionSearchResult(target, ok, plan, apply_plan(proto, table, plan, weights=weights, force=owned),
-                                     metrics, tuple(grp.name for grp in moves), tuple(steps),
+        return PrecisionSearchResult(target, ok, plan, build(plan, check=True), metrics, tuple(grp.name for grp in moves), tuple(steps),
                                      {grp.name: precision for grp, precision in moves.items()})
 
     def at(groups: Sequence[LayerGroup], precision: Precision) -> dict[LayerGroup, Precision]:
-        return dict.fromkeys(groups, precision)
+        """``groups`` moved to ``precision``: those whose floor is below it."""
+        return {grp: precision for grp in groups if _RANK[floors[grp.name]] < _RANK[precision]}
 
-    first = attempt({}, Precision.INT8)  # all int8
+    first = attempt({}, lowest)  # every group at its floor
     if met(first[1]):
         return result({}, True, *first)
     if ranking is None:
-        ranking = analyze(proto, table, evaluate, reverse=False, progress=progress, weights=weights).ranking()
+        ranking = analyze(proto, table, evaluate, reverse=False, progress=progress, weights=weights,
+                          int4_weights=int4_weights, int4_block=int4_block, base=base).ranking()
     elif callable(ranking):
         ranking = ranking()
-    ranking = list(ranking)
+    ranking = [grp for grp in ranking if grp.name in floors]
     order = {grp.name: i for i, grp in enumerate(ranking)}
+    rungs = tuple(r for r in rungs if at(ranking, r)) or rungs[-1:]  # a rung that moves nothing is no step
     with progress_bar(f"precision search ({target or 'target'})", len(rungs) + max(len(ranking), 1).bit_length(),
                       unit="runs", enabled=progress) as bar:
         # Is the target reachable at all? Every group on the first rung, then the next.
@@ -334,7 +393,8 @@ def search_precision(model: str | os.PathLike | onnx.ModelProto, table: Calibrat
             if met(bound[1]):
                 break
         else:
-            log.warning("target %s is not reached even with every group out of int8: %s", target, bound[1])
+            log.warning("target %s is not reached even with every group moved up to %s: %s", target,
+                        precision.value, bound[1])
             return result(at(ranking, precision), False, *bound)
         # Bisect the prefix length: `short` groups miss the target, `long` meet it.
         short, long, found = 0, len(ranking), bound
@@ -350,19 +410,19 @@ def search_precision(model: str | os.PathLike | onnx.ModelProto, table: Calibrat
         moves = at(ranking[:long], precision)
         if refine and (len(moves) > 1 or precision is not rungs[0]):
             # The ranking measured each group alone; together some were not needed. Try each
-            # moved group back in int8, the largest first, then on the cheaper rungs below its
-            # own; it stays on the cheapest that keeps the target.
-            # A rung below that did no better than int8 with every group on it (fp8 on
-            # EfficientNet-Lite0: top-1 0.72 vs 0.92) is not tried per group.
-            cheaper = [Precision.INT8, *(r for r in rungs[:rungs.index(precision)]
-                                         if not _no_better(bounds[r], first[1]))]
-            bar.remaining(len(moves) * len(cheaper))
-            for grp in sorted(ranking[:long], key=lambda grp: (-grp.macs, order[grp.name])):
-                for lower in cheaper:
-                    if len(moves) == 1 and lower is Precision.INT8:
-                        continue  # all-int8 was measured first, and missed
+            # moved group back on its floor, the largest first, then on the cheaper rungs
+            # above the floor and below its own; it stays on the cheapest that keeps the
+            # target. A rung that did no better than the floors with every group on it (fp8
+            # on EfficientNet-Lite0: top-1 0.72 vs int8's 0.92) is not tried per group.
+            below = [r for r in rungs[:rungs.index(precision)] if not _no_better(bounds[r], first[1])]
+            bar.remaining(len(moves) * (1 + len(below)))
+            for grp in sorted(moves, key=lambda grp: (-grp.macs, order[grp.name])):
+                floor = floors[grp.name]
+                for lower in [floor, *(r for r in below if _RANK[r] > _RANK[floor])]:
+                    if len(moves) == 1 and lower is floor:
+                        continue  # every group on its floor was measured first, and missed
                     trial_moves = {other: p for other, p in moves.items() if other != grp}
-                    if lower is not Precision.INT8:
+                    if lower is not floor:
                         trial_moves[grp] = lower
                     trial = attempt(trial_moves, lower)
                     bar.advance(1)
@@ -372,5 +432,5 @@ def search_precision(model: str | os.PathLike | onnx.ModelProto, table: Calibrat
         return result(moves, True, *found)
 
 
-__all__ = ["FP8_RUNGS", "RUNGS", "GroupSensitivity", "LayerGroup", "PrecisionSearchResult", "SearchStep",
-           "SensitivityReport", "analyze", "layer_groups", "search_precision"]
+__all__ = ["FLOORS", "FP8_RUNGS", "LADDER", "RUNGS", "GroupSensitivity", "LayerGroup", "PrecisionSearchResult", "SearchStep",
+           "SensitivityReport", "analyze", "group_floors", "layer_groups", "search_precision"]

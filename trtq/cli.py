@@ -307,8 +307,9 @@ def main(verbose: bool) -> None:
 @click.option("--strict", is_flag=True,
               help="A plan pattern that matches no node is an error (default: a warning naming it).")
 @click.option("--target", metavar="METRIC>=VALUE",
-              help="Search the plan: take the most int8-sensitive layers out of int8 until e.g. 'top1>=0.97' "
-              "or 'cosine>=0.99' holds on the evaluation data (writes sensitivity.json/.png when all-int8 misses it).")
+              help="Search the plan: move the most sensitive layer groups up from the plan's precision (int8, or "
+              "int4w for --int4w layers: then int8 is the first rung) until e.g. 'top1>=0.97' or 'cosine>=0.99' "
+              "holds on the evaluation data (writes sensitivity.json/.png when the plan as given misses it).")
 @click.option("--gpu", type=gpu_choice, default=None,
               help="The GPU generation the model is for. With ada, hopper or blackwell (FP8 Tensor Cores, SM89+) "
               "--target climbs int8 -> fp8 -> fp16 -> fp32 per layer group; otherwise int8 -> fp16 -> fp32. fp8 "
@@ -559,6 +560,12 @@ def calibrate_cmd(preprocess, model, data, method, samples, batch_size, max_memo
               help="With ada, hopper or blackwell (FP8 Tensor Cores) each group is also measured alone in fp8: "
               "one more run per group, a column and a second bar per group in sensitivity.png. The ranking stays "
               "int8's.")
+@click.option("--int4w", "int4w", is_flag=True,
+              help="Also measure each MatMul/Gemm group with a constant weight alone with INT4 weights (block-wise, "
+              "--int4-block inputs per scale; GPTQ at 4 bits unless --no-gptq): one more run per such group, a column "
+              "and a bar.")
+@click.option("--int4-block", type=click.Choice(["32", "64", "128"]), default="128", show_default=True,
+              help="Inputs per scale of the --int4w weights.")
 @click.option("--top", default=20, show_default=True, type=click.IntRange(min=1), help="Rows to print.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("trtq-sensitivity"),
               show_default=True, help="Folder for sensitivity.json and sensitivity.png.")
@@ -567,7 +574,7 @@ def calibrate_cmd(preprocess, model, data, method, samples, batch_size, max_memo
 @verbose_option
 @_fail_cleanly
 def sensitivity_cmd(preprocess, model, calib_data, table, eval_data, method, samples, eval_samples, metric, one_way, max_memory, gptq,
-                    gpu, top, out_dir, no_progress) -> None:
+                    gpu, int4w, int4_block, top, out_dir, no_progress) -> None:
     """Rank MODEL's layer groups by how much int8 costs each (fp32 ONNX model).
 
     Each group (a Conv/Gemm/MatMul and the residual Add TensorRT fuses into it) is
@@ -579,7 +586,8 @@ def sensitivity_cmd(preprocess, model, calib_data, table, eval_data, method, sam
 
     run = run_sensitivity(model, eval_data, calib_data=calib_data, table=table, method=method, samples=samples,
                           eval_samples=eval_samples, metric=metric, reverse=not one_way, gptq=gptq, out_dir=out_dir,
-                          progress=not no_progress, preprocess=preprocess, gpu=gpu)
+                          progress=not no_progress, preprocess=preprocess, gpu=gpu,
+                          int4_block=int(int4_block) if int4w else None)
     report = run.report
     others = report.rung_names[1:]
     t = Table(title=f"int8 sensitivity on {run.eval_samples} samples (all int8: "

@@ -14,7 +14,7 @@ from trtq.calibration import calibrate
 from trtq.deploy import OrtRunner, compare_outputs, run_all
 from trtq.deploy.plan import precision_plan
 from trtq.quantize import apply_plan
-from trtq.quantize.precision import Precision, PrecisionPlan
+from trtq.quantize.precision import Precision, PrecisionPlan, PrecisionRule
 from trtq.quantize.qdq import INT4_QMAX, expand_blocks, int4_block_scales
 from trtq.quantize.rounding import gptq_weights
 
@@ -116,6 +116,42 @@ def test_int4w_applies_only_to_constant_weight_matmuls():
     assert got["fc"][0] is Precision.INT4W
     assert got["conv1"] == (Precision.FP32, "int4w is for MatMul/Gemm nodes with a constant 2-D weight")
 
+
+
+def test_the_ladder_climbs_from_int4w_to_int8_only_where_the_target_needs_it():
+    from trtq.deploy.evaluate import FidelityEvaluator, Target
+    from trtq.quantize.sensitivity import layer_groups, search_precision
+
+    model, x = make_mlp()
+    table = calibrate(model, x[:256], "minmax", progress=False)
+    rounded = gptq_weights(model, x[:2048], samples=2048, qmax=INT4_QMAX, block=64, progress=False)
+    evaluate = FidelityEvaluator(model, x[2048:], batch_size=64)
+    base = PrecisionPlan.from_flags("fp32", int4w=["MatMul", "Gemm"])
+    kwargs = dict(int4_weights=rounded.weights, int4_block=64)
+
+    def cosine(plan):
+        return evaluate(apply_plan(model, table, plan, **kwargs).model)["cosine"]
+
+    # Each group alone moved up to int8: the target is the better of the two, so exactly
+    # that one group must climb, to int8 (not fp16), and the other keep INT4 weights.
+    one_up = {g.name: cosine(base.with_overrides([PrecisionRule(f"name:{g.name}", Precision.INT8)]))
+              for g in layer_groups(model)}
+    assert cosine(base) < min(one_up.values())
+    best = max(one_up, key=one_up.get)
+    target = Target("cosine", one_up[best])
+    res = search_precision(model, table, evaluate, target.met, base=base, target=str(target), progress=False,
+                           **kwargs)
+    assert res.met and res.steps[0].precision is Precision.INT4W and not target.met(res.steps[0].metrics)
+    assert res.rungs == {best: Precision.INT8}
+    got = {n: a.precision for n, a in res.mixed.assignments.items() if n in one_up}
+    assert got == {best: Precision.INT8, next(n for n in one_up if n != best): Precision.INT4W}
+    ops = [n.op_type for n in res.mixed.model.graph.node]
+    assert "QuantizeLinear" in ops and res.mixed.model.opset_import[0].version >= 21
+    # A group the plan pins in fp32 stays there, whatever the target.
+    pinned = base.with_overrides([PrecisionRule(f"name:{best}", Precision.FP32)])
+    res = search_precision(model, table, evaluate, Target("cosine", 1.5).met, base=pinned, progress=False, **kwargs)
+    assert not res.met and best not in res.rungs
+    assert res.mixed.assignments[best].precision is Precision.FP32
 
 @needs_trt
 def test_tensorrt_rtx_builds_int4_weight_only_matmuls():

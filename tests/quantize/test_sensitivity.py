@@ -124,6 +124,15 @@ def test_cli_plan_flags_and_sensitivity(tmp_path):
     for g in ladder["groups"]:  # each group alone in fp8 too: E4M3 rounds differently from int8
         assert g["only_fp8"]["cosine"] != g["only_int8"]["cosine"] and 0.9 < g["only_fp8"]["cosine"] <= 1.0
     assert (tmp_path / "s3" / "sensitivity.png").stat().st_size > (tmp_path / "s" / "sensitivity.png").stat().st_size
+    res = runner.invoke(main, ["sensitivity", str(tmp_path / "m.onnx"), "--calib-data", str(tmp_path / "c.npy"),
+                               "--eval-data", str(tmp_path / "e.npy"), "--int4w", "--int4-block", "32", "--one-way",
+                               "--no-progress", "--out", str(tmp_path / "s4")])
+    assert res.exit_code == 0, res.output
+    assert "int4w" in res.output
+    int4 = {g["group"]: g for g in json.loads((tmp_path / "s4" / "sensitivity.json").read_text())["groups"]}
+    # INT4 weights only where they apply (the Gemm), and coarser than int8 there.
+    assert [k for k, g in int4.items() if "only_int4w" in g] == ["fc"]
+    assert int4["fc"]["only_int4w"]["cosine"] < int4["fc"]["only_int8"]["cosine"]
 
 
 def test_missing_matplotlib_fails_before_any_work(tmp_path, monkeypatch):

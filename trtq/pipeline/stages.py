@@ -240,13 +240,15 @@ def quantize_fp32(job: QuantizeJob, source: SourceModel, fp32: Fp32Model, table:
     evaluator = FidelityEvaluator(fp32.reference, evald, batch_size=job.batch_size, tasks=source.tasks,
                                   samples=job.search_samples or job.eval_samples)
     sensitivity = None
+    # int8 and INT4 weights: a group whose floor is int4w (the plan's) may climb to int8.
+    weights = dict(weights=rounding.weights, int4_weights=rounding.int4, int4_block=job.int4_block)
 
     def rank():
         # Only when all-int8 misses the target. The ranking needs relative sensitivities
         # only: at most RANK_SAMPLES samples.
         nonlocal sensitivity
         sensitivity = analyze(fp32.model, table, evaluator.head(RANK_SAMPLES), reverse=False,
-                              progress=job.progress, weights=rounding.weights)
+                              progress=job.progress, base=job.plan, **weights)
         return sensitivity.ranking()
 
     def met(metrics) -> bool:
@@ -256,8 +258,8 @@ def quantize_fp32(job: QuantizeJob, source: SourceModel, fp32: Fp32Model, table:
         return evaluator(model, hopeless=lambda best: not met(best))
 
     rungs = FP8_RUNGS if job.gpu is not None and gpu_has_fp8(job.gpu) else RUNGS
-    search = search_precision(fp32.model, table, evaluate, met, ranking=rank, weights=rounding.weights,
-                              base=job.plan, target=str(job.target), progress=job.progress, rungs=rungs)
+    search = search_precision(fp32.model, table, evaluate, met, ranking=rank, base=job.plan, target=str(job.target),
+                              progress=job.progress, rungs=rungs, **weights)
     quantized, shifts = search.mixed.model, None
     if job.bias_correction:
         # Corrected for the model the search chose (biases corrected for all-int8 and reused by
