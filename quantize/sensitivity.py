@@ -180,6 +180,10 @@ def _plan(default: Precision, groups: Sequence[LayerGroup], precision: Precision
     return PrecisionPlan(default, _rules(dict.fromkeys(groups, precision)))
 
 
+def _metrics_text(metrics: Metrics) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if v is not None)
+
+
 def _table_owns(table: CalibrationTable, proto: onnx.ModelProto) -> bool:
     """Whether ``table`` was calibrated on ``proto``: hashed once per search, not per candidate
     (see :func:`quantize.mixed.apply_plan`). False leaves each candidate to check, and fail."""
@@ -297,11 +301,13 @@ class PrecisionSearchResult:
     moved: tuple[str, ...]
     steps: tuple[SearchStep, ...] = field(default_factory=tuple)
     rungs: Mapping[str, Precision] = field(default_factory=dict)  # each moved group's precision
+    reasons: Mapping[str, str] = field(default_factory=dict)  # why each moved group is where it is
 
     def to_json(self) -> dict:
         return {"target": self.target, "met": self.met, "metrics": dict(self.metrics),
                 "moved_groups": list(self.moved),
                 "moved_to": {name: precision.value for name, precision in self.rungs.items()},
+                "why": dict(self.reasons),
                 "int8_mac_share": self.mixed.int8_mac_share,
                 "plan": self.plan.to_json(),
                 "steps": [{"moved": s.moved, "precision": s.precision.value, "metrics": dict(s.metrics)}
@@ -363,9 +369,21 @@ def search_precision(model: str | os.PathLike | onnx.ModelProto, table: Calibrat
         log.info("%d group(s) moved up (%s): %s", len(moves), step.value, metrics)
         return plan, metrics
 
+    misses: dict[str, list[str]] = {}  # per group: the cheaper rungs tried in refining, which missed
+
     def result(moves: Mapping[LayerGroup, Precision], ok: bool, plan, metrics) -> PrecisionSearchResult:
-        return PrecisionSearchResult(target, ok, plan, build(plan, check=True), metrics, tuple(grp.name for grp in moves), tuple(steps),
-                                     {grp.name: precision for grp, precision in moves.items()})
+        reasons = {}
+        for grp, precision in moves.items():
+            if not ok:
+                reasons[grp.name] = f"every group moved up to {precision.value} and the target still missed"
+            elif grp.name in misses:
+                reasons[grp.name] = "; ".join(misses[grp.name])
+            else:  # not tried lower (a single group on the first rung, or refine=False)
+                reasons[grp.name] = (f"rank {order[grp.name] + 1} of the ranking; the shortest ranking prefix "
+                                     f"that meets the target, on {precision.value}")
+        return PrecisionSearchResult(target, ok, plan, build(plan, check=True), metrics,
+                                     tuple(grp.name for grp in moves), tuple(steps),
+                                     {grp.name: precision for grp, precision in moves.items()}, reasons)
 
     def at(groups: Sequence[LayerGroup], precision: Precision) -> dict[LayerGroup, Precision]:
         """``groups`` moved to ``precision``: those whose floor is below it."""
@@ -419,8 +437,10 @@ def search_precision(model: str | os.PathLike | onnx.ModelProto, table: Calibrat
             for grp in sorted(moves, key=lambda grp: (-grp.macs, order[grp.name])):
                 floor = floors[grp.name]
                 for lower in [floor, *(r for r in below if _RANK[r] > _RANK[floor])]:
-                    if len(moves) == 1 and lower is floor:
-                        continue  # every group on its floor was measured first, and missed
+                    if len(moves) == 1 and lower is floor:  # every group on its floor was measured first
+                        misses.setdefault(grp.name, []).append(f"on {floor.value} the target missed "
+                                                               f"({_metrics_text(first[1])})")
+                        continue
                     trial_moves = {other: p for other, p in moves.items() if other != grp}
                     if lower is not floor:
                         trial_moves[grp] = lower
@@ -429,6 +449,8 @@ def search_precision(model: str | os.PathLike | onnx.ModelProto, table: Calibrat
                     if met(trial[1]):
                         found, moves = trial, trial_moves
                         break
+                    misses.setdefault(grp.name, []).append(f"on {lower.value} the target missed "
+                                                           f"({_metrics_text(trial[1])})")
         return result(moves, True, *found)
 
 

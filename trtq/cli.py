@@ -502,7 +502,7 @@ def _precision_table(result) -> Table:
         table.add_row(precision.value, str(len(rows)), f"{share:.1%}", ", ".join(ops[:8]) + (" ..." if len(ops) > 8 else ""))
     if result.search is not None:
         moved = ", ".join(f"{name} ({p.value})" for name, p in result.search.rungs.items()) or "none"
-        table.caption = f"target {result.search.target}: {'met' if result.search.met else 'NOT met'}; out of int8: {moved}"
+        table.caption = f"target {result.search.target}: {'met' if result.search.met else 'NOT met'}; moved up: {moved}"
     return table
 
 

@@ -143,6 +143,10 @@ def test_the_ladder_climbs_from_int4w_to_int8_only_where_the_target_needs_it():
                            **kwargs)
     assert res.met and res.steps[0].precision is Precision.INT4W and not target.met(res.steps[0].metrics)
     assert res.rungs == {best: Precision.INT8}
+    # Why it is there: back on int4w the target missed (with the metric that missed it), or it
+    # heads the ranking and alone met the target (no refining needed).
+    assert res.reasons[best].startswith(("on int4w the target missed (cosine ", "rank 1 of the ranking"))
+    assert res.to_json()["why"] == dict(res.reasons)
     got = {n: a.precision for n, a in res.mixed.assignments.items() if n in one_up}
     assert got == {best: Precision.INT8, next(n for n in one_up if n != best): Precision.INT4W}
     ops = [n.op_type for n in res.mixed.model.graph.node]

@@ -59,15 +59,16 @@ def markdown_report(*, command: str, model_label: str, eval_source: str, samples
     if search is not None:
         verdict = "met" if search.met else "**not met** (out of reach)"
         out += [f"Target `{search.target}`: {verdict} after {len(search.steps)} evaluations; "
-                f"{len(search.moved)} layer group(s) taken out of int8:", ""]
-        out += [f"- `{name}`: {precision.value}" for name, precision in search.rungs.items()] or ["- none"]
+                f"{len(search.moved)} layer group(s) moved up from the plan's precision:", ""]
+        out += [f"- `{name}`: {precision.value}" + (f" ({search.reasons[name]})" if name in search.reasons else "")
+                for name, precision in search.rungs.items()] or ["- none"]
         out.append("")
     if sensitivity is not None:
-        out += ["## Sensitivity", "", "![int8 sensitivity per layer group](sensitivity.png)", "",
-                f"| rank | group | op | MACs | {sensitivity.metric} with only it in int8 |",
-                "| ---: | --- | --- | ---: | ---: |"]
+        out += ["## Sensitivity", "", "![sensitivity per layer group](sensitivity.png)", "",
+                f"| rank | group | op | MACs | floor | {sensitivity.metric} with only it on its floor |",
+                "| ---: | --- | --- | ---: | --- | ---: |"]
         for i, g in enumerate(sensitivity.groups, 1):
-            out.append(f"| {i} | `{g.group.name}` | {g.group.op_type} | {g.group.macs / 1e6:.2f}M | "
+            out.append(f"| {i} | `{g.group.name}` | {g.group.op_type} | {g.group.macs / 1e6:.2f}M | {g.floor.value} | "
                        f"{_fmt(g.only.get(sensitivity.metric), digits=5)} |")
         out.append("")
     out += ["## Precision per node", "", "| node | op | precision | asked | rule | note |",
