@@ -15,14 +15,14 @@ from trtq.quantize.fold import fold_batchnorm
 from trtq.quantize.fp16 import convert_fp16
 from trtq.quantize.mixed import MixedModel, apply_plan
 from trtq.quantize.precision import NodePrecision, Precision, PrecisionPlan, PrecisionRule
-from trtq.quantize.passes import FoldBatchNormPass, RemoveUnusedInitializersPass, apply_passes
+from trtq.quantize.passes import FoldBatchNormPass, RemoveUnusedInitializersPass, apply_passes, upcast_float16
 from trtq.quantize.qdq import QuantParams, activation_params, calibration_tensors, quantize, weight_params
 from trtq.quantize.results import ClippedTable, RoundedWeights, Transformed
 from trtq.quantize.rounding import gptq_weights, substitute_weights
 from trtq.quantize.rules import QDQ_RULES, InputQuant
 from trtq.quantize.targets import QuantTarget, TargetRuntime
 
-__all__ = ["QDQ_RULES", "ClippedTable", "ExportParity", "FoldBatchNormPass", "InputQuant", "MixedModel", "NodePrecision",
+__all__ = ["upcast_float16", "QDQ_RULES", "ClippedTable", "ExportParity", "FoldBatchNormPass", "InputQuant", "MixedModel", "NodePrecision",
            "Precision", "PrecisionPlan", "PrecisionRule", "QuantParams", "QuantTarget", "RemoveUnusedInitializersPass",
            "RoundedWeights", "TargetRuntime", "Transformed", "activation_params", "apply_passes", "apply_plan",
            "calibration_tensors", "convert_fp16", "export", "fold_batchnorm", "gptq_weights", "load_checkpoint",

@@ -6,6 +6,8 @@ written on it cannot drop or rewire a tensor a subgraph still reads.
 
 * :class:`FoldBatchNormPass` — Conv -> BatchNormalization folded into the Conv;
 * :class:`RemoveUnusedInitializersPass` — initializers nothing reads (subgraphs included);
+* :class:`UpcastFloat16Pass` — a float16 model computed in float32, its float16 inputs and
+  outputs kept (the form every later stage works on);
 * :func:`apply_passes` — run passes on an ``onnx.ModelProto`` and get a new one back.
 
 Nodes *inside* subgraphs are left untouched on purpose: trtq quantizes the main graph (where
@@ -23,7 +25,8 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes import FunctionalPass, InPlacePass, PassResult, Sequential
 
-__all__ = ["FoldBatchNormPass", "FoldedBatchNorm", "RemoveUnusedInitializersPass", "apply_passes"]
+__all__ = ["FoldBatchNormPass", "FoldedBatchNorm", "RemoveUnusedInitializersPass", "UpcastFloat16Pass",
+           "apply_passes", "upcast_float16"]
 
 log = logging.getLogger(__name__)
 
@@ -139,3 +142,116 @@ class RemoveUnusedInitializersPass(InPlacePass):
                 graph.inputs.remove(value)
             del graph.initializers[value.name]
         return PassResult(model, modified=bool(unused))
+
+
+#: Ops whose ``dtype`` attribute names the type of the tensor they create.
+_DTYPE_OPS = frozenset({"EyeLike", "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike"})
+
+
+def _fp32_tensor(tensor) -> ir.Tensor:
+    return ir.tensor(tensor.numpy().astype(np.float32), name=tensor.name)
+
+
+class UpcastFloat16Pass(InPlacePass):
+    """Compute a float16 model in float32: the same function, without fp16 rounding.
+
+    Every float16 initializer and Constant becomes float32, as do ``Cast``/``ConstantOfShape``
+    and the ops with a ``dtype`` attribute that made float16 tensors, and every float16 value's
+    type (subgraphs included). The graph's float16 inputs and outputs keep their type and
+    name: a ``Cast`` to float32 follows each such input, one back to float16 precedes each such
+    output, so the model takes and returns what it did. Why: Q/DQ on float16 tensors needs
+    opset 19, GPTQ and calibration want float32, and a user's fp16 file (common for TensorRT)
+    then goes through every stage like an fp32 one. Idempotent: the boundary Casts are
+    recognized on a second run. ``self.upcast``: how many tensors or attributes changed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.upcast = 0
+
+    def call(self, model: ir.Model) -> PassResult:
+        self.upcast = 0
+        f16, f32 = ir.DataType.FLOAT16, ir.DataType.FLOAT
+        graph = model.graph
+        # The float16 boundary: outputs not already behind a Cast to float16 (a run before),
+        # inputs not already read only through Casts to float32.
+        outputs = [i for i, v in enumerate(graph.outputs) if v.dtype == f16 and not _cast_to(v.producer(), f16)]
+        inputs = [v for v in graph.inputs if v.dtype == f16 and v.name not in graph.initializers
+                  and not all(_cast_to(node, f32) for node, _ in v.uses())]
+        kept = {id(v.producer()) for v in graph.outputs if v.dtype == f16 and _cast_to(v.producer(), f16)}
+        for value in graph.initializers.values():
+            if value.const_value is not None and value.const_value.dtype == f16:
+                value.const_value = _fp32_tensor(value.const_value)
+                value.dtype = f32
+                self.upcast += 1
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            if id(node) in kept:
+                continue
+            for key, attr in list(node.attributes.items()):
+                if attr.type == ir.AttributeType.TENSOR and attr.value is not None and attr.value.dtype == f16:
+                    node.attributes[key] = ir.AttrTensor(key, _fp32_tensor(attr.value))
+                    self.upcast += 1
+                elif (key == "to" and node.op_type == "Cast" or key == "dtype" and node.op_type in _DTYPE_OPS) \
+                        and attr.type == ir.AttributeType.INT and attr.as_int() == f16.value:
+                    node.attributes[key] = ir.AttrInt64(key, f32.value)
+                    self.upcast += 1
+            for value in node.outputs:
+                if value.dtype == f16 and not value.is_graph_output():
+                    value.dtype = f32
+                    self.upcast += 1
+        for value in inputs:
+            cast = ir.node("Cast", [value], {"to": f32.value}, name=_unique_name(graph, f"{value.name}_to_fp32"))
+            cast.outputs[0].name = _unique_name(graph, f"{value.name}_fp32")
+            cast.outputs[0].dtype, cast.outputs[0].shape = f32, value.shape
+            ir.convenience.replace_all_uses_with(value, cast.outputs[0])
+            cast.replace_input_with(0, value)  # replace_all_uses_with rewired the Cast itself too
+            if len(graph):
+                graph.insert_before(graph[0], cast)
+            else:
+                graph.append(cast)
+            self.upcast += 1
+        for i in outputs:
+            value = graph.outputs[i]
+            if value.producer() is None:  # an input passed straight through
+                continue
+            name = value.name
+            value.name = _unique_name(graph, f"{name}_fp32")
+            value.dtype = f32
+            cast = ir.node("Cast", [value], {"to": f16.value}, name=_unique_name(graph, f"{name}_to_fp16"))
+            out = cast.outputs[0]
+            out.name, out.dtype, out.shape = name, f16, value.shape
+            graph.append(cast)
+            graph.outputs[i] = out
+            self.upcast += 1
+        return PassResult(model, modified=bool(self.upcast))
+
+
+def _cast_to(node: ir.Node | None, dtype: ir.DataType) -> bool:
+    return node is not None and node.op_type == "Cast" and "to" in node.attributes and \
+        node.attributes["to"].as_int() == dtype.value
+
+
+def upcast_float16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """``model`` computed in float32 (:class:`UpcastFloat16Pass`) and how many tensors were
+    float16; ``model`` itself when nothing in it is float16 (0)."""
+    if not _has_float16(model):
+        return model, 0
+    upcast = UpcastFloat16Pass()
+    out, modified = apply_passes(model, upcast)
+    return (out, upcast.upcast) if modified else (model, 0)
+
+
+def _has_float16(model: onnx.ModelProto) -> bool:
+    """Whether anything in ``model`` may be float16 (a cheap look before the pass runs)."""
+    f16 = onnx.TensorProto.FLOAT16
+    if any(i.data_type == f16 for i in model.graph.initializer):
+        return True
+    if any(v.type.tensor_type.elem_type == f16 for v in (*model.graph.input, *model.graph.output,
+                                                          *model.graph.value_info)):
+        return True
+    for node in model.graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == f16 or \
+                    a.name in ("to", "dtype") and a.type == onnx.AttributeProto.INT and a.i == f16:
+                return True
+    return False

@@ -183,3 +183,73 @@ def test_trtq_quantize_on_a_model_with_subgraphs(tmp_path, model, data, referenc
     assert res.exit_code == 0, res.output + res.stderr
     for name in ("model.fp32.onnx", "model.int8.onnx"):
         _check(onnx.load(tmp_path / "out" / name), data, reference, 0.99)
+
+
+def _run(proto: onnx.ModelProto, feed: dict) -> list:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+
+
+def _float16_cnn() -> onnx.ModelProto:
+    """make_cnn as an fp16 exporter writes it: float16 weights, inputs and outputs, a float16
+    Constant and a Cast to float16 inside."""
+    from tests.conftest import make_cnn
+
+    proto = make_cnn()
+    for init in proto.graph.initializer:
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name))
+    for vi in (*proto.graph.input, *proto.graph.output):
+        vi.type.tensor_type.elem_type = TensorProto.FLOAT16
+    nodes = list(proto.graph.node)
+    relu = next(i for i, n in enumerate(nodes) if n.name == "relu2")
+    nodes[relu].input[0] = "sum_scaled"
+    extra = [helper.make_node("Constant", [], ["half"], name="half",
+                              value=numpy_helper.from_array(np.array(0.5, np.float16))),
+             helper.make_node("Cast", ["sum"], ["sum_cast"], name="to_half", to=TensorProto.FLOAT16),
+             helper.make_node("Mul", ["sum_cast", "half"], ["sum_scaled"], name="scale")]
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes[:relu] + extra + nodes[relu:])
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def test_a_float16_model_is_computed_in_float32_with_its_inputs_and_outputs_kept():
+    from trtq.quantize import upcast_float16
+
+    proto = _float16_cnn()
+    out, count = upcast_float16(proto)
+    onnx.checker.check_model(out, full_check=True)
+    assert count > 0 and upcast_float16(out)[1] == 0  # nothing float16 is left inside
+    f16 = onnx.TensorProto.FLOAT16
+    assert [v.type.tensor_type.elem_type for v in (*out.graph.input, *out.graph.output)] == [f16, f16]
+    assert [v.name for v in (*out.graph.input, *out.graph.output)] == ["input", "logits"]
+    assert all(i.data_type == onnx.TensorProto.FLOAT for i in out.graph.initializer)
+    casts = {n.name: n.attribute[0].i for n in out.graph.node if n.op_type == "Cast"}
+    assert casts == {"input_to_fp32": 1, "to_half": 1, "logits_to_fp16": f16}
+    x = np.random.default_rng(0).normal(0, 1, (4, 3, 8, 8)).astype(np.float16)
+    want = _run(proto, {"input": x})[0].astype(np.float32)
+    got = _run(out, {"input": x})[0]
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.astype(np.float32), want, rtol=1e-2, atol=1e-2)
+
+
+def test_trtq_quantize_takes_a_float16_model(tmp_path):
+    from trtq.pipeline import QuantizeJob, run_quantize
+
+    proto = _float16_cnn()
+    onnx.save(proto, tmp_path / "half.onnx")
+    rng = np.random.default_rng(1)
+    calib, held = (rng.normal(0, 1, (n, 3, 8, 8)).astype(np.float16) for n in (64, 32))
+    result = run_quantize(QuantizeJob(onnx=tmp_path / "half.onnx", calib_data=calib, eval_data=held,
+                                      out_dir=tmp_path / "out", progress=False))
+    out = onnx.load(tmp_path / "out" / "model.int8.onnx")
+    onnx.checker.check_model(out, full_check=True)
+    f16 = onnx.TensorProto.FLOAT16
+    assert [v.type.tensor_type.elem_type for v in (*out.graph.input, *out.graph.output)] == [f16, f16]
+    assert sum(n.op_type == "QuantizeLinear" for n in out.graph.node) >= 3  # quantized like its fp32 twin
+    assert result.report.outputs[0].cosine > 0.99
+    assert any(w.startswith("float16 model: computed in float32") for w in result.warnings)
+    got = _run(out, {"input": held[:8]})[0]
+    want = _run(proto, {"input": held[:8]})[0]
+    assert got.dtype == np.float16 and np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99

@@ -9,7 +9,7 @@ from typing import Any
 from trtq.calibration import CalibrationTable, calibrate, save_trt_cache
 from trtq.core import PreprocessSpec, check_output_file, load_model, open_data
 from trtq.pipeline.job import DEFAULT_BATCH_SIZE
-from trtq.quantize import calibration_tensors
+from trtq.quantize import calibration_tensors, upcast_float16
 
 __all__ = ["CalibrationRun", "run_calibration"]
 
@@ -32,7 +32,7 @@ def run_calibration(model: Any, data: Any, *, method: str = "minmax", batch_size
     each file is written atomically.
     """
     targets = [check_output_file(out)] + ([check_output_file(trt_cache)] if trt_cache is not None else [])
-    proto = load_model(model)
+    proto, _ = upcast_float16(load_model(model))  # as trtq quantize computes a float16 model
     tensors = None if all_tensors else calibration_tensors(proto)
     table = calibrate(proto, open_data(data, "calibration data", preprocess), method, batch_size=batch_size, samples=samples, tensors=tensors,
                       progress=progress)

@@ -11,7 +11,7 @@ from trtq.calibration import calibrate, load_table
 from trtq.core import PreprocessSpec, atomic_write_text, check_output_folder, load_model, open_data, require, staging_dir
 from trtq.core.errors import DataError
 from trtq.deploy.evaluate import FidelityEvaluator
-from trtq.quantize import calibration_tensors, fold_batchnorm
+from trtq.quantize import calibration_tensors, fold_batchnorm, upcast_float16
 from trtq.core.gpus import gpu_has_fp8
 from trtq.pipeline.stages import INT4_GPTQ_SAMPLES
 from trtq.quantize.precision import Precision
@@ -48,7 +48,7 @@ def run_sensitivity(model: Any, eval_data: Any, *, calib_data: Any = None, table
     require("matplotlib", "models")  # for sensitivity.png: fail before the slow part
     files = ("sensitivity.json", "sensitivity.png")
     check_output_folder(out_dir, files)
-    proto = fold_batchnorm(load_model(model))
+    proto = fold_batchnorm(upcast_float16(load_model(model))[0])  # float16 models: as trtq quantize does
     calib = open_data(calib_data, "calibration data", preprocess) if calib_data is not None else None
     if table is not None:
         cal = load_table(table, proto)

@@ -20,7 +20,7 @@ from trtq.core.errors import DataError, ModelError
 from trtq.core.runtime import check_runnable
 from trtq.models import get_model_spec
 from trtq.pipeline.job import DEFAULT_MODEL, QuantizeJob
-from trtq.quantize import ExportParity
+from trtq.quantize import ExportParity, upcast_float16
 
 __all__ = ["SourceModel", "resolve_source"]
 
@@ -43,6 +43,7 @@ class SourceModel:
     tasks: Mapping[str, str] = field(default_factory=dict)
     search_data: Any | None = None  # what a --target search chooses on (None: the evaluation data)
     split: str | None = None  # how the user's data was split, when it was
+    notes: tuple[str, ...] = ()  # what was done to the model as given (e.g. float16 computed in float32)
 
 
 #: Without evaluation data, a --target search splits the user's samples (at most ``--samples``
@@ -122,7 +123,11 @@ def _resolve(job: QuantizeJob) -> SourceModel:
     if job.onnx is not None:
         proto = load_model(job.onnx)
         check_runnable(proto, str(job.onnx))  # before any stage trips over it
-        return SourceModel("onnx", str(job.onnx), proto, None, calib, evald, job.tasks)
+        # A float16 file (common for TensorRT) is quantized as the same function in float32.
+        proto, upcast = upcast_float16(proto)
+        notes = (f"float16 model: computed in float32 for quantization ({upcast} float16 tensors upcast, exactly); "
+                 "its float16 inputs and outputs are kept, behind Casts",) if upcast else ()
+        return SourceModel("onnx", str(job.onnx), proto, None, calib, evald, job.tasks, notes=notes)
     name = job.model or DEFAULT_MODEL
     kind = "checkpoint" if job.checkpoint is not None else "registered" if spec is not None else "import"
     request = {"kind": "module", "model": name, "registered": kind == "registered",

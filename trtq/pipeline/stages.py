@@ -147,7 +147,7 @@ def prepare_fp32(job: QuantizeJob, source: SourceModel) -> Fp32Model:
     """Fold BatchNorm, check the plan's patterns against the nodes, then rescale for int8
     (SmoothQuant, CLE) where the job asks for it."""
     reference = model = fold_batchnorm(source.model)
-    warnings = []
+    warnings = list(source.notes)  # e.g. a float16 model computed in float32
     unmatched = job.plan.unmatched(reference)
     if unmatched:
         text = (f"precision pattern{'s' if len(unmatched) > 1 else ''} {', '.join(repr(p) for p in unmatched)} "
