@@ -45,3 +45,21 @@ def test_too_few_samples_for_the_fixed_batch_is_one_clear_error():
     specs = input_specs(_fixed_batch(4))
     with pytest.raises(DataError, match="batches of exactly 4 samples .* only 3"):
         collect_arrays(np.zeros((3, 3, 8, 8), np.float32), specs)
+
+
+def test_samples_left_out_by_a_fixed_batch_are_said_once(caplog):
+    from trtq.calibration import calibrate
+    from trtq.core import readers
+
+    readers._said.clear()
+    model = _fixed_batch(4)
+    data = np.random.default_rng(0).normal(0, 1, (34, 3, 8, 8)).astype(np.float32)
+    with caplog.at_level("WARNING", logger="trtq.core.readers"):
+        for _ in range(2):  # every pass of a job reads the data again: one line, not one per pass
+            assert calibrate(model, data, "minmax", progress=False).samples == 32
+        assert calibrate(model, data, "minmax", samples=30, progress=False).samples == 28
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["the model runs batches of exactly 4 samples (its inputs fix the batch dimension): the data's "
+                    "last 2 sample(s), which do not fill a batch, are left out",
+                    "the model runs batches of exactly 4 samples (its inputs fix the batch dimension): 28 samples "
+                    "are used where 30 were asked"]

@@ -17,6 +17,7 @@ dims, dtype kind, and finiteness. Errors name the input and the sample index.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +28,16 @@ import numpy as np
 from trtq.core.arrayfile import FileArray, npy_header, open_arrays
 from trtq.core.onnx_model import InputSpec
 from trtq.core.errors import DataError
+
+log = logging.getLogger(__name__)
+_said: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    """A warning shown once per process: every pass of a job reads the same data."""
+    if message not in _said:
+        _said.add(message)
+        log.warning(message)
 
 Feed = dict[str, np.ndarray]
 #: Image size (height, width) for models whose input leaves it open (dynamic H and W).
@@ -459,7 +470,9 @@ def iter_batches(data: Any, specs: list[InputSpec], batch_size: int = 32,
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
     static = static_batch_size(specs)
     batch_size = static or batch_size
-    if static and samples is not None:
+    if static and samples is not None and samples % static:
+        _say_once(f"the model runs batches of exactly {static} samples (its inputs fix the batch dimension): "
+                  f"{max(samples - samples % static, static)} samples are used where {samples} were asked")
         samples = max(samples - samples % static, static)
     seen = 0
     for raw in raw_batches(data, specs, batch_size):
@@ -469,7 +482,9 @@ def iter_batches(data: Any, specs: list[InputSpec], batch_size: int = 32,
             if seen == 0:
                 raise DataError(f"the model runs batches of exactly {static} samples (its inputs fix the batch "
                                 f"dimension) but the data has only {max(rows)}")
-            break  # the remainder does not fill a batch
+            _say_once(f"the model runs batches of exactly {static} samples (its inputs fix the batch dimension): "
+                      f"the data's last {max(rows)} sample(s), which do not fill a batch, are left out")
+            break
         feed = validate_feed(raw, specs, seen)
         n = next(iter(feed.values())).shape[0] if feed else 0
         if samples is not None and seen + n > samples:
