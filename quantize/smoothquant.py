@@ -60,6 +60,11 @@ DEFAULT_ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 #: Candidate strengths of the weight-only (AWQ-style) factors ``mean|X|^alpha``.
 WEIGHT_ONLY_ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 _FLOOR = 1e-5
+#: Activation rows (from the held-out half of the samples) each candidate is scored on. 1024
+#: rather than 2048: 6 of all-MiniLM-L6-v2's 24 groups chose a neighbouring alpha, held-out
+#: fidelity was the same or better (later sentences 95.3% -> 96.0% neighbours, cosine 0.9969
+#: both; other modules 96.3% -> 96.7%, 0.9966 -> 0.9967), and SmoothQuant took 7.2 -> 4.8 s.
+SCORED_ROWS = 1024
 #: Output columns a candidate's error is measured on, at most (every k-th): the products
 #: are most of SmoothQuant's time (MiniLM's Q/K/V group has 1152 outputs, its MLP 1536).
 SCORED_COLUMNS = 512
@@ -231,22 +236,27 @@ def _statistics(model: onnx.ModelProto, tensors: list[str], feed: dict[str, np.n
             values = run_sliced(lambda f: session.run(tensors, f), batch, per_run)
             for t, v in zip(tensors, values):
                 v = np.asarray(v, np.float32)
-                if v.ndim >= 2 and v.shape[0] == count:  # rows of sample k: v[k]
-                    parity = (np.arange(count) + i) % 2
-                    even, odd = v[parity == 0], v[parity == 1]
-                else:  # no sample axis to split on: alternate rows
-                    flat = v.reshape(-1, v.shape[-1])
-                    even, odd = flat[0::2], flat[1::2]
-                flat_abs = np.abs(v).reshape(-1, v.shape[-1])
-                ch_max[t].append(flat_abs.max(axis=0))
-                sums[t][0] = sums[t][0] + flat_abs.sum(axis=0, dtype=np.float64)
-                sums[t][1] += len(flat_abs)
-                if even.size:
-                    even_abs = np.abs(even).reshape(-1, v.shape[-1])
-                    ch_even[t].append(even_abs.max(axis=0))
-                    sums[t][2] = sums[t][2] + even_abs.sum(axis=0, dtype=np.float64)
-                    sums[t][3] += len(even_abs)
-                odd = odd.reshape(-1, v.shape[-1])
+                width = v.shape[-1]
+                per_sample = v.ndim >= 2 and v.shape[0] == count  # rows of sample k: v[k]
+                if not per_sample:  # no sample axis to split on: alternate rows
+                    v = v.reshape(-1, width)
+                first = i % 2 if per_sample else 0  # where the even-numbered samples start
+                # |x| once; each half (views) reduced once, the whole from the halves.
+                magnitude = np.abs(v)
+                even_abs, odd_abs = (magnitude[k::2].reshape(-1, width) for k in (first, 1 - first))
+                odd = v[1 - first::2]
+                for half, keep in ((even_abs, True), (odd_abs, False)):
+                    if not len(half):
+                        continue
+                    top, total = half.max(axis=0), half.sum(axis=0, dtype=np.float64)
+                    ch_max[t].append(top)
+                    sums[t][0] = sums[t][0] + total
+                    sums[t][1] += len(half)
+                    if keep:
+                        ch_even[t].append(top)
+                        sums[t][2] = sums[t][2] + total
+                        sums[t][3] += len(half)
+                odd = odd.reshape(-1, width)
                 if len(odd):
                     pick = rng.choice(len(odd), size=min(per_batch, len(odd)), replace=False)
                     sampled[t].append(odd[np.sort(pick)])
@@ -261,7 +271,7 @@ def _statistics(model: onnx.ModelProto, tensors: list[str], feed: dict[str, np.n
 
 
 def smooth_quant(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
-                 alphas: Sequence[float] = DEFAULT_ALPHAS, samples: int = 64, rows: int = 2048,
+                 alphas: Sequence[float] = DEFAULT_ALPHAS, samples: int = 64, rows: int = SCORED_ROWS,
                  batch_size: int = 16, progress: bool = True, weight_only: int | None = None,
                  nodes: Iterable[str] | None = None) -> Transformed[SmoothedGroup]:
     """An fp32 copy of ``model`` with SmoothQuant applied where it lowers the int8 error.
