@@ -338,7 +338,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable
     if already:
         raise QuantizationError(f"the model already holds {already} QuantizeLinear/DequantizeLinear nodes; "
                                 "pass the fp32 model")
-    if table.model_sha256 != model_sha256(model) and not force:
+    if not force and table.model_sha256 != model_sha256(model):  # hashing serializes the model: only when asked
         raise QuantizationError(
             "the calibration table was computed for another model (SHA-256 "
             f"{table.model_sha256[:12]}... vs {model_sha256(model)[:12]}...): recalibrate this model (trtq calibrate "
