@@ -59,10 +59,13 @@ def _torch():
     return torch
 
 
-def _train(model, batches: Callable[[int], tuple], loss_fn, steps: int, lr: float = 3e-3, seed: int = 0):
-    """Adam with a cosine schedule; ``batches(step)`` returns the step's tensors."""
+def _train(make, batches: Callable[[int], tuple], loss_fn, steps: int, lr: float = 3e-3, seed: int = 0):
+    """``make()`` (a module class) trained by Adam with a cosine schedule; ``batches(step)``
+    returns the step's tensors. The module is made after seeding: its initial weights, and so
+    the trained model and every figure measured on it, are the same in every process."""
     torch = _torch()
     torch.manual_seed(seed)
+    model = make()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     model.train()
@@ -130,7 +133,7 @@ def _classifier():
             return self.head(x.mean((2, 3)))
 
     x, y, _ = synthetic.shapes(3072, seed=100)
-    return _train(ShapesCNN(), _random_rows(64, x, y), lambda m, a, b: nn.functional.cross_entropy(m(a), b), steps=300)
+    return _train(ShapesCNN, _random_rows(64, x, y), lambda m, a, b: nn.functional.cross_entropy(m(a), b), steps=300)
 
 
 def _shapes_data(count: int, seed: int) -> dict[str, np.ndarray]:
@@ -185,7 +188,7 @@ def _segmenter():
             return torch.sigmoid(self.out(up))
 
     x, m = synthetic.scenes(1536, seed=100, height=48, width=48)
-    return _train(TextDetector(), _random_rows(32, x, m),
+    return _train(TextDetector, _random_rows(32, x, m),
                   lambda net, a, b: nn.functional.binary_cross_entropy(net(a), b), steps=300)
 
 
@@ -255,7 +258,7 @@ def _recognizer():
         steps = torch.full((a.shape[0],), logp.shape[0], dtype=torch.long)
         return nn.functional.ctc_loss(logp, flat, steps, lengths, blank=0, zero_infinity=True)
 
-    return _train(Recognizer(), batch, ctc, steps=700, lr=2e-3)
+    return _train(Recognizer, batch, ctc, steps=700, lr=2e-3)
 
 
 def _recognizer_onnx() -> onnx.ModelProto:
@@ -293,7 +296,7 @@ def _two_io():
         logits, pred = net(a, s)
         return nn.functional.cross_entropy(logits, b) + 10 * nn.functional.mse_loss(pred, box)
 
-    return _train(TwoIO(), _random_rows(64, x, _side(x), y, boxes), loss, steps=600)
+    return _train(TwoIO, _random_rows(64, x, _side(x), y, boxes), loss, steps=600)
 
 
 def _side(images: np.ndarray) -> np.ndarray:
@@ -335,7 +338,7 @@ def _looped():
             return self.head(x.mean((2, 3)))
 
     x, y, _ = synthetic.shapes(3072, seed=102)
-    return _train(Looped(), _random_rows(64, x, y), lambda m, a, b: nn.functional.cross_entropy(m(a), b), steps=600)
+    return _train(Looped, _random_rows(64, x, y), lambda m, a, b: nn.functional.cross_entropy(m(a), b), steps=600)
 
 
 def _subgraphs_onnx() -> onnx.ModelProto:
