@@ -187,6 +187,14 @@ class UpcastFloat16Pass(InPlacePass):
         for node in ir.traversal.RecursiveGraphIterator(graph):
             if id(node) in kept:
                 continue
+            for attr in node.attributes.values():  # a Loop body's or a branch's own inputs
+                bodies = [attr.value] if attr.type == ir.AttributeType.GRAPH else \
+                    list(attr.value) if attr.type == ir.AttributeType.GRAPHS else []
+                for body in bodies:
+                    for value in body.inputs:
+                        if value.dtype == f16:
+                            value.dtype = f32
+                            self.upcast += 1
             for key, attr in list(node.attributes.items()):
                 if attr.type == ir.AttributeType.TENSOR and attr.value is not None and attr.value.dtype == f16:
                     node.attributes[key] = ir.AttrTensor(key, _fp32_tensor(attr.value))
@@ -195,8 +203,8 @@ class UpcastFloat16Pass(InPlacePass):
                         and attr.type == ir.AttributeType.INT and attr.as_int() == f16.value:
                     node.attributes[key] = ir.AttrInt64(key, f32.value)
                     self.upcast += 1
-            for value in node.outputs:
-                if value.dtype == f16 and not value.is_graph_output():
+            for value in node.outputs:  # the main graph's outputs get their Cast below; a branch's are upcast
+                if value.dtype == f16 and not (value.is_graph_output() and value.graph is graph):
                     value.dtype = f32
                     self.upcast += 1
         for value in inputs:
