@@ -64,6 +64,25 @@ class Target:
             return value >= self.threshold
         return wilson_lower_bound(value, samples, z) >= self.threshold
 
+    def shortfall(self, metrics: Mapping[str, float | None], samples: int, z: float = 1.0,
+                  of: int | None = None) -> str:
+        """What :meth:`met_with_margin` compared, as text: the metric, and for a share with a
+        margin the lower bound that had to reach the threshold (``top1 0.9766, lower bound
+        0.9651 < 0.97 on 256 samples``). ``of``: the samples the target is judged on, when the
+        evaluation stopped early after ``samples`` of them (no better case could meet it)."""
+        value = metrics.get(self.metric)
+        if value is None:
+            return f"{self.metric} not measured"
+        text = f"{self.metric} {value:.4g}"
+        if of is not None and samples < of:
+            return text + f" on the first {samples} of {of} samples, which no result on the rest could lift to {self}"
+        if z > 0 and self.metric in SHARE_METRICS and samples >= 1:
+            bound = wilson_lower_bound(float(value), samples, z)
+            text += f", lower bound {bound:.4g} {'>=' if bound >= self.threshold else '<'} {self.threshold:g} on {samples} samples"
+        else:
+            text += f" {'>=' if value >= self.threshold else '<'} {self.threshold:g}"
+        return text
+
     def __str__(self) -> str:
         return f"{self.metric}>={self.threshold:g}"
 
@@ -102,6 +121,7 @@ class FidelityEvaluator:
             # runner cuts each batch after its longest sample); None: in data order.
             self.order = runner.padding.order(self.feed) if runner.padding is not None else None
         self.calls = 0
+        self.last_samples = self.samples  # how many samples the last call ran (fewer: it stopped early)
 
     def head(self, samples: int) -> "FidelityEvaluator":
         """An evaluator on the first ``samples`` samples, sharing this one's arrays (no re-run)."""
@@ -110,6 +130,7 @@ class FidelityEvaluator:
         other.feed = {k: take_rows(v, slice(0, n)) for k, v in self.feed.items()}
         other.reference = {k: v[:n] for k, v in self.reference.items()}
         other.samples, other.batch_size, other.calls, other.tasks = n, self.batch_size, 0, self.tasks
+        other.last_samples = n
         other.order = None
         if self.order is not None:  # the head's own samples, still longest first
             other.order = self.order[self.order < n]
@@ -134,8 +155,10 @@ class FidelityEvaluator:
                     ref = {k: (v[:done] if order is None else v[order[:done]]) for k, v in self.reference.items()}
                     partial = report_metrics(compare_outputs(ref, got, tasks=self.tasks))
                     if hopeless(best_case(partial, done, self.samples)):
+                        self.last_samples = done
                         return got, partial
         out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        self.last_samples = self.samples
         return (out if order is None else in_data_order(out, order)), None
 
     def __call__(self, model: onnx.ModelProto, hopeless: Callable[[dict], bool] | None = None) -> dict[str, float | None]:

@@ -325,7 +325,8 @@ def search_precision(model: str | os.PathLike | onnx.ModelProto, table: Calibrat
                      base: PrecisionPlan = PrecisionPlan(Precision.INT8), target: str = "",
                      progress: bool = True, weights: Mapping | None = None, int4_weights: Mapping | None = None,
                      int4_block: int = DEFAULT_INT4_BLOCK, refine: bool = True,
-                     rungs: Sequence[Precision] = RUNGS) -> PrecisionSearchResult:
+                     rungs: Sequence[Precision] = RUNGS,
+                     explain: Callable[[Metrics], str] | None = None) -> PrecisionSearchResult:
     """Fewest, most sensitive groups moved up from their floor until ``met(metrics)`` (see the
     module docstring).
 
@@ -340,9 +341,11 @@ def search_precision(model: str | os.PathLike | onnx.ModelProto, table: Calibrat
     where the target still holds, else on the cheapest rung below its own that holds (one
     evaluation per group and rung tried). ``rungs``: the precisions above int8, cheapest
     first (:data:`RUNGS`, or :data:`FP8_RUNGS` for a GPU with FP8); int8 goes first when any
-    floor is int4w.
+    floor is int4w. ``explain(metrics)``: why a trial missed, for the
+    reasons each moved group gets (default: the metrics); called right after the evaluation.
     """
     rungs = tuple(rungs)
+    explain = explain or _metrics_text
     if not rungs or any(r not in LADDER for r in rungs) or len(set(rungs)) != len(rungs):
         raise QuantizationError(f"rungs must be distinct precisions of {[r.value for r in LADDER]}, got "
                                 f"{[getattr(r, 'value', r) for r in rungs]}")
@@ -390,6 +393,7 @@ def search_precision(model: str | os.PathLike | onnx.ModelProto, table: Calibrat
         return {grp: precision for grp in groups if _RANK[floors[grp.name]] < _RANK[precision]}
 
     first = attempt({}, lowest)  # every group at its floor
+    first_missed = explain(first[1])  # explained at once: explain may read the evaluation just run
     if met(first[1]):
         return result({}, True, *first)
     if ranking is None:
@@ -439,7 +443,7 @@ def search_precision(model: str | os.PathLike | onnx.ModelProto, table: Calibrat
                 for lower in [floor, *(r for r in below if _RANK[r] > _RANK[floor])]:
                     if len(moves) == 1 and lower is floor:  # every group on its floor was measured first
                         misses.setdefault(grp.name, []).append(f"on {floor.value} the target missed "
-                                                               f"({_metrics_text(first[1])})")
+                                                               f"({first_missed})")
                         continue
                     trial_moves = {other: p for other, p in moves.items() if other != grp}
                     if lower is not floor:
@@ -450,7 +454,7 @@ def search_precision(model: str | os.PathLike | onnx.ModelProto, table: Calibrat
                         found, moves = trial, trial_moves
                         break
                     misses.setdefault(grp.name, []).append(f"on {lower.value} the target missed "
-                                                           f"({_metrics_text(trial[1])})")
+                                                           f"({explain(trial[1])})")
         return result(moves, True, *found)
 
 

@@ -292,3 +292,18 @@ def test_evaluator_gives_up_only_when_the_rest_cannot_save_the_model(setup):
     expected = report_metrics(compare_outputs({k: v[:16] for k, v in evaluator.reference.items()},
                                               {k: v[:16] for k, v in out.items()}))
     assert first == expected
+
+
+def test_a_missed_target_is_explained_with_what_was_compared():
+    from trtq.deploy.evaluate import Target, wilson_lower_bound
+
+    t = Target.parse("top1>=0.97")
+    # 0.9766 is above 0.97, but the share's lower bound on 256 samples is what the search compares.
+    bound = wilson_lower_bound(0.9766, 256, 1.0)
+    assert t.shortfall({"top1": 0.9766}, 256) == f"top1 0.9766, lower bound {bound:.4g} < 0.97 on 256 samples"
+    assert not t.met_with_margin({"top1": 0.9766}, 256)
+    assert t.shortfall({"top1": 0.9766}, 256, z=0) == "top1 0.9766 >= 0.97"
+    assert Target.parse("cosine>=0.99").shortfall({"cosine": 0.985}, 256) == "cosine 0.985 < 0.99"
+    # An evaluation stopped early says on how many samples, and why it stopped.
+    assert t.shortfall({"top1": 0.875}, 32, of=256) == ("top1 0.875 on the first 32 of 256 samples, which no result "
+                                                       "on the rest could lift to top1>=0.97")

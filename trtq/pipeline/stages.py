@@ -259,7 +259,9 @@ def quantize_fp32(job: QuantizeJob, source: SourceModel, fp32: Fp32Model, table:
 
     rungs = FP8_RUNGS if job.gpu is not None and gpu_has_fp8(job.gpu) else RUNGS
     search = search_precision(fp32.model, table, evaluate, met, ranking=rank, base=job.plan, target=str(job.target),
-                              progress=job.progress, rungs=rungs, **weights)
+                              progress=job.progress, rungs=rungs, **weights,
+                              explain=lambda m: job.target.shortfall(m, evaluator.last_samples, job.target_margin,
+                                                                     of=evaluator.samples))
     quantized, shifts = search.mixed.model, None
     if job.bias_correction:
         # Corrected for the model the search chose (biases corrected for all-int8 and reused by
