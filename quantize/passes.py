@@ -240,8 +240,8 @@ def _cast_to(node: ir.Node | None, dtype: ir.DataType) -> bool:
 
 
 def upcast_float16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """``model`` computed in float32 (:class:`UpcastFloat16Pass`) and how many tensors were
-    float16; ``model`` itself when nothing in it is float16 (0)."""
+    """``model`` computed in float32 (:class:`UpcastFloat16Pass`) and how many values,
+    tensors and attributes it changed; ``model`` itself when nothing in it is float16 (0)."""
     if not _has_float16(model):
         return model, 0
     upcast = UpcastFloat16Pass()

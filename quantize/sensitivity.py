@@ -50,7 +50,7 @@ from trtq.calibration.table import CalibrationTable
 from trtq.quantize.fold import fold_batchnorm
 from trtq.quantize.graph import GraphIndex
 from trtq.quantize.mixed import MixedModel, apply_plan, node_macs
-from trtq.quantize.precision import Precision, PrecisionPlan, PrecisionRule
+from trtq.quantize.precision import Precision, PrecisionPlan, PrecisionRule, int4_weight_node
 from trtq.quantize.qdq import DEFAULT_INT4_BLOCK
 from trtq.quantize.rules import QDQ_RULES
 from trtq.core.errors import QuantizationError, require
@@ -180,7 +180,8 @@ def _plan(default: Precision, groups: Sequence[LayerGroup], precision: Precision
     return PrecisionPlan(default, _rules(dict.fromkeys(groups, precision)))
 
 
-def _metrics_text(metrics: Metrics) -> str:
+def metrics_text(metrics: Metrics) -> str:
+    """``cosine 0.9982, top1 0.9479`` (measured metrics only)."""
     return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if v is not None)
 
 
@@ -252,7 +253,10 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, table: CalibrationTable,
     build = _builder(proto, table, weights, int4_weights, int4_block)
     floors = group_floors(proto, base, table, groups)
     groups = [grp for grp in (groups if groups is not None else layer_groups(proto)) if grp.name in floors]
-    int4_able = group_floors(proto, PrecisionPlan(Precision.INT4W), table, groups) if Precision.INT4W in rungs else {}
+    int4_able = set()
+    if Precision.INT4W in rungs:  # a group's main node is a Gemm/MatMul, which BatchNorm folding leaves as it is
+        g, nodes = GraphIndex(proto.graph), {n.name: n for n in proto.graph.node}
+        int4_able = {grp.name for grp in groups if grp.name in nodes and int4_weight_node(nodes[grp.name], g)}
     if not groups:
         raise QuantizationError("the model has no layers trtq quantizes (Conv, Gemm, MatMul...)"
                                 + ("" if base == PrecisionPlan(Precision.INT8) else " in int4w, int8 or fp8 under this plan"))
@@ -345,7 +349,7 @@ def search_precision(model: str | os.PathLike | onnx.ModelProto, table: Calibrat
     reasons each moved group gets (default: the metrics); called right after the evaluation.
     """
     rungs = tuple(rungs)
-    explain = explain or _metrics_text
+    explain = explain or metrics_text
     if not rungs or any(r not in LADDER for r in rungs) or len(set(rungs)) != len(rungs):
         raise QuantizationError(f"rungs must be distinct precisions of {[r.value for r in LADDER]}, got "
                                 f"{[getattr(r, 'value', r) for r in rungs]}")
@@ -459,4 +463,4 @@ def search_precision(model: str | os.PathLike | onnx.ModelProto, table: Calibrat
 
 
 __all__ = ["FLOORS", "FP8_RUNGS", "LADDER", "RUNGS", "GroupSensitivity", "LayerGroup", "PrecisionSearchResult", "SearchStep",
-           "SensitivityReport", "analyze", "group_floors", "layer_groups", "search_precision"]
+           "SensitivityReport", "analyze", "group_floors", "layer_groups", "metrics_text", "search_precision"]

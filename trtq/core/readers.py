@@ -470,9 +470,9 @@ def iter_batches(data: Any, specs: list[InputSpec], batch_size: int = 32,
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
     static = static_batch_size(specs)
     batch_size = static or batch_size
+    fixed = f"the model runs batches of exactly {static} samples (its inputs fix the batch dimension)"
     if static and samples is not None and samples % static:
-        _say_once(f"the model runs batches of exactly {static} samples (its inputs fix the batch dimension): "
-                  f"{max(samples - samples % static, static)} samples are used where {samples} were asked")
+        _say_once(f"{fixed}: {max(samples - samples % static, static)} samples are used where {samples} were asked")
         samples = max(samples - samples % static, static)
     seen = 0
     for raw in raw_batches(data, specs, batch_size):
@@ -480,10 +480,8 @@ def iter_batches(data: Any, specs: list[InputSpec], batch_size: int = 32,
         rows = {len(v) for v in raw.values() if getattr(v, "ndim", 0)} if isinstance(raw, Mapping) else set()
         if static and rows and max(rows) < static:
             if seen == 0:
-                raise DataError(f"the model runs batches of exactly {static} samples (its inputs fix the batch "
-                                f"dimension) but the data has only {max(rows)}")
-            _say_once(f"the model runs batches of exactly {static} samples (its inputs fix the batch dimension): "
-                      f"the data's last {max(rows)} sample(s), which do not fill a batch, are left out")
+                raise DataError(f"{fixed} but the data has only {max(rows)}")
+            _say_once(f"{fixed}: the data's last {max(rows)} sample(s), which do not fill a batch, are left out")
             break
         feed = validate_feed(raw, specs, seen)
         n = next(iter(feed.values())).shape[0] if feed else 0

@@ -125,7 +125,7 @@ def _resolve(job: QuantizeJob) -> SourceModel:
         check_runnable(proto, str(job.onnx))  # before any stage trips over it
         # A float16 file (common for TensorRT) is quantized as the same function in float32.
         proto, upcast = upcast_float16(proto)
-        notes = (f"float16 model: computed in float32 for quantization ({upcast} float16 tensors upcast, exactly); "
+        notes = (f"float16 model: computed in float32 for quantization ({upcast} float16 values and attributes upcast, exactly); "
                  "its float16 inputs and outputs are kept, behind Casts",) if upcast else ()
         return SourceModel("onnx", str(job.onnx), proto, None, calib, evald, job.tasks, notes=notes)
     name = job.model or DEFAULT_MODEL

@@ -33,7 +33,7 @@ from trtq.quantize.precision import Precision, PrecisionPlan, assignments_json
 from trtq.quantize.qdq import INT4_QMAX
 from trtq.quantize.rounding import gptq_weights
 from trtq.quantize.sensitivity import (FP8_RUNGS, RUNGS, PrecisionSearchResult, SensitivityReport, analyze,
-                                       search_precision)
+                                       metrics_text, search_precision)
 from trtq.quantize.smoothquant import smooth_quant
 
 __all__ = ["Fidelity", "Fp32Model", "QuantizedModel", "WeightRounding", "calibrate_model", "measure_fidelity",
@@ -310,10 +310,10 @@ def measure_fidelity(job: QuantizeJob, source: SourceModel, fp32: Fp32Model, tab
     search = quantized.search
     if search is not None and not search.met:
         warnings.append(f"the target {search.target} is out of reach: even with every layer group out of "
-                        f"int8 the search got {_metric_text(search.metrics)}; wrote that model anyway")
+                        f"int8 the search got {metrics_text(search.metrics)}; wrote that model anyway")
     elif search is not None and source.search_data is not None and not job.target.met(report_metrics(report)):
         warnings.append(f"the target {search.target} was met on the samples the search chose on, but not on the "
-                        f"held-out check ({_metric_text(report_metrics(report))}): the plan may not generalize; "
+                        f"held-out check ({metrics_text(report_metrics(report))}): the plan may not generalize; "
                         "give more data or --eval-data")
     if search is not None and search.met and quantized.mixed.int8_mac_share < LOW_INT8_SHARE:
         warnings.append(f"the target {search.target} is met with only {quantized.mixed.int8_mac_share:.1%} of the "
@@ -324,10 +324,6 @@ def measure_fidelity(job: QuantizeJob, source: SourceModel, fp32: Fp32Model, tab
     worst = sorted((x for x in layers if x.precision == "int8"), key=lambda x: x.sqnr_db)[:WORST_LAYERS]
     worst_inputs = layer_inputs(fp32.model, [x.input for x in worst], evald, samples=LAYER_SAMPLES) if worst else {}
     return Fidelity(report, kernels, eval_source, variants, tuple(warnings), layers, worst_inputs)
-
-
-def _metric_text(metrics) -> str:
-    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if v is not None)
 
 
 def _kernel_warnings(qdq: ComparisonReport, kernels: ComparisonReport):
