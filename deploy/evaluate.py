@@ -73,18 +73,29 @@ class Target:
         value = metrics.get(self.metric)
         if value is None:
             return f"{self.metric} not measured"
-        text = f"{self.metric} {value:.4g}"
+        text = f"{self.metric} {_beside(value, self.threshold)}"
         if of is not None and samples < of:
             return text + f" on the first {samples} of {of} samples, which no result on the rest could lift to {self}"
         if z > 0 and self.metric in SHARE_METRICS and samples >= 1:
             bound = wilson_lower_bound(float(value), samples, z)
-            text += f", lower bound {bound:.4g} {'>=' if bound >= self.threshold else '<'} {self.threshold:g} on {samples} samples"
+            text += (f", lower bound {_beside(bound, self.threshold)} {'>=' if bound >= self.threshold else '<'} "
+                     f"{self.threshold:g} on {samples} samples")
         else:
             text += f" {'>=' if value >= self.threshold else '<'} {self.threshold:g}"
         return text
 
     def __str__(self) -> str:
         return f"{self.metric}>={self.threshold:g}"
+
+
+def _beside(value: float, threshold: float) -> str:
+    """``value`` with 4 significant digits, or as many more as it takes to read on the same
+    side of ``threshold`` (0.999987 against 0.99999 is not "1")."""
+    for digits in range(4, 10):
+        text = f"{value:.{digits}g}"
+        if (float(text) < threshold) == (value < threshold) and (float(text) == threshold) == (value == threshold):
+            return text
+    return repr(value)
 
 
 #: Metrics that are a share of samples (one success or failure per sample).

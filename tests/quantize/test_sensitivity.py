@@ -304,6 +304,8 @@ def test_a_missed_target_is_explained_with_what_was_compared():
     assert not t.met_with_margin({"top1": 0.9766}, 256)
     assert t.shortfall({"top1": 0.9766}, 256, z=0) == "top1 0.9766 >= 0.97"
     assert Target.parse("cosine>=0.99").shortfall({"cosine": 0.985}, 256) == "cosine 0.985 < 0.99"
+    # Never a value that reads as met: 0.999987 is not "1" against 0.99999.
+    assert Target.parse("cosine>=0.99999").shortfall({"cosine": 0.999987}, 256) == "cosine 0.999987 < 0.99999"
     # An evaluation stopped early says on how many samples, and why it stopped.
     assert t.shortfall({"top1": 0.875}, 32, of=256) == ("top1 0.875 on the first 32 of 256 samples, which no result "
                                                        "on the rest could lift to top1>=0.97")

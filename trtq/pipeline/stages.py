@@ -53,8 +53,8 @@ INT4_GPTQ_SAMPLES = 256
 #: Samples and layers the report's per-layer error and range plots use.
 LAYER_SAMPLES = 8
 WORST_LAYERS = 4
-#: A target met with less of the MACs in int8 than this is reported as such.
-LOW_INT8_SHARE = 0.5
+#: A target met with less of the MACs quantized (int8, fp8, INT4 weights) than this is reported as such.
+LOW_QUANTIZED_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -315,9 +315,10 @@ def measure_fidelity(job: QuantizeJob, source: SourceModel, fp32: Fp32Model, tab
         warnings.append(f"the target {search.target} was met on the samples the search chose on, but not on the "
                         f"held-out check ({metrics_text(report_metrics(report))}): the plan may not generalize; "
                         "give more data or --eval-data")
-    if search is not None and search.met and quantized.mixed.int8_mac_share < LOW_INT8_SHARE:
-        warnings.append(f"the target {search.target} is met with only {quantized.mixed.int8_mac_share:.1%} of the "
-                        "MACs in int8: most of the model runs in fp16/fp32, so expect little int8 speed-up")
+    quantized_share = sum(quantized.mixed.mac_share(p) for p in (Precision.INT8, Precision.FP8, Precision.INT4W))
+    if search is not None and search.met and quantized_share < LOW_QUANTIZED_SHARE:
+        warnings.append(f"the target {search.target} is met with only {quantized_share:.1%} of the MACs in int8, fp8 "
+                        "or INT4 weights: most of the model runs in fp16/fp32, so expect little speed-up or saving")
     # Where the error comes from: each compute layer against the same layer of the fp32 model
     # it was quantized from, on a few samples; and the inputs of the worst int8 layers.
     layers = tuple(layer_errors(fp32.model, quantized.model, evald, samples=LAYER_SAMPLES))
