@@ -180,6 +180,7 @@ class _Layer:
     rows: int = 0
     geometry: tuple | None = None  # convs: kernel, strides, pads, dilations
     pending: list = field(default_factory=list)  # MatMul/Gemm: input rows not yet in h
+    hopeless: bool = False  # the samples cannot give it MIN_ROWS rows per column: H is not gathered
 
 
 def _conv_geometry(node: onnx.NodeProto, w: np.ndarray):
@@ -286,6 +287,13 @@ def _accumulate(layer: _Layer, x: np.ndarray | None, idx: np.ndarray | None) -> 
     layer.rows += rows
 
 
+def _hopeless(layer: _Layer, x: np.ndarray, idx: np.ndarray | None, count: int, samples: int) -> bool:
+    """Whether ``samples`` samples like this batch of ``count`` give the layer fewer than
+    ``MIN_ROWS`` input rows per column (``_round_layer`` would keep nearest rounding)."""
+    rows = x.size // max(x.shape[-1], 1) if layer.kind == "gemm" else len(idx) * x.shape[0]
+    return rows * samples < MIN_ROWS * layer.matrix.shape[2] * count
+
+
 def gptq_weights(model: str | os.PathLike | onnx.ModelProto, data: Any, *, samples: int = 64, batch_size: int = 8,
                  qmax: int = QMAX, progress: bool = True, seed: int = 0, block: int | None = None,
                  nodes: Iterable[str] | None = None, budget: MemoryBudget | None = None) -> RoundedWeights[RoundedLayer]:
@@ -351,12 +359,17 @@ def gptq_weights(model: str | os.PathLike | onnx.ModelProto, data: Any, *, sampl
     with progress_bar("GPTQ statistics", n, enabled=progress) as bar:
         for start, k, count, values in run_ahead(iter(runs), run):
             for i, layer in enumerate(layers):
-                if layer.node.input[0] not in values or id(layer) in shared:
+                if layer.node.input[0] not in values or id(layer) in shared or layer.hopeless:
                     continue
                 x = np.asarray(values[layer.node.input[0]])
                 idx = None if layer.kind == "gemm" else _positions(
                     x.shape, layer.geometry, np.random.default_rng((seed, i, start)),
                     DEPTHWISE_POSITIONS if layer.kind == "depthwise" else POSITIONS)
+                if start == 0 and _hopeless(layer, x, idx, count, n):
+                    # E.g. a 1152-input 1x1 conv at 7x7 (3136 rows from 64 samples, 4608
+                    # needed): its H would be gathered for nearest rounding all the same.
+                    layer.hopeless = True
+                    continue
                 _accumulate(layer, x, idx)
             if k == len(groups) - 1:
                 bar.advance(count)
