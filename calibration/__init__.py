@@ -12,7 +12,7 @@ Methods (``OBSERVERS``): minmax, percentile, entropy, mse, auto. Model loading a
 readers live in :mod:`trtq.core`.
 """
 
-from trtq.calibration.collect import calibrate, float_activations
+from trtq.calibration.collect import Tap, calibrate, float_activations
 from trtq.calibration.observers import (OBSERVERS, AutoObserver, EntropyObserver, MinMaxObserver, MSEObserver,
                                         Observer, PercentileObserver)
 from trtq.calibration.table import CalibrationTable, TensorRange
@@ -20,6 +20,6 @@ from trtq.calibration.trt_cache import from_trt_cache, load_table, load_trt_cach
 
 __all__ = [
     "OBSERVERS", "AutoObserver", "CalibrationTable", "EntropyObserver", "MSEObserver", "MinMaxObserver", "Observer",
-    "PercentileObserver", "TensorRange", "calibrate", "float_activations", "from_trt_cache", "load_table",
+    "PercentileObserver", "Tap", "TensorRange", "calibrate", "float_activations", "from_trt_cache", "load_table",
     "load_trt_cache", "save_trt_cache", "to_trt_cache",
 ]

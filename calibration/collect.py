@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import math
 import os
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import onnx
@@ -67,38 +67,58 @@ def _session(model: onnx.ModelProto, providers: Sequence[str] | None):
     return ort_session(model, opts, providers, "the model (for calibration)")
 
 
+@runtime_checkable
+class Tap(Protocol):
+    """Another pass's statistics gathered in the calibration run (one model run for both):
+    ``update(first, count, values)`` gets ``values[t]`` for each of its ``tensors``, whole, on
+    ``count`` samples starting at stream position ``first``; at most one run's worth is held.
+    E.g. :class:`trtq.quantize.smoothquant.SmoothQuantStatistics`."""
+
+    tensors: tuple[str, ...]
+
+    def update(self, first: int, count: int, values: dict[str, np.ndarray]) -> None: ...
+
+
 class _Runner:
     """Runs one batch through the calibration graph; re-runs it exactly when a sum is not finite."""
 
     def __init__(self, proto: onnx.ModelProto, probes: list[Probe], session, providers,
-                 budget: MemoryBudget, index: np.ndarray | None = None) -> None:
+                 budget: MemoryBudget, index: np.ndarray | None = None, tapped: Sequence[str] = ()) -> None:
         self.proto, self.probes, self.session, self.providers = proto, probes, session, providers
         self.index = index  # the data's sample index of each stream position (None: the same)
-        self.budget, self.sizer = budget, RunSizer(proto)
+        self.tapped = list(tapped)  # tensors the taps read whole
+        self.budget, self.sizer = budget, RunSizer(proto, self.tapped)
         self.outputs = [o.name for o in session.get_outputs()]
         self._exact = None
 
-    def __call__(self, first: int, feed: dict) -> list[tuple[np.ndarray | None, float, float]]:
-        """Each probe's (values, min, max) on this batch; run in slices of as many samples as
-        the memory budget allows, the slices' statistics joined as one batch's."""
+    def __call__(self, first: int, feed: dict) -> tuple[list[tuple[np.ndarray | None, float, float]], list]:
+        """Each probe's (values, min, max) on this batch, and the tapped tensors of each run as
+        ``(first, count, {tensor: values})``; run in slices of as many samples as the memory
+        budget allows, the slices' statistics joined as one batch's."""
         n = len(next(iter(feed.values()))) if feed else 0
         rows = self.sizer.rows(feed, self.budget)
         if rows >= n:
-            return self._run(first, {k: np.asarray(v) for k, v in feed.items()})
-        parts = [self._run(first + i * rows, chunk) for i, chunk in enumerate(chunks(feed, rows))]
+            stats, tapped = self._run(first, {k: np.asarray(v) for k, v in feed.items()})
+            return stats, [(first, n, tapped)]
+        parts, taps = [], []
+        for i, chunk in enumerate(chunks(feed, rows)):
+            stats, tapped = self._run(first + i * rows, chunk)
+            parts.append(stats)
+            taps.append((first + i * rows, len(next(iter(chunk.values()))), tapped))
         joined = []
         for stats in zip(*parts):
             values = [v for v, _, _ in stats if v is not None]
             joined.append((np.concatenate(values) if values else None, min(lo for _, lo, _ in stats),
                            max(hi for _, _, hi in stats)))
-        return joined
+        return joined, taps
 
-    def _run(self, first: int, feed: dict) -> list[tuple[np.ndarray | None, float, float]]:
+    def _run(self, first: int, feed: dict) -> tuple[list[tuple[np.ndarray | None, float, float]], dict]:
         try:
             values = dict(zip(self.outputs, self.session.run(self.outputs, feed)))
         except Exception as exc:  # ORT raises its own exception types
             at = first if self.index is None else int(self.index[first])
             raise CalibrationError(f"running calibration batch at sample {at} failed: {exc}") from exc
+        tapped = {t: values[t] for t in self.tapped}
         stats = []
         suspicious = []
         for p in self.probes:
@@ -114,7 +134,7 @@ class _Runner:
                     check_finite(p.tensor, full[p.tensor], first, self.index)  # raises with the exact sample
                     arr = full[p.tensor]
                     stats[i] = (arr if p.values else None, float(arr.min()), float(arr.max()))
-        return stats
+        return stats, tapped
 
     def _run_exact(self, tensors: list[str], feed: dict) -> dict[str, np.ndarray]:
         key = tuple(tensors)  # usually the same few tensors batch after batch
@@ -127,7 +147,7 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: Any, method: str
               batch_size: int = 8, samples: int | None = None,
               providers: Sequence[str] | None = None, tensors: Iterable[str] | None = None,
               max_elements: int | None = DEFAULT_MAX_ELEMENTS, progress: bool = True,
-              budget: MemoryBudget | None = None) -> CalibrationTable:
+              budget: MemoryBudget | None = None, taps: Sequence[Tap] = ()) -> CalibrationTable:
     """Run ``data`` through ``model`` and return the range of every float activation.
 
     ``data`` is any form accepted by :func:`calibration.readers.iter_batches`. ``tensors``
@@ -141,7 +161,8 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: Any, method: str
     within ``budget`` (default: :func:`trtq.core.budget.current_budget`): a batch it would
     not fit runs in slices. Token data of a model with an ``attention_mask`` input and an open
     sequence axis runs longest first, each batch cut after its longest sample
-    (:class:`trtq.core.readers.Padding`).
+    (:class:`trtq.core.readers.Padding`). ``taps``: other passes' statistics gathered from
+    the same runs (see :class:`Tap`); their tensors count against the budget too.
     """
     batch_size = count_arg(batch_size, "batch_size")
     samples = count_arg(samples, "samples", optional=True)
@@ -160,24 +181,33 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: Any, method: str
     needs_values = any(getattr(o, "needs_values", True) for o in observers.values())
     graph, probes = augment(proto, names, values=needs_values, batch_size=batch_size,
                             max_elements=max_elements)
+    tapped = list(dict.fromkeys(t for tap in taps for t in tap.tensors))
+    untapped = sorted(set(tapped) - set(available))
+    if untapped:
+        raise CalibrationError(f"tensors {untapped[:5]} are not float activations of the model")
+    exposed = {o.name for o in graph.graph.output}
+    graph.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tapped if t not in exposed)
     # A transformer's padded token data runs longest first, each batch cut after its longest
     # sample (trtq.core.readers.Padding): most padded positions are never run.
     ordered = length_batches(data, specs, batch_size, samples)
     stream, index = ordered if ordered is not None else (lazy_batches(data, specs, batch_size, samples), None)
-    run = _Runner(proto, probes, _session(graph, providers), providers, budget or current_budget(), index)
+    run = _Runner(proto, probes, _session(graph, providers), providers, budget or current_budget(), index, tapped)
     seen = 0
     with progress_bar(f"calibrating ({method})", count_samples(data, samples), enabled=progress) as bar:
         # Three stages in three threads: reading/decoding the next batch, running the model
         # on the current one, and the observers on the previous one. Array data is read
         # slice by slice as the model runs it.
         batches = run_ahead(stream, lambda b: b)
-        for first, n, stats in run_ahead(batches, lambda b: (b[0], len(next(iter(b[1].values()))), run(*b))):
+        for first, n, (stats, runs) in run_ahead(batches, lambda b: (b[0], len(next(iter(b[1].values()))), run(*b))):
             for p, (values, lo, hi) in zip(probes, stats):
                 obs = observers[p.tensor]
                 if values is None:  # min/max observers need only the extremes
                     values = np.array([lo, hi], np.float32)
                 obs.update(values, first_sample=first, extremes=(lo, hi))
-            del stats
+            for at, count, tapped in runs:
+                for tap in taps:
+                    tap.update(at, count, {t: tapped[t] for t in tap.tensors})
+            del stats, runs
             seen += n
             bar.advance(n)
     ranges = {n: dataclasses.replace(o.compute(), samples=seen) for n, o in observers.items()}

@@ -34,16 +34,19 @@ The factors are normalized so that ``X / s`` never exceeds ``X``'s own largest m
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
 from onnx import helper
 
+from trtq.calibration.observers import make_observer
+from trtq.calibration.table import TensorRange
 from trtq.core.onnx_model import input_specs, load_model
 from trtq.core.progress import progress_bar
 from trtq.core.budget import current_budget, run_sliced
@@ -80,10 +83,20 @@ class SmoothedGroup:
     sqnr_before_db: float  # local int8 SQNR of the group's output without smoothing
     sqnr_after_db: float  # ... with the chosen alpha (= before when left alone)
     kind: str = "int8"  # "int8" (SmoothQuant) or "int4w" (weight-only, activation-aware factors)
+    smoothed: str | None = None  # the tensor ``X / s`` the group now reads (None: left alone)
 
     def to_json(self) -> dict:
         return {"tensor": self.tensor, "nodes": list(self.nodes), "alpha": self.alpha, "kind": self.kind,
                 "sqnr_before_db": round(self.sqnr_before_db, 2), "sqnr_after_db": round(self.sqnr_after_db, 2)}
+
+
+def smoothquant_tensors(model: onnx.ModelProto, nodes: Iterable[str] | None = None) -> list[str]:
+    """The tensors :func:`smooth_quant` gathers statistics of (its groups' inputs)."""
+    groups = linear_groups(model)
+    if nodes is None:
+        return list(groups)
+    wanted = set(nodes)
+    return [t for t, members in groups.items() if any(n.name in wanted for n in members)]
 
 
 def _linear_weight(node: onnx.NodeProto, g: GraphIndex) -> np.ndarray | None:
@@ -213,6 +226,75 @@ class _Stats:
     rows_odd: np.ndarray
     ch_mean: np.ndarray  # mean |X_j| over all samples
     ch_mean_even: np.ndarray  # ... over the even-numbered ones
+    ch_lo: np.ndarray  # min X_j over all samples (signed): the range of X / s follows from these
+    ch_hi: np.ndarray  # max X_j
+
+
+class SmoothQuantStatistics:
+    """What SmoothQuant needs of its groups' input tensors, accumulated batch by batch:
+    ``update(first, count, values)`` with ``values[tensor]`` the tensor on ``count`` samples
+    that start at position ``first`` of the stream (samples split into even and odd by
+    position); :meth:`result` at the end. Fed by SmoothQuant's own pass, or by the
+    calibration pass as a tap (``calibrate(..., taps=[...])``): one model run for both."""
+
+    def __init__(self, tensors: Sequence[str], samples: int, batch_size: int, rows: int = SCORED_ROWS) -> None:
+        self.tensors = tuple(tensors)
+        self.rows = rows
+        self.per_batch = -(-rows // max(-(-samples // max(batch_size, 1)), 1))  # sampled rows per batch
+        self._rng = np.random.default_rng(0)
+        self._max: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
+        self._even: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
+        self._sampled: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
+        self._sums: dict[str, list] = {t: [0.0, 0, 0.0, 0] for t in tensors}  # |x| sum and rows: all, even
+        self._lo: dict[str, np.ndarray] = {}
+        self._hi: dict[str, np.ndarray] = {}
+
+    def update(self, first: int, count: int, values: Mapping[str, np.ndarray]) -> None:
+        for t in self.tensors:
+            v = np.asarray(values[t], np.float32)
+            width = v.shape[-1]
+            per_sample = v.ndim >= 2 and v.shape[0] == count  # rows of sample k: v[k]
+            if not per_sample:  # no sample axis to split on: alternate rows
+                v = v.reshape(-1, width)
+            start = first % 2 if per_sample else 0  # where the even-numbered samples start
+            flat = v.reshape(-1, width)
+            lo, hi = flat.min(axis=0), flat.max(axis=0)
+            self._lo[t] = lo if t not in self._lo else np.minimum(self._lo[t], lo)
+            self._hi[t] = hi if t not in self._hi else np.maximum(self._hi[t], hi)
+            # |x| once; each half (views) reduced once, the whole from the halves.
+            magnitude = np.abs(v)
+            even_abs, odd_abs = (magnitude[k::2].reshape(-1, width) for k in (start, 1 - start))
+            sums = self._sums[t]
+            for half, keep in ((even_abs, True), (odd_abs, False)):
+                if not len(half):
+                    continue
+                top, total = half.max(axis=0), half.sum(axis=0, dtype=np.float64)
+                self._max[t].append(top)
+                sums[0] = sums[0] + total
+                sums[1] += len(half)
+                if keep:
+                    self._even[t].append(top)
+                    sums[2] = sums[2] + total
+                    sums[3] += len(half)
+            odd = v[1 - start::2].reshape(-1, width)
+            if len(odd):
+                pick = self._rng.choice(len(odd), size=min(self.per_batch, len(odd)), replace=False)
+                self._sampled[t].append(odd[np.sort(pick)])
+
+    def result(self) -> dict[str, _Stats]:
+        def mean(total, count):
+            return np.asarray(total, np.float64) / max(count, 1)
+
+        out = {}
+        for t in self.tensors:
+            sums, top = self._sums[t], self._max[t]
+            rows = np.concatenate(self._sampled[t] or [np.zeros((0, top[0].size), np.float32)])
+            if len(rows) > self.rows:  # runs smaller than the batch sampled more: an even subsample of them all
+                rows = rows[np.sort(self._rng.choice(len(rows), self.rows, replace=False))]
+            out[t] = _Stats(np.max(top, axis=0), np.max(self._even[t] or top, axis=0), rows,
+                            mean(*sums[:2]), mean(*sums[2:]) if sums[3] else mean(*sums[:2]),
+                            self._lo[t], self._hi[t])
+        return out
 
 
 def _statistics(model: onnx.ModelProto, tensors: list[str], feed: dict[str, np.ndarray], batch_size: int,
@@ -220,60 +302,46 @@ def _statistics(model: onnx.ModelProto, tensors: list[str], feed: dict[str, np.n
     session = float_session(model, tensors)
     n = len(next(iter(feed.values())))
     per_run = current_budget().rows_for(model, feed, tensors)  # samples per run, within the budget
-    starts = range(0, n, batch_size)
-    per_batch = -(-rows // len(starts))
-    rng = np.random.default_rng(0)
-    ch_max: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
-    ch_even: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
-    sampled: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
-    sums: dict[str, list] = {t: [0.0, 0, 0.0, 0] for t in tensors}  # |x| sum and rows: all, even
+    stats = SmoothQuantStatistics(tensors, n, batch_size, rows)
     with progress_bar("SmoothQuant statistics", n, enabled=progress) as bar:
-        for i in starts:
+        for i in range(0, n, batch_size):
             count = min(batch_size, n - i)
             batch = {k: v[i:i + batch_size] for k, v in feed.items()}
             if padding is not None:
                 batch = padding.trim(batch)
             values = run_sliced(lambda f: session.run(tensors, f), batch, per_run)
-            for t, v in zip(tensors, values):
-                v = np.asarray(v, np.float32)
-                width = v.shape[-1]
-                per_sample = v.ndim >= 2 and v.shape[0] == count  # rows of sample k: v[k]
-                if not per_sample:  # no sample axis to split on: alternate rows
-                    v = v.reshape(-1, width)
-                first = i % 2 if per_sample else 0  # where the even-numbered samples start
-                # |x| once; each half (views) reduced once, the whole from the halves.
-                magnitude = np.abs(v)
-                even_abs, odd_abs = (magnitude[k::2].reshape(-1, width) for k in (first, 1 - first))
-                odd = v[1 - first::2]
-                for half, keep in ((even_abs, True), (odd_abs, False)):
-                    if not len(half):
-                        continue
-                    top, total = half.max(axis=0), half.sum(axis=0, dtype=np.float64)
-                    ch_max[t].append(top)
-                    sums[t][0] = sums[t][0] + total
-                    sums[t][1] += len(half)
-                    if keep:
-                        ch_even[t].append(top)
-                        sums[t][2] = sums[t][2] + total
-                        sums[t][3] += len(half)
-                odd = odd.reshape(-1, width)
-                if len(odd):
-                    pick = rng.choice(len(odd), size=min(per_batch, len(odd)), replace=False)
-                    sampled[t].append(odd[np.sort(pick)])
+            stats.update(i, count, dict(zip(tensors, values)))
             bar.advance(count)
-    def mean(total, count):
-        return np.asarray(total, np.float64) / max(count, 1)
+    return stats.result()
 
-    return {t: _Stats(np.max(ch_max[t], axis=0), np.max(ch_even[t] or ch_max[t], axis=0),
-                      np.concatenate(sampled[t] or [np.zeros((0, ch_max[t][0].size), np.float32)])[:rows],
-                      mean(*sums[t][:2]), mean(*sums[t][2:]) if sums[t][3] else mean(*sums[t][:2]))
-            for t in tensors}
+
+def smoothed_ranges(model: onnx.ModelProto, records: Sequence[SmoothedGroup], statistics: Mapping[str, _Stats],
+                    method: str, samples: int) -> dict[str, TensorRange]:
+    """The ranges of the tensors SmoothQuant added (``X / s``, the ``Mul`` outputs), from the
+    channel extremes of ``X``: ``min_j min(X_j) / s_j`` and ``max_j max(X_j) / s_j`` (``s > 0``)
+    are exactly the minimum and maximum of ``X / s``, so a calibration of the original model
+    plus these is a calibration of the smoothed one (float rounding aside, 1e-6 relative).
+    ``model``: the smoothed model; ``method``: the calibration method named in the ranges."""
+    g = GraphIndex(model.graph)
+    out = {}
+    for record in records:
+        if record.smoothed is None or record.tensor not in statistics:
+            continue
+        mul = g.producer[record.smoothed]
+        inv = g.constant(mul.input[1]).astype(np.float32)
+        st = statistics[record.tensor]
+        lo, hi = float((st.ch_lo * inv).min()), float((st.ch_hi * inv).max())
+        observer = make_observer(method, record.smoothed)  # as calibrate() feeds a min/max observer
+        observer.update(np.array([lo, hi], np.float32), first_sample=0, extremes=(lo, hi))
+        out[record.smoothed] = dataclasses.replace(observer.compute(), samples=samples)
+    return out
 
 
 def smooth_quant(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
                  alphas: Sequence[float] = DEFAULT_ALPHAS, samples: int = 64, rows: int = SCORED_ROWS,
                  batch_size: int = 16, progress: bool = True, weight_only: int | None = None,
-                 nodes: Iterable[str] | None = None) -> Transformed[SmoothedGroup]:
+                 nodes: Iterable[str] | None = None,
+                 statistics: Mapping[str, _Stats] | None = None) -> Transformed[SmoothedGroup]:
     """An fp32 copy of ``model`` with SmoothQuant applied where it lowers the int8 error.
 
     ``data``: calibration inputs (any form the readers take); ``samples`` of them give the
@@ -281,7 +349,9 @@ def smooth_quant(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
     ``weight_only``: the INT4 block size; the factors are then chosen for block-wise INT4
     weights with float activations (see the module docstring; ``alphas`` defaults to
     :data:`WEIGHT_ONLY_ALPHAS`). ``nodes``: only these linear layers (e.g. the plan's int4w
-    ones); a group is the listed layers reading one tensor.
+    ones); a group is the listed layers reading one tensor. ``statistics``: the groups' input
+    statistics already gathered (:class:`SmoothQuantStatistics` as a calibration tap, over
+    :func:`smoothquant_tensors`); ``data`` is then not read.
     Returns the model and one :class:`SmoothedGroup` per linear-layer group (including the
     ones left alone). Models without linear layers come back unchanged.
     """
@@ -295,13 +365,19 @@ def smooth_quant(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
         alphas = WEIGHT_ONLY_ALPHAS
     if not groups:
         return Transformed(out)
-    batch_size = fit_batch_size(input_specs(src), batch_size)  # a fixed batch dim wins
-    feed = collect_arrays(data, input_specs(src), batch_size, samples)
-    if not feed:
-        raise QuantizationError("SmoothQuant needs calibration data; none was given")
     tensors = list(groups)
-    feed, padding, _ = by_length(feed, input_specs(src))  # padded token positions are cut batch by batch
-    stats = _statistics(src, tensors, feed, batch_size, rows, progress, padding)
+    if statistics is not None:
+        stats = statistics
+        missing = [t for t in tensors if t not in stats]
+        if missing:
+            raise QuantizationError(f"SmoothQuant statistics lack the group input(s) {missing[:3]}")
+    else:
+        batch_size = fit_batch_size(input_specs(src), batch_size)  # a fixed batch dim wins
+        feed = collect_arrays(data, input_specs(src), batch_size, samples)
+        if not feed:
+            raise QuantizationError("SmoothQuant needs calibration data; none was given")
+        feed, padding, _ = by_length(feed, input_specs(src))  # padded token positions are cut batch by batch
+        stats = _statistics(src, tensors, feed, batch_size, rows, progress, padding)
     g = GraphIndex(out.graph)
     index = {id(n): i for i, n in enumerate(out.graph.node)}
     inserts: dict[int, list[onnx.NodeProto]] = {}
@@ -325,8 +401,8 @@ def smooth_quant(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
         else:
             alpha, before, after = None, float("nan"), float("nan")
         kind = "int8" if weight_only is None else "int4w"
-        report.append(SmoothedGroup(tensor, tuple(n.name for n in nodes), alpha, before, after, kind))
         if alpha is None:
+            report.append(SmoothedGroup(tensor, tuple(n.name for n in nodes), alpha, before, after, kind))
             continue
         if weight_only is None:
             s = smooth_factors(st.ch_max, np.abs(w).max(axis=1).astype(np.float64), alpha)
@@ -334,6 +410,7 @@ def smooth_quant(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
             s = weight_only_factors(st.ch_mean, st.ch_max, alpha)
         inv = g.add_initializer(f"{tensor}_smooth_scale", (1.0 / s).astype(np.float32))
         smoothed = g.unique(f"{tensor}_smoothed")
+        report.append(SmoothedGroup(tensor, tuple(n.name for n in nodes), alpha, before, after, kind, smoothed))
         first = min(index[id(n)] for n in nodes)
         inserts.setdefault(first, []).append(
             helper.make_node("Mul", [tensor, inv], [smoothed], name=g.unique(f"{tensor}_SmoothQuant")))
@@ -351,5 +428,6 @@ def smooth_quant(model: str | os.PathLike | onnx.ModelProto, data: Any, *,
     return Transformed(out, tuple(report))
 
 
-__all__ = ["DEFAULT_ALPHAS", "WEIGHT_ONLY_ALPHAS", "SmoothedGroup", "choose_alpha", "choose_weight_only_alpha",
-           "linear_groups", "smooth_factors", "smooth_quant", "weight_only_factors"]
+__all__ = ["DEFAULT_ALPHAS", "WEIGHT_ONLY_ALPHAS", "SmoothQuantStatistics", "SmoothedGroup", "choose_alpha",
+           "choose_weight_only_alpha", "linear_groups", "smooth_factors", "smooth_quant", "smoothed_ranges",
+           "smoothquant_tensors", "weight_only_factors"]

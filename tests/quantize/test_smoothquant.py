@@ -201,3 +201,52 @@ def test_the_job_scales_int4w_layers_for_int4_and_the_rest_for_int8(tmp_path):
     kinds = {r["nodes"][0]: r["kind"] for r in json.loads((tmp_path / "out" / "report.json").read_text())["smoothquant"]}
     assert kinds == {"fc_a": "int4w", "fc_2": "int8"}
     onnx.checker.check_model(onnx.load(result.files["mixed"]), full_check=True)
+
+
+def test_one_calibration_pass_gives_smoothquant_its_statistics_and_the_smoothed_table():
+    """SmoothQuant's statistics gathered as a tap of the calibration run give the factors its
+    own pass gives, and the original table plus the derived ``X / s`` ranges is the table a
+    calibration of the smoothed model gives."""
+    from trtq.quantize.smoothquant import SmoothQuantStatistics, smoothed_ranges, smoothquant_tensors
+
+    model, x = make_block(), data(48)
+    own = smooth_quant(model, x, samples=48, batch_size=16, progress=False)
+    tap = SmoothQuantStatistics(smoothquant_tensors(model), 48, 16)
+    original = calibrate(model, x, "minmax", batch_size=16, progress=False, taps=[tap])
+    stats = tap.result()
+    shared = smooth_quant(model, None, statistics=stats)
+    assert [(r.tensor, r.alpha) for r in shared.records] == [(r.tensor, r.alpha) for r in own.records]
+    assert any(r.smoothed for r in shared.records)
+    derived = smoothed_ranges(shared.model, shared.records, stats, "minmax", original.samples)
+    assert set(derived) == {r.smoothed for r in shared.records if r.alpha is not None}
+    table = {**original.ranges, **derived}
+    direct = calibrate(shared.model, x, "minmax", batch_size=16, progress=False)
+    assert set(direct.ranges) <= set(table)
+    for name, r in direct.ranges.items():
+        np.testing.assert_allclose([table[name].lo, table[name].hi], [r.lo, r.hi], rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+
+
+def test_the_job_calibrates_and_smooths_in_one_pass(tmp_path):
+    """The default job runs one pass for SmoothQuant and calibration (report.json's stages say
+    so), and its calibration.json is a calibration of the model.fp32.onnx it writes."""
+    import json
+
+    import trtq
+    from trtq.calibration import CalibrationTable
+
+    onnx.save(make_block(), tmp_path / "block.onnx")
+    np.save(tmp_path / "calib.npy", data(40))
+    trtq.quantize_model(tmp_path / "out", onnx=tmp_path / "block.onnx", calib_data=tmp_path / "calib.npy",
+                        progress=False)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    stages = [s["stage"] for s in report["time"]["stages"]]
+    assert "SmoothQuant + calibration" in stages and "calibration" not in stages
+    ranges = CalibrationTable.load(tmp_path / "out" / "calibration.json").ranges
+    fp32 = onnx.load(tmp_path / "out" / "model.fp32.onnx")
+    assert any(n.op_type == "Mul" and "SmoothQuant" in n.name for n in fp32.graph.node)  # smoothed
+    assert set(ranges) == set(calibration_tensors(fp32))
+    direct = calibrate(fp32, data(40), "minmax", batch_size=16, tensors=list(ranges), progress=False)
+    for name, r in direct.ranges.items():
+        np.testing.assert_allclose([ranges[name].lo, ranges[name].hi], [r.lo, r.hi], rtol=1e-5, atol=1e-6,
+                                   err_msg=name)

@@ -76,6 +76,11 @@ class StageClock:
         finally:
             self.stages.append(StageTime(name, time.perf_counter() - start, peak_rss_bytes()))
 
+    def rename_last(self, name: str) -> None:
+        """Name the last stage ``name`` (what it turned out to do)."""
+        last = self.stages[-1]
+        self.stages[-1] = StageTime(name, last.seconds, last.peak_bytes)
+
     @property
     def total_seconds(self) -> float:
         return sum(s.seconds for s in self.stages)

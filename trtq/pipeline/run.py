@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from trtq.calibration.observers import make_observer
@@ -40,7 +41,10 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
                 source = split_for_search(source, job)  # the target is checked on samples the search never saw
         with clock("SmoothQuant" + (" + CLE" if job.equalize else "")):
             fp32 = prepare_fp32(job, source)
-        with clock("calibration" + (" + clipping" if job.layer_clipping else "")):
+        if fp32.table is not None:
+            clock.rename_last("SmoothQuant + calibration")  # one pass gave both
+        with clock("calibration" + (" + clipping" if job.layer_clipping else "")) if (
+                fp32.table is None or job.layer_clipping) else contextlib.nullcontext():
             table, clipping = calibrate_model(job, source, fp32)
         with clock("GPTQ"):
             rounding = round_weights(job, source, fp32)

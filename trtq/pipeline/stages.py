@@ -14,8 +14,10 @@ from typing import Any
 
 import onnx
 
-from trtq.calibration import CalibrationTable, calibrate, load_table
+from trtq.calibration import CalibrationTable, calibrate, float_activations, load_table
 from trtq.core import model_sha256
+from trtq.core.onnx_model import input_specs
+from trtq.core.readers import count_samples, static_batch_size
 from trtq.core.errors import QuantizationError
 from trtq.deploy import ComparisonReport, OrtRunner, QdqMode, compare_outputs, run_all
 from trtq.deploy.compare import Thresholds
@@ -34,7 +36,7 @@ from trtq.quantize.qdq import INT4_QMAX
 from trtq.quantize.rounding import gptq_weights
 from trtq.quantize.sensitivity import (FP8_RUNGS, RUNGS, PrecisionSearchResult, SensitivityReport, analyze,
                                        metrics_text, search_precision)
-from trtq.quantize.smoothquant import smooth_quant
+from trtq.quantize.smoothquant import SmoothQuantStatistics, smooth_quant, smoothed_ranges, smoothquant_tensors
 
 __all__ = ["Fidelity", "Fp32Model", "QuantizedModel", "WeightRounding", "calibrate_model", "measure_fidelity",
            "prepare_fp32", "quantize_fp32", "round_weights"]
@@ -53,6 +55,9 @@ INT4_GPTQ_SAMPLES = 256
 #: Samples and layers the report's per-layer error and range plots use.
 LAYER_SAMPLES = 8
 WORST_LAYERS = 4
+#: The calibration method whose table the SmoothQuant pass can give too (a range of ``X / s``
+#: follows from ``X``'s channel extremes; a histogram's does not).
+SHARED_METHOD = "minmax"
 #: A target met with less of the MACs quantized (int8, fp8, INT4 weights) than this is reported as such.
 LOW_QUANTIZED_SHARE = 0.5
 
@@ -72,6 +77,7 @@ class Fp32Model:
     smoothed: tuple = ()  # quantize.smoothquant.SmoothedGroup per linear-layer group
     equalized: tuple | None = None  # quantize.equalize.EqualizedPair per conv pair (None: not asked for)
     warnings: tuple[str, ...] = ()  # e.g. plan patterns that match no node
+    table: CalibrationTable | None = None  # ``model``'s table, when one pass gave it with SmoothQuant's statistics
 
     def to_json(self) -> dict:
         return {"export_parity": self.parity.__dict__ if self.parity else None,
@@ -165,20 +171,56 @@ def prepare_fp32(job: QuantizeJob, source: SourceModel) -> Fp32Model:
             smoothing = smooth_quant(model, source.calib, samples=job.samples, batch_size=min(job.batch_size, 16),
                                      progress=job.progress, weight_only=job.int4_block, nodes=int4)
             model, smoothed = smoothing.model, list(smoothing.records)
+    table = None
     if job.smoothquant and job.table is None and (job.uses(Precision.INT8) or job.target is not None):
         # The same function in fp32, with activation outliers moved into the weights where
         # that lowers the int8 error; everything below starts from it. Not for a plan without
         # int8: its strengths are chosen for int8, and the outliers it moves into the weights
         # are what 4-bit weights handle worst.
-        others = None if not int4 else [n.name for n in model.graph.node if n.name not in int4]
-        smoothing = smooth_quant(model, source.calib, samples=job.samples, batch_size=min(job.batch_size, 16),
-                                 progress=job.progress, nodes=others)
+        if not int4 and not job.equalize and job.method == SHARED_METHOD and smoothquant_tensors(model):
+            smoothing, table = _smooth_and_calibrate(job, source, model)
+        else:
+            others = None if not int4 else [n.name for n in model.graph.node if n.name not in int4]
+            smoothing = smooth_quant(model, source.calib, samples=job.samples, batch_size=min(job.batch_size, 16),
+                                     progress=job.progress, nodes=others)
         model, smoothed = smoothing.model, [*smoothed, *smoothing.records]
     if job.equalize:
         equalizing = equalize(model, source.calib, samples=min(job.samples, 64), progress=job.progress)
         model, equalized = equalizing.model, equalizing.records
     return Fp32Model(reference, model, source.parity, tuple(smoothed),
-                     None if equalized is None else tuple(equalized), tuple(warnings))
+                     None if equalized is None else tuple(equalized), tuple(warnings), table)
+
+
+def _smooth_and_calibrate(job: QuantizeJob, source: SourceModel, model: onnx.ModelProto):
+    """SmoothQuant and the calibration table of the smoothed model from one pass over the
+    original ``model``: the calibration run also hands SmoothQuant its statistics (a tap).
+    Smoothing adds tensors (``X / s``) and changes no other activation, and a min/max range
+    of ``X / s`` follows exactly from ``X``'s channel extremes; so the smoothed model's table
+    is the original's plus those ranges (float rounding aside). Returns the smoothing and
+    the table."""
+    groups = smoothquant_tensors(model)
+    # SmoothQuant's batches (at most 16): padded token data is cut after each batch's
+    # longest sample, and smaller batches leave fewer padded positions in its statistics.
+    batch_size = min(job.batch_size, 16)
+    static = static_batch_size(input_specs(model))
+    statistics = SmoothQuantStatistics(groups, count_samples(source.calib, job.samples) or job.samples,
+                                       static or batch_size)
+    wanted = None if job.mixed else calibration_tensors(model, job.runtime)
+    original = calibrate(model, source.calib, job.method, batch_size=batch_size, samples=job.samples,
+                         tensors=wanted, progress=job.progress, taps=[statistics])
+    stats = statistics.result()
+    smoothing = smooth_quant(model, None, statistics=stats)
+    ranges = dict(original.ranges)
+    ranges.update(smoothed_ranges(smoothing.model, smoothing.records, stats, job.method, original.samples))
+    needed = float_activations(smoothing.model) if job.mixed else calibration_tensors(smoothing.model, job.runtime)
+    missing = [n for n in needed if n not in ranges]
+    if missing:  # not expected (smoothing adds only X / s); calibrated on the smoothed model, to be sure
+        log.info("calibrating %d tensors of the smoothed model separately", len(missing))
+        ranges.update(calibrate(smoothing.model, source.calib, job.method, batch_size=batch_size,
+                                samples=job.samples, tensors=missing, progress=job.progress).ranges)
+    table = CalibrationTable({n: ranges[n] for n in needed}, original.method, model_sha256(smoothing.model),
+                             original.samples)
+    return smoothing, table
 
 
 def calibrate_model(job: QuantizeJob, source: SourceModel, fp32: Fp32Model) -> tuple[CalibrationTable, tuple | None]:
@@ -187,6 +229,8 @@ def calibrate_model(job: QuantizeJob, source: SourceModel, fp32: Fp32Model) -> t
         # The table belongs to the model as given; folding keeps every tensor name it needs.
         given = load_table(job.table, source.model)
         table = CalibrationTable(given.ranges, given.method, model_sha256(fp32.model), given.samples)
+    elif fp32.table is not None:
+        table = fp32.table  # calibrated with SmoothQuant's statistics, in one pass
     else:
         # fp16 regions are checked against every activation's range: calibrate them all.
         tensors = None if job.mixed else calibration_tensors(fp32.model, job.runtime)
@@ -227,7 +271,8 @@ def quantize_fp32(job: QuantizeJob, source: SourceModel, fp32: Fp32Model, table:
     """Apply the job's plan, or search one that meets its target; then bias correction if asked."""
     label = "mixed" if job.mixed else "int8"
     if job.target is None:
-        mixed = apply_plan(fp32.model, table, job.plan, target=job.runtime, weights=rounding.weights,
+        # force: the table is this model's by construction (calibrate_model), no hash to check.
+        mixed = apply_plan(fp32.model, table, job.plan, force=True, target=job.runtime, weights=rounding.weights,
                            int4_weights=rounding.int4, int4_block=job.int4_block)
         quantized, shifts = mixed.model, None
         if job.bias_correction:
@@ -300,7 +345,7 @@ def measure_fidelity(job: QuantizeJob, source: SourceModel, fp32: Fp32Model, tab
     variants = {}
     if job.mixed:  # the report compares the mixed model with plain int8 and plain fp16
         for variant, precision in (("int8", Precision.INT8), ("fp16", Precision.FP16)):
-            other = apply_plan(fp32.model, table, PrecisionPlan(precision), weights=rounding.weights).model
+            other = apply_plan(fp32.model, table, PrecisionPlan(precision), force=True, weights=rounding.weights).model
             label = f"all {variant}" + (" (no bias correction)" if quantized.bias_shifts and variant == "int8" else "")
             variants[label] = versus(outputs(other, variant), variant)
         variants["mixed"] = report
