@@ -16,6 +16,7 @@ the zoo's fully convolutional text detector (``trtq.models.zoo`` segmenter) at 6
 
     python bench/job.py                                   # all, 64 calibration samples
     python bench/job.py --models segmenter640,segmenter1024 --samples 64,128 --max-memory 768MB
+    python bench/job.py --models efficientnet_lite0,minilm --samples 128 --repeat 3   # medians of 3 rounds
 """
 
 from __future__ import annotations
@@ -99,6 +100,23 @@ def _writing_seconds(log: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def _median(rows: list[dict]) -> dict:
+    out = {"rc": 0}
+    for key in ("seconds", "job", "eval", "rss_mb", "time_ratio", "rss_ratio"):
+        values = [r[key] for r in rows if r.get(key) is not None]
+        out[key] = float(np.median(values)) if values else None
+    return out
+
+
+def _row(name: str, samples: int, tool: str, r: dict) -> str:
+    ratio = (f"{r['time_ratio']:8.2f} {r['rss_ratio']:8.2f}" if r.get("time_ratio") is not None
+             else f"{'':8} {'':8}")
+    status = "" if r["rc"] == 0 else f"  (exit {r['rc']}, see {r['log']})"
+    ev = f"{r['eval']:7.1f}" if r.get("eval") is not None else f"{'-':>7}"
+    return (f"{name:20} {samples:7d} {tool:18} {r['seconds']:7.1f} {r['job']:7.1f} {ev} "
+            f"{r['rss_mb']:7.0f} {ratio}{status}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)} [all]")
@@ -107,6 +125,9 @@ def main() -> None:
     ap.add_argument("--max-memory", help="trtq's --max-memory (default: trtq's default)")
     ap.add_argument("--keep", type=Path, help="keep models, data and logs in this folder")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds, each running the three in turn; then the median of each column, the ratios "
+                         "taken within each round (on a shared 2-core machine one run moves by +-15%%) [1]")
     args = ap.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="trtq-job-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -130,24 +151,30 @@ def main() -> None:
                                         str(work / f"{tag}.ort.onnx")],
                 "trtq quantize": cmd,
             }
-            rows = {}
-            for tool, command in runs.items():
-                r = run_measured(command, work / f"{tag}.{tool.split()[0]}.log")
-                r["job"], r["eval"] = r["seconds"], None
-                report = out / "report.json"
-                if tool.startswith("trtq") and r["rc"] == 0 and report.is_file():
-                    stages = {s["stage"]: s["seconds"] for s in json.loads(report.read_text())["time"]["stages"]}
-                    r["eval"] = stages.get("fidelity evaluation", 0.0) + _writing_seconds(r["log"])
-                    r["job"] = r["seconds"] - r["eval"]
-                rows[tool] = r
-                ort = rows.get("ORT quantize_static")
-                ratio = (f"{r['job'] / ort['seconds']:8.2f} {r['rss_mb'] / ort['rss_mb']:8.2f}"
-                         if ort and ort["rc"] == 0 and tool != "ORT quantize_static" else f"{'':8} {'':8}")
-                status = "" if r["rc"] == 0 else f"  (exit {r['rc']}, see {r['log']})"
-                ev = f"{r['eval']:7.1f}" if r["eval"] is not None else f"{'-':>7}"
-                print(f"{name:20} {samples:7d} {tool:18} {r['seconds']:7.1f} {r['job']:7.1f} {ev} "
-                      f"{r['rss_mb']:7.0f} {ratio}{status}", flush=True)
-                results.append({"model": name, "samples": samples, "tool": tool, **r})
+            rounds = []
+            for round_ in range(args.repeat):
+                rows = {}
+                for tool, command in runs.items():
+                    r = run_measured(command, work / f"{tag}.{tool.split()[0]}.log")
+                    r["job"], r["eval"] = r["seconds"], None
+                    report = out / "report.json"
+                    if tool.startswith("trtq") and r["rc"] == 0 and report.is_file():
+                        stages = {s["stage"]: s["seconds"] for s in json.loads(report.read_text())["time"]["stages"]}
+                        r["eval"] = stages.get("fidelity evaluation", 0.0) + _writing_seconds(r["log"])
+                        r["job"] = r["seconds"] - r["eval"]
+                    ort = rows.get("ORT quantize_static")
+                    if ort and ort["rc"] == 0 and tool != "ORT quantize_static":
+                        r["time_ratio"], r["rss_ratio"] = r["job"] / ort["seconds"], r["rss_mb"] / ort["rss_mb"]
+                    rows[tool] = r
+                    label = tool if args.repeat == 1 else f"{tool[:14]} #{round_ + 1}"
+                    print(_row(name, samples, label, r), flush=True)
+                    results.append({"model": name, "samples": samples, "tool": tool, "round": round_ + 1, **r})
+                rounds.append(rows)
+            if args.repeat > 1:  # the median of each column over the rounds; ratios within each round
+                for tool in runs:
+                    done = [rows[tool] for rows in rounds if rows[tool]["rc"] == 0]
+                    if done:
+                        print(_row(name, samples, f"{tool[:11]} median", _median(done)), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     print(f"\nlogs and models: {work}")
