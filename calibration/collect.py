@@ -75,6 +75,9 @@ class Tap(Protocol):
     E.g. :class:`trtq.quantize.smoothquant.SmoothQuantStatistics`."""
 
     tensors: tuple[str, ...]
+    #: Stream positions from which on the tap wants nothing (its tensors are then not fetched);
+    #: None: all of them.
+    until: int | None
 
     def update(self, first: int, count: int, values: dict[str, np.ndarray]) -> None: ...
 
@@ -83,13 +86,21 @@ class _Runner:
     """Runs one batch through the calibration graph; re-runs it exactly when a sum is not finite."""
 
     def __init__(self, proto: onnx.ModelProto, probes: list[Probe], session, providers,
-                 budget: MemoryBudget, index: np.ndarray | None = None, tapped: Sequence[str] = ()) -> None:
+                 budget: MemoryBudget, index: np.ndarray | None = None, taps: Sequence[Tap] = (),
+                 tap_only: Iterable[str] = ()) -> None:
         self.proto, self.probes, self.session, self.providers = proto, probes, session, providers
         self.index = index  # the data's sample index of each stream position (None: the same)
-        self.tapped = list(tapped)  # tensors the taps read whole
-        self.budget, self.sizer = budget, RunSizer(proto, self.tapped)
-        self.outputs = [o.name for o in session.get_outputs()]
+        self.taps = list(taps)
+        tapped = list(dict.fromkeys(t for tap in self.taps for t in tap.tensors))  # tensors read whole
+        self.budget, self.sizer = budget, RunSizer(proto, tapped)
+        skipped = set(tap_only)  # outputs only the taps read: fetched while a tap wants them
+        self.outputs = [o.name for o in session.get_outputs() if o.name not in skipped]
         self._exact = None
+
+    def _tapped(self, first: int) -> list[str]:
+        """The tensors the taps still want at stream position ``first``."""
+        return list(dict.fromkeys(t for tap in self.taps if tap.until is None or first < tap.until
+                                  for t in tap.tensors))
 
     def __call__(self, first: int, feed: dict) -> tuple[list[tuple[np.ndarray | None, float, float]], list]:
         """Each probe's (values, min, max) on this batch, and the tapped tensors of each run as
@@ -113,12 +124,14 @@ class _Runner:
         return joined, taps
 
     def _run(self, first: int, feed: dict) -> tuple[list[tuple[np.ndarray | None, float, float]], dict]:
+        wanted = self._tapped(first)
+        outputs = [*self.outputs, *(t for t in wanted if t not in self.outputs)]
         try:
-            values = dict(zip(self.outputs, self.session.run(self.outputs, feed)))
+            values = dict(zip(outputs, self.session.run(outputs, feed)))
         except Exception as exc:  # ORT raises its own exception types
             at = first if self.index is None else int(self.index[first])
             raise CalibrationError(f"running calibration batch at sample {at} failed: {exc}") from exc
-        tapped = {t: values[t] for t in self.tapped}
+        tapped = {t: values[t] for t in wanted}
         stats = []
         suspicious = []
         for p in self.probes:
@@ -186,12 +199,14 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: Any, method: str
     if untapped:
         raise CalibrationError(f"tensors {untapped[:5]} are not float activations of the model")
     exposed = {o.name for o in graph.graph.output}
-    graph.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tapped if t not in exposed)
+    tap_only = [t for t in tapped if t not in exposed]
+    graph.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tap_only)
     # A transformer's padded token data runs longest first, each batch cut after its longest
     # sample (trtq.core.readers.Padding): most padded positions are never run.
     ordered = length_batches(data, specs, batch_size, samples)
     stream, index = ordered if ordered is not None else (lazy_batches(data, specs, batch_size, samples), None)
-    run = _Runner(proto, probes, _session(graph, providers), providers, budget or current_budget(), index, tapped)
+    run = _Runner(proto, probes, _session(graph, providers), providers, budget or current_budget(), index, taps,
+                  tap_only)
     seen = 0
     with progress_bar(f"calibrating ({method})", count_samples(data, samples), enabled=progress) as bar:
         # Three stages in three threads: reading/decoding the next batch, running the model
@@ -206,7 +221,8 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: Any, method: str
                 obs.update(values, first_sample=first, extremes=(lo, hi))
             for at, count, tapped in runs:
                 for tap in taps:
-                    tap.update(at, count, {t: tapped[t] for t in tap.tensors})
+                    if all(t in tapped for t in tap.tensors):
+                        tap.update(at, count, {t: tapped[t] for t in tap.tensors})
             del stats, runs
             seen += n
             bar.advance(n)

@@ -19,10 +19,11 @@ channel), Gemm and 2-D constant-weight MatMul. Others keep nearest rounding.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -34,6 +35,8 @@ from trtq.core.budget import MemoryBudget, current_budget, sample_shapes, select
 from trtq.core.readers import collect_arrays, static_batch_size
 from trtq.core.threads import run_ahead
 from trtq.quantize.graph import GraphIndex, copy_model, float_session, get_attr, remove_unused_initializers
+from trtq.quantize.hessian import (DEPTHWISE_POSITIONS, MIN_ROWS, POSITIONS, GptqStatistics, _Layer,  # noqa: F401
+                                   _patch_bytes, _patches, _positions)
 from trtq.quantize.qdq import QMAX
 from trtq.core.errors import QuantizationError
 from trtq.quantize.results import RoundedWeights
@@ -47,19 +50,6 @@ DAMP = 0.01
 #: NumPy calls over the rest of the block, the block-to-block update is one BLAS product; on
 #: all-MiniLM-L6-v2 the loop took 5.4 s at 128, 4.2 s at 32, with identical layer SQNRs.
 BLOCK = 32
-#: Spatial positions sampled per sample and conv input (im2col rows).
-POSITIONS = 256
-#: ... for depthwise convs, whose per-channel ``H`` has only ``kh * kw`` columns: 64
-#: positions of 64 samples are 4096 rows for at most 25 columns, and a quarter of the time.
-DEPTHWISE_POSITIONS = 64
-#: MatMul/Gemm input rows gathered before their ``X^T X`` is taken (at most PRODUCT_BYTES of
-#: them per layer input).
-PRODUCT_ROWS = 4096
-PRODUCT_BYTES = 12 << 20
-#: A layer needs at least this many input rows per input column (``rows >= MIN_ROWS * D``):
-#: fewer, and GPTQ fits the calibration samples rather than the layer (the classifier of
-#: EfficientNet-Lite0 sees one row per sample: 64 rows for 1280 columns).
-MIN_ROWS = 4
 #: INT4 block scales tried below ``amax / 7`` (a clipped block's largest weights saturate,
 #: the rest get finer levels): per block and output, the one with the least output error.
 CLIP_FACTORS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
@@ -171,129 +161,6 @@ def _sqnr_db(w: np.ndarray, approximations: Sequence[np.ndarray], h: np.ndarray)
 
 # --- layers ---------------------------------------------------------------------------------
 
-@dataclass
-class _Layer:
-    node: onnx.NodeProto
-    kind: str  # "dense", "depthwise", "gemm"
-    matrix: np.ndarray  # [P, O, D]
-    h: np.ndarray  # [P, D, D] accumulated
-    rows: int = 0
-    geometry: tuple | None = None  # convs: kernel, strides, pads, dilations
-    pending: list = field(default_factory=list)  # MatMul/Gemm: input rows not yet in h
-    hopeless: bool = False  # the samples cannot give it MIN_ROWS rows per column: H is not gathered
-
-
-def _conv_geometry(node: onnx.NodeProto, w: np.ndarray):
-    if get_attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        return None
-    kh, kw = w.shape[2:]
-    pads = list(get_attr(node, "pads", [0, 0, 0, 0]))
-    return (kh, kw), list(get_attr(node, "strides", [1, 1])), pads, list(get_attr(node, "dilations", [1, 1]))
-
-
-def _positions(shape: tuple, geometry, rng: np.random.Generator, most: int = POSITIONS) -> np.ndarray:
-    """Up to ``most`` output positions (flat indices, sorted) drawn for one batch."""
-    (kh, kw), strides, pads, dil = geometry
-    height, width = shape[2:]
-    oh = (height + pads[0] + pads[2] - dil[0] * (kh - 1) - 1) // strides[0] + 1
-    ow = (width + pads[1] + pads[3] - dil[1] * (kw - 1) - 1) // strides[1] + 1
-    return np.sort(rng.choice(oh * ow, min(most, oh * ow), replace=False))
-
-
-def _patches(x: np.ndarray, geometry, idx: np.ndarray) -> np.ndarray:
-    """im2col at the output positions ``idx``, laid out for the products that follow:
-    ``[C, kh * kw, N * M]``.
-
-    One ``take`` per tap along the flattened spatial axis (padding read as zeros), then one
-    transposing copy: no padded copy of the activation, no multi-array fancy indexing (both
-    were most of this pass's time).
-    """
-    (kh, kw), strides, pads, dil = geometry
-    n, c, height, width = x.shape
-    ow = (width + pads[1] + pads[3] - dil[1] * (kw - 1) - 1) // strides[1] + 1
-    m = len(idx)
-    oy, ox = idx // ow * strides[0] - pads[0], idx % ow * strides[1] - pads[1]
-    iy = np.broadcast_to((np.arange(kh) * dil[0])[:, None, None] + oy, (kh, kw, m)).reshape(kh * kw, m)
-    ix = np.broadcast_to((np.arange(kw) * dil[1])[None, :, None] + ox, (kh, kw, m)).reshape(kh * kw, m)
-    inside = (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
-    flat = np.clip(iy, 0, height - 1) * width + np.clip(ix, 0, width - 1)
-    patches = np.take(x.reshape(n, c, height * width), flat, axis=2)  # [N, C, kk, M]
-    if not inside.all():
-        patches *= inside
-    return np.ascontiguousarray(patches.transpose(1, 2, 0, 3)).reshape(c, kh * kw, n * m)
-
-
-def _layers(model: onnx.ModelProto, g: GraphIndex) -> list[_Layer]:
-    layers = []
-    for node in model.graph.node:
-        w = g.constant(node.input[1]) if len(node.input) > 1 else None
-        if w is None or w.dtype != np.float32 or g.is_constant(node.input[0]):
-            continue
-        if node.op_type == "Conv" and w.ndim == 4 and _conv_geometry(node, w) is not None:
-            group, o = get_attr(node, "group", 1), w.shape[0]
-            geometry = _conv_geometry(node, w)
-            if group == 1:
-                layers.append(_Layer(node, "dense", w.reshape(1, o, -1), np.zeros((1, w[0].size, w[0].size)),
-                                     geometry=geometry))
-            elif w.shape[1] == 1 and o == group:  # depthwise, multiplier 1
-                d = w.shape[2] * w.shape[3]
-                layers.append(_Layer(node, "depthwise", w.reshape(o, 1, d), np.zeros((o, d, d)), geometry=geometry))
-        elif node.op_type == "Gemm" and w.ndim == 2 and not get_attr(node, "transA", 0):
-            m = w if get_attr(node, "transB", 0) else w.T
-            layers.append(_Layer(node, "gemm", m[None], np.zeros((1, m.shape[1], m.shape[1]))))
-        elif node.op_type == "MatMul" and w.ndim == 2:
-            layers.append(_Layer(node, "gemm", w.T[None], np.zeros((1, w.shape[0], w.shape[0]))))
-    return layers
-
-
-def _patch_bytes(layer: _Layer, input_bytes: int) -> int:
-    """Bytes per sample of the im2col patches :func:`_patches` builds from this layer's input."""
-    if layer.kind == "gemm":
-        return 0
-    kk = layer.geometry[0][0] * layer.geometry[0][1]
-    channels = layer.matrix.shape[0] if layer.kind == "depthwise" else layer.matrix.shape[2] // kk
-    most = DEPTHWISE_POSITIONS if layer.kind == "depthwise" else POSITIONS
-    return kk * min(input_bytes, channels * most * 4)
-
-
-def _accumulate(layer: _Layer, x: np.ndarray | None, idx: np.ndarray | None) -> None:
-    """Add this batch's ``X^T X`` (float32 products, summed into float64); convs at the
-    output positions ``idx``. MatMul/Gemm rows are gathered until there are
-    :data:`PRODUCT_ROWS` of them (or :data:`PRODUCT_BYTES`), then multiplied at once: a product
-    of a few hundred rows (short sentences) costs almost what a thousand do. ``x=None``
-    flushes what is gathered."""
-    if layer.kind == "gemm":
-        if x is not None:
-            rows = x.astype(np.float32, copy=False).reshape(-1, x.shape[-1])
-            layer.pending.append(rows)
-            layer.rows += len(rows)
-        gathered = sum(len(r) for r in layer.pending)
-        width = layer.h.shape[1]
-        if gathered and (x is None or gathered >= PRODUCT_ROWS or gathered * width * 4 >= PRODUCT_BYTES):
-            rows = layer.pending[0] if len(layer.pending) == 1 else np.concatenate(layer.pending)
-            layer.pending.clear()
-            layer.h[0] += rows.T @ rows  # NumPy multiplies a matrix by its own transpose with SYRK
-        return
-    if x is None:
-        return  # convs add each batch at once
-    x = x.astype(np.float32, copy=False)
-    patches = _patches(x, layer.geometry, idx)  # [C, kk, rows]
-    c, kk, rows = patches.shape
-    if layer.kind == "dense":  # one BLAS product over all channels and taps
-        flat = patches.reshape(c * kk, rows)
-        layer.h[0] += flat @ flat.T
-    else:  # depthwise: a [kk, kk] product per channel
-        layer.h += patches @ patches.transpose(0, 2, 1)
-    layer.rows += rows
-
-
-def _hopeless(layer: _Layer, x: np.ndarray, idx: np.ndarray | None, count: int, samples: int) -> bool:
-    """Whether ``samples`` samples like this batch of ``count`` give the layer fewer than
-    ``MIN_ROWS`` input rows per column (``_round_layer`` would keep nearest rounding)."""
-    rows = x.size // max(x.shape[-1], 1) if layer.kind == "gemm" else len(idx) * x.shape[0]
-    return rows * samples < MIN_ROWS * layer.matrix.shape[2] * count
-
-
 def gptq_weights(model: str | os.PathLike | onnx.ModelProto, data: Any, *, samples: int = 64, batch_size: int = 8,
                  qmax: int = QMAX, progress: bool = True, seed: int = 0, block: int | None = None,
                  nodes: Iterable[str] | None = None, budget: MemoryBudget | None = None) -> RoundedWeights[RoundedLayer]:
@@ -308,10 +175,8 @@ def gptq_weights(model: str | os.PathLike | onnx.ModelProto, data: Any, *, sampl
     :class:`~trtq.core.budget.MemoryBudget`); the result does not depend on it.
     """
     src = load_model(model)
-    g = GraphIndex(src.graph)
-    wanted = None if nodes is None else set(nodes)
-    layers = [layer for layer in _layers(src, g) if (wanted is None or layer.node.name in wanted)
-              and (block is None or layer.kind == "gemm")]
+    statistics = GptqStatistics(src, samples, seed=seed, block=block, nodes=nodes)
+    layers = statistics.layers
     if not layers:
         return RoundedWeights()
     specs = input_specs(src)
@@ -321,8 +186,9 @@ def gptq_weights(model: str | os.PathLike | onnx.ModelProto, data: Any, *, sampl
     # A transformer's padded positions stay (unlike in calibration and SmoothQuant): their
     # queries attend to the sentence's tokens, and their rows give the wide MLP layers the
     # MIN_ROWS per column GPTQ needs (64 sentences cut to their tokens fall short of that).
-    tensors = list(dict.fromkeys(layer.node.input[0] for layer in layers))
+    tensors = list(statistics.tensors)
     n = len(next(iter(feed.values())))
+    statistics.samples = statistics.until = n
     # Within the memory budget: the layer inputs fetched per run (groups of tensors, the model
     # run once per group) and the samples per run (the batch in slices). Positions are drawn
     # per layer and batch, so neither changes the statistics.
@@ -342,44 +208,57 @@ def gptq_weights(model: str | os.PathLike | onnx.ModelProto, data: Any, *, sampl
         start, first, k = item
         stop = min(first + rows, start + batch_size, n)
         values = sessions[k].run(groups[k], {name: v[first:stop] for name, v in feed.items()})
-        return start, k, stop - first, dict(zip(groups[k], values))
+        return start, first, k, stop - first, dict(zip(groups[k], values))
 
-    # MatMul/Gemm layers reading one tensor (a transformer's Q, K and V) share one H: it is
-    # accumulated once, for the first of them.
-    owner: dict[str, _Layer] = {}
-    shared: dict[int, _Layer] = {}
-    for layer in layers:
-        if layer.kind == "gemm":
-            first = owner.setdefault(layer.node.input[0], layer)
-            if first is not layer and first.h.shape == layer.h.shape:
-                layer.h = first.h
-                shared[id(layer)] = first
     # The model runs ahead (in a thread) while the previous run is folded into the layers'
     # statistics.
     with progress_bar("GPTQ statistics", n, enabled=progress) as bar:
-        for start, k, count, values in run_ahead(iter(runs), run):
-            for i, layer in enumerate(layers):
-                if layer.node.input[0] not in values or id(layer) in shared or layer.hopeless:
-                    continue
-                x = np.asarray(values[layer.node.input[0]])
-                idx = None if layer.kind == "gemm" else _positions(
-                    x.shape, layer.geometry, np.random.default_rng((seed, i, start)),
-                    DEPTHWISE_POSITIONS if layer.kind == "depthwise" else POSITIONS)
-                if start == 0 and _hopeless(layer, x, idx, count, n):
-                    # E.g. a 1152-input 1x1 conv at 7x7 (3136 rows from 64 samples, 4608
-                    # needed): its H would be gathered for nearest rounding all the same.
-                    layer.hopeless = True
-                    continue
-                _accumulate(layer, x, idx)
+        for start, first, k, count, values in run_ahead(iter(runs), run):
+            statistics.update(first, count, values)
             if k == len(groups) - 1:
                 bar.advance(count)
             del values
-    for layer in layers:
-        if id(layer) not in shared:
-            _accumulate(layer, None, None)  # what is still gathered
-    for layer in layers:
-        if id(layer) in shared:
-            layer.rows = shared[id(layer)].rows
+    return _round_layers(src, statistics.finish(), qmax, block, progress)
+
+
+def gptq_from_statistics(model: str | os.PathLike | onnx.ModelProto, statistics: GptqStatistics, *,
+                         qmax: int = QMAX, progress: bool = True) -> RoundedWeights[RoundedLayer]:
+    """:func:`gptq_weights` from statistics gathered elsewhere (a tap of the calibration run)
+    on a model ``model`` was made from by SmoothQuant: the same nodes, a layer reading ``X / s``
+    (a ``Mul`` by ``1 / s`` of the tensor the statistics saw) with weights ``s W``. Its ``H`` is
+    then ``diag(1/s) H diag(1/s)``, exactly the ``H`` of its own input."""
+    src = load_model(model)
+    g = GraphIndex(src.graph)
+    nodes = {n.name: n for n in src.graph.node}
+    layers = []
+    for layer in statistics.finish():
+        node = nodes.get(layer.node.name)
+        if node is None:
+            raise QuantizationError(f"GPTQ statistics name a layer '{layer.node.name}' this model lacks")
+        w = g.constant(node.input[1])
+        if layer.kind == "gemm":
+            m = w if (node.op_type == "Gemm" and get_attr(node, "transB", 0)) else w.T
+            matrix, h = m[None], layer.h
+            if node.input[0] != layer.node.input[0]:  # smoothed: node reads X * (1 / s)
+                mul = g.producer.get(node.input[0])
+                inv = None if mul is None or mul.op_type != "Mul" or mul.input[0] != layer.node.input[0] \
+                    else g.constant(mul.input[1])
+                if inv is None:
+                    raise QuantizationError(f"'{node.name}' reads '{node.input[0]}', not a rescaling of the "
+                                            f"tensor '{layer.node.input[0]}' the GPTQ statistics saw")
+                inv = inv.astype(np.float64).reshape(-1)
+                h = h * inv[None, :, None] * inv[None, None, :]
+        else:
+            matrix, h = w.reshape(layer.matrix.shape), layer.h
+            if node.input[0] != layer.node.input[0]:
+                raise QuantizationError(f"'{node.name}' reads another tensor than the GPTQ statistics saw")
+        layers.append(dataclasses.replace(layer, node=node, matrix=matrix, h=h))
+    return _round_layers(src, layers, qmax, None, progress)
+
+
+def _round_layers(src: onnx.ModelProto, layers: list, qmax: int, block: int | None,
+                  progress: bool) -> RoundedWeights[RoundedLayer]:
+    g = GraphIndex(src.graph)
     weights, report = {}, []
     with progress_bar("GPTQ rounding", len(layers), unit="layers", enabled=progress) as bar:
         for layer in layers:
@@ -473,4 +352,5 @@ def _round_layer(g: GraphIndex, layer: _Layer, qmax: int,
     return value.astype(np.float32), RoundedLayer(node.name, layer.rows, before, after)
 
 
-__all__ = ["MIN_ROWS", "RoundedLayer", "gptq_levels", "gptq_weights", "output_sqnr_db", "substitute_weights"]
+__all__ = ["MIN_ROWS", "GptqStatistics", "RoundedLayer", "gptq_from_statistics", "gptq_levels", "gptq_weights",
+           "output_sqnr_db", "substitute_weights"]

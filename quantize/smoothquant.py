@@ -237,6 +237,8 @@ class SmoothQuantStatistics:
     position); :meth:`result` at the end. Fed by SmoothQuant's own pass, or by the
     calibration pass as a tap (``calibrate(..., taps=[...])``): one model run for both."""
 
+    until = None  # every sample of the stream
+
     def __init__(self, tensors: Sequence[str], samples: int, batch_size: int, rows: int = SCORED_ROWS) -> None:
         self.tensors = tuple(tensors)
         self.rows = rows

@@ -266,6 +266,7 @@ def test_an_unexpected_error_is_one_line_exit_3_and_writes_nothing(tmp_path, cnn
         raise ZeroDivisionError("injected")
 
     monkeypatch.setattr(trtq.pipeline.stages, "gptq_weights", broken)
+    monkeypatch.setattr(trtq.pipeline.stages, "gptq_from_statistics", broken)  # H from the calibration run
     np.save(tmp_path / "calib.npy", cnn_data)
     res = CliRunner().invoke(main, ["quantize", "--onnx", str(cnn_path), "--calib-data", str(tmp_path / "calib.npy"),
                                     "--out", str(tmp_path / "out"), "--no-progress"])

@@ -250,3 +250,22 @@ def test_the_job_calibrates_and_smooths_in_one_pass(tmp_path):
     for name, r in direct.ranges.items():
         np.testing.assert_allclose([ranges[name].lo, ranges[name].hi], [r.lo, r.hi], rtol=1e-5, atol=1e-6,
                                    err_msg=name)
+
+
+@pytest.mark.parametrize("gemm", [False, True])
+def test_gptq_statistics_from_the_calibration_run_round_as_gptq_own_pass(tmp_path, gemm):
+    """GPTQ's H gathered in the calibration run on the original model (and rescaled for the
+    smoothed layers) rounds the weights as GPTQ's own pass over the smoothed model does."""
+    import trtq
+    from trtq.quantize.rounding import gptq_weights
+
+    onnx.save(make_block(gemm=gemm), tmp_path / "block.onnx")
+    np.save(tmp_path / "calib.npy", data(96, gemm))
+    result = trtq.quantize_model(tmp_path / "out", onnx=tmp_path / "block.onnx", calib_data=tmp_path / "calib.npy",
+                                 progress=False)
+    assert result.fp32.smoothed and any(r.alpha is not None for r in result.fp32.smoothed)
+    assert result.fp32.gptq is not None  # H came from the calibration run
+    own = gptq_weights(onnx.load(tmp_path / "out" / "model.fp32.onnx"), data(96, gemm), samples=64, progress=False)
+    assert set(result.rounding.weights) == set(own.weights) and own.weights
+    for name, w in own.weights.items():
+        np.testing.assert_allclose(result.rounding.weights[name], w, rtol=1e-6, atol=1e-7, err_msg=name)

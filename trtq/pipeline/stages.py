@@ -17,7 +17,7 @@ import onnx
 from trtq.calibration import CalibrationTable, calibrate, float_activations, load_table
 from trtq.core import model_sha256
 from trtq.core.onnx_model import input_specs
-from trtq.core.readers import count_samples, static_batch_size
+from trtq.core.readers import Padding, count_samples, static_batch_size
 from trtq.core.errors import QuantizationError
 from trtq.deploy import ComparisonReport, OrtRunner, QdqMode, compare_outputs, run_all
 from trtq.deploy.compare import Thresholds
@@ -33,7 +33,7 @@ from trtq.core.gpus import gpu_has_fp8
 from trtq.quantize.mixed import MixedModel, apply_plan
 from trtq.quantize.precision import Precision, PrecisionPlan, assignments_json
 from trtq.quantize.qdq import INT4_QMAX
-from trtq.quantize.rounding import gptq_weights
+from trtq.quantize.rounding import GptqStatistics, gptq_from_statistics, gptq_weights
 from trtq.quantize.sensitivity import (FP8_RUNGS, RUNGS, PrecisionSearchResult, SensitivityReport, analyze,
                                        metrics_text, search_precision)
 from trtq.quantize.smoothquant import SmoothQuantStatistics, smooth_quant, smoothed_ranges, smoothquant_tensors
@@ -78,6 +78,7 @@ class Fp32Model:
     equalized: tuple | None = None  # quantize.equalize.EqualizedPair per conv pair (None: not asked for)
     warnings: tuple[str, ...] = ()  # e.g. plan patterns that match no node
     table: CalibrationTable | None = None  # ``model``'s table, when one pass gave it with SmoothQuant's statistics
+    gptq: GptqStatistics | None = None  # ... and GPTQ's H, gathered in that pass (on the original model)
 
     def to_json(self) -> dict:
         return {"export_parity": self.parity.__dict__ if self.parity else None,
@@ -171,14 +172,14 @@ def prepare_fp32(job: QuantizeJob, source: SourceModel) -> Fp32Model:
             smoothing = smooth_quant(model, source.calib, samples=job.samples, batch_size=min(job.batch_size, 16),
                                      progress=job.progress, weight_only=job.int4_block, nodes=int4)
             model, smoothed = smoothing.model, list(smoothing.records)
-    table = None
+    table = gptq = None
     if job.smoothquant and job.table is None and (job.uses(Precision.INT8) or job.target is not None):
         # The same function in fp32, with activation outliers moved into the weights where
         # that lowers the int8 error; everything below starts from it. Not for a plan without
         # int8: its strengths are chosen for int8, and the outliers it moves into the weights
         # are what 4-bit weights handle worst.
         if not int4 and not job.equalize and job.method == SHARED_METHOD and smoothquant_tensors(model):
-            smoothing, table = _smooth_and_calibrate(job, source, model)
+            smoothing, table, gptq = _smooth_and_calibrate(job, source, model)
         else:
             others = None if not int4 else [n.name for n in model.graph.node if n.name not in int4]
             smoothing = smooth_quant(model, source.calib, samples=job.samples, batch_size=min(job.batch_size, 16),
@@ -188,7 +189,7 @@ def prepare_fp32(job: QuantizeJob, source: SourceModel) -> Fp32Model:
         equalizing = equalize(model, source.calib, samples=min(job.samples, 64), progress=job.progress)
         model, equalized = equalizing.model, equalizing.records
     return Fp32Model(reference, model, source.parity, tuple(smoothed),
-                     None if equalized is None else tuple(equalized), tuple(warnings), table)
+                     None if equalized is None else tuple(equalized), tuple(warnings), table, gptq)
 
 
 def _smooth_and_calibrate(job: QuantizeJob, source: SourceModel, model: onnx.ModelProto):
@@ -202,12 +203,20 @@ def _smooth_and_calibrate(job: QuantizeJob, source: SourceModel, model: onnx.Mod
     # SmoothQuant's batches (at most 16): padded token data is cut after each batch's
     # longest sample, and smaller batches leave fewer padded positions in its statistics.
     batch_size = min(job.batch_size, 16)
-    static = static_batch_size(input_specs(model))
+    specs = input_specs(model)
+    static = static_batch_size(specs)
     statistics = SmoothQuantStatistics(groups, count_samples(source.calib, job.samples) or job.samples,
                                        static or batch_size)
+    taps = [statistics]
+    gptq = None
+    if job.gptq and Padding.of(specs) is None:
+        # GPTQ's H from the first samples of the same run (its layers' inputs are the original
+        # model's, rescaled where smoothed); padded token data is cut here, and GPTQ keeps it.
+        gptq = GptqStatistics(model, min(job.samples, job.gptq_samples))
+        taps.append(gptq)
     wanted = None if job.mixed else calibration_tensors(model, job.runtime)
     original = calibrate(model, source.calib, job.method, batch_size=batch_size, samples=job.samples,
-                         tensors=wanted, progress=job.progress, taps=[statistics])
+                         tensors=wanted, progress=job.progress, taps=taps)
     stats = statistics.result()
     smoothing = smooth_quant(model, None, statistics=stats)
     ranges = dict(original.ranges)
@@ -220,7 +229,7 @@ def _smooth_and_calibrate(job: QuantizeJob, source: SourceModel, model: onnx.Mod
                                 samples=job.samples, tensors=missing, progress=job.progress).ranges)
     table = CalibrationTable({n: ranges[n] for n in needed}, original.method, model_sha256(smoothing.model),
                              original.samples)
-    return smoothing, table
+    return smoothing, table, gptq
 
 
 def calibrate_model(job: QuantizeJob, source: SourceModel, fp32: Fp32Model) -> tuple[CalibrationTable, tuple | None]:
@@ -248,8 +257,11 @@ def round_weights(job: QuantizeJob, source: SourceModel, fp32: Fp32Model) -> Wei
     """Int8 weight levels chosen for each layer's output error (GPTQ; used for int8 nodes only)."""
     if not job.gptq:
         return WeightRounding()
-    rounded = gptq_weights(fp32.model, source.calib, samples=min(job.samples, job.gptq_samples),
-                           qmax=job.runtime.weight_qmax, progress=job.progress)
+    if fp32.gptq is not None:  # H gathered in the calibration run
+        rounded = gptq_from_statistics(fp32.model, fp32.gptq, qmax=job.runtime.weight_qmax, progress=job.progress)
+    else:
+        rounded = gptq_weights(fp32.model, source.calib, samples=min(job.samples, job.gptq_samples),
+                               qmax=job.runtime.weight_qmax, progress=job.progress)
     if not job.uses(Precision.INT4W):
         return WeightRounding(rounded.weights, rounded.layers)
     # 4 bits need more rows per input column than int8's 64 samples give transformer layers.
