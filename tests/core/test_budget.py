@@ -165,8 +165,8 @@ def test_quantize_reports_time_and_memory_per_stage(tmp_path, cnn_path, cnn_data
                             max_memory="64MB")
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     stages = [s["stage"] for s in report["time"]["stages"]]
-    # The CNN's classifier is a linear layer: SmoothQuant's statistics come from the calibration run.
-    assert stages[:3] == ["source (export, data)", "SmoothQuant + calibration", "GPTQ"]
+    # The CNN's classifier is a linear layer: SmoothQuant's and GPTQ's statistics come from the calibration run.
+    assert stages[:3] == ["source (export, data)", "SmoothQuant + calibration + GPTQ statistics", "GPTQ"]
     assert "fidelity evaluation" in stages and all(s["peak_rss_mb"] > 0 for s in report["time"]["stages"])
     assert [s.name for s in result.stages][-1] == "writing"
     with pytest.raises(DataError):

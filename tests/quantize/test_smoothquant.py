@@ -241,7 +241,7 @@ def test_the_job_calibrates_and_smooths_in_one_pass(tmp_path):
                         progress=False)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     stages = [s["stage"] for s in report["time"]["stages"]]
-    assert "SmoothQuant + calibration" in stages and "calibration" not in stages
+    assert "SmoothQuant + calibration + GPTQ statistics" in stages and "calibration" not in stages
     ranges = CalibrationTable.load(tmp_path / "out" / "calibration.json").ranges
     fp32 = onnx.load(tmp_path / "out" / "model.fp32.onnx")
     assert any(n.op_type == "Mul" and "SmoothQuant" in n.name for n in fp32.graph.node)  # smoothed

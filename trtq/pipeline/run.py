@@ -41,8 +41,8 @@ def run_quantize(job: QuantizeJob) -> QuantizeResult:
                 source = split_for_search(source, job)  # the target is checked on samples the search never saw
         with clock("SmoothQuant" + (" + CLE" if job.equalize else "")):
             fp32 = prepare_fp32(job, source)
-        if fp32.table is not None:
-            clock.rename_last("SmoothQuant + calibration")  # one pass gave both
+        if fp32.table is not None:  # one pass gave both (and GPTQ's statistics)
+            clock.rename_last("SmoothQuant + calibration" + (" + GPTQ statistics" if fp32.gptq is not None else ""))
         with clock("calibration" + (" + clipping" if job.layer_clipping else "")) if (
                 fp32.table is None or job.layer_clipping) else contextlib.nullcontext():
             table, clipping = calibrate_model(job, source, fp32)
