@@ -156,6 +156,18 @@ class _Runner:
         return {t: np.asarray(a, dtype=np.float32) for t, a in zip(tensors, self._exact[1].run(tensors, feed))}
 
 
+def _in_runs(stream, runner: _Runner):
+    """``stream``'s batches, each cut into the runs the memory budget allows (stream positions kept)."""
+    for first, feed in stream:
+        n = len(next(iter(feed.values()))) if feed else 0
+        rows = runner.sizer.rows(feed, runner.budget)
+        if rows >= n:
+            yield first, feed
+        else:
+            for i, chunk in enumerate(chunks(feed, rows)):
+                yield first + i * rows, chunk
+
+
 def calibrate(model: str | os.PathLike | onnx.ModelProto, data: Any, method: str = "minmax", *,
               batch_size: int = 8, samples: int | None = None,
               providers: Sequence[str] | None = None, tensors: Iterable[str] | None = None,
@@ -175,7 +187,9 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: Any, method: str
     not fit runs in slices. Token data of a model with an ``attention_mask`` input and an open
     sequence axis runs longest first, each batch cut after its longest sample
     (:class:`trtq.core.readers.Padding`). ``taps``: other passes' statistics gathered from
-    the same runs (see :class:`Tap`); their tensors count against the budget too.
+    the same runs (see :class:`Tap`); their tensors count against the budget too, and a batch
+    the budget would run in slices is then taken as smaller batches (observers see one update
+    per run), so that only a run's worth of tapped tensors waits at a time.
     """
     batch_size = count_arg(batch_size, "batch_size")
     samples = count_arg(samples, "samples", optional=True)
@@ -212,6 +226,8 @@ def calibrate(model: str | os.PathLike | onnx.ModelProto, data: Any, method: str
         # Three stages in three threads: reading/decoding the next batch, running the model
         # on the current one, and the observers on the previous one. Array data is read
         # slice by slice as the model runs it.
+        if taps:  # taps read whole tensors: one run at a time, never a batch's slices at once
+            stream = _in_runs(stream, run)
         batches = run_ahead(stream, lambda b: b)
         for first, n, (stats, runs) in run_ahead(batches, lambda b: (b[0], len(next(iter(b[1].values()))), run(*b))):
             for p, (values, lo, hi) in zip(probes, stats):

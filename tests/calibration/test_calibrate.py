@@ -138,3 +138,38 @@ def test_torch_dataloader(cnn_model, cnn_data):
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(cnn_data)), batch_size=16)
     table = calibrate(cnn_model, loader, progress=False)
     assert table.samples == 40
+
+
+class _RecordingTap:
+    """A tap that keeps what it is handed: the runs' sizes and the concatenated values."""
+
+    until = None
+
+    def __init__(self, tensors):
+        self.tensors, self.counts, self.firsts, self.values = tuple(tensors), [], [], {t: [] for t in tensors}
+
+    def update(self, first, count, values):
+        self.counts.append(count)
+        self.firsts.append(first)
+        for t in self.tensors:
+            self.values[t].append(np.array(values[t]))
+
+
+def test_taps_get_every_sample_once_and_a_tight_budget_changes_nothing_but_the_runs(cnn_model, cnn_data):
+    """A tap sees each sample exactly once, in stream order, whole; under a budget that allows
+    one sample per run it gets one-sample runs and the same values, and the table is the same."""
+    from trtq.core.budget import memory_budget
+
+    tensors = float_activations(cnn_model)[-2:]
+    wide, tight = _RecordingTap(tensors), _RecordingTap(tensors)
+    with memory_budget(1 << 40):
+        table = calibrate(cnn_model, cnn_data, batch_size=8, progress=False, taps=[wide])
+    with memory_budget("16MB") as b:
+        b.limit = 1  # below what the parser accepts: one sample per run
+        tight_table = calibrate(cnn_model, cnn_data, batch_size=8, progress=False, taps=[tight])
+    n = len(cnn_data)
+    assert sum(wide.counts) == sum(tight.counts) == n and set(tight.counts) == {1} and max(wide.counts) == 8
+    assert tight.firsts == list(range(n))
+    for t in tensors:
+        np.testing.assert_array_equal(np.concatenate(wide.values[t]), np.concatenate(tight.values[t]))
+    assert {k: (r.lo, r.hi) for k, r in table.ranges.items()} == {k: (r.lo, r.hi) for k, r in tight_table.ranges.items()}
